@@ -1,0 +1,195 @@
+"""Launchers: the worker command -> the command that starts it on every node of a block.
+
+Each launcher is a small callable ``(command, tasks_per_node, nodes_per_block) -> str``,
+a pure function of its arguments (and of its own options), so it is tested as one.
+The result runs inside the block's job script, on its first node.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+
+class Launcher:
+    """Base: subclasses override ``__call__``."""
+
+    def __init__(self, debug: bool = True) -> None:
+        self.debug = debug
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        raise NotImplementedError
+
+    def _debug(self) -> str:
+        return "set -x\n" if self.debug else ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class SimpleLauncher(Launcher):
+    """Runs the command once, as it is: for a block of one node, one pool."""
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        return command
+
+
+class SingleNodeLauncher(Launcher):
+    """Runs ``tasks_per_node`` copies of the command on this node and waits for them all.
+
+    The block fails if any copy fails when ``fail_on_any`` is set, otherwise only if all do.
+    """
+
+    def __init__(self, debug: bool = True, fail_on_any: bool = False) -> None:
+        super().__init__(debug)
+        self.fail_on_any = fail_on_any
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        if tasks_per_node == 1:
+            # One copy: run it in the foreground, so signals and exit codes pass straight through.
+            return f"export CORES=$(getconf _NPROCESSORS_ONLN)\n{command}\n"
+        check = "[ $failed -eq 0 ]" if self.fail_on_any else f"[ $failed -lt {tasks_per_node} ]"
+        return (
+            f"{self._debug()}export CORES=$(getconf _NPROCESSORS_ONLN)\n"
+            f"pids=''\n"
+            f"for i in $(seq 1 {tasks_per_node}); do\n"
+            f"  {command} &\n"
+            f"  pids=\"$pids $!\"\n"
+            f"done\n"
+            f"failed=0\n"
+            f"for p in $pids; do wait $p || failed=$((failed+1)); done\n"
+            f"{check}\n"
+        )
+
+
+def _script_launcher(wrap: str, command: str, debug: str) -> str:
+    # Write the command into a small script so that quoting survives srun/mpiexec/aprun.
+    return (
+        f"{debug}cat << 'HTEX_EOF' > cmd_$SLURM_JOB_ID$PBS_JOBID$JOB_ID.sh\n"
+        f"{command}\n"
+        f"HTEX_EOF\n"
+        f"chmod a+x cmd_$SLURM_JOB_ID$PBS_JOBID$JOB_ID.sh\n"
+        f"{wrap} /bin/bash cmd_$SLURM_JOB_ID$PBS_JOBID$JOB_ID.sh\n"
+    )
+
+
+class SrunLauncher(Launcher):
+    """One pool per node (times tasks_per_node) with Slurm's srun."""
+
+    def __init__(self, debug: bool = True, overrides: str = "") -> None:
+        super().__init__(debug)
+        self.overrides = overrides
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        total = tasks_per_node * nodes_per_block
+        wrap = f"srun --ntasks={total} --ntasks-per-node={tasks_per_node} -l {self.overrides}".rstrip()
+        return _script_launcher(wrap, command, self._debug())
+
+
+class SrunMPILauncher(Launcher):
+    """For MPI applications: one pool on the block's first node, with the nodes left for mpirun."""
+
+    def __init__(self, debug: bool = True, overrides: str = "") -> None:
+        super().__init__(debug)
+        self.overrides = overrides
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        wrap = f"srun --ntasks=1 --nodes=1 --exclusive {self.overrides}".rstrip()
+        return _script_launcher(wrap, command, self._debug())
+
+
+class AprunLauncher(Launcher):
+    """Cray's aprun: -n total tasks, -N per node."""
+
+    def __init__(self, debug: bool = True, overrides: str = "") -> None:
+        super().__init__(debug)
+        self.overrides = overrides
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        total = tasks_per_node * nodes_per_block
+        wrap = f"aprun -n {total} -N {tasks_per_node} {self.overrides}".rstrip()
+        return _script_launcher(wrap, command, self._debug())
+
+
+class MpiExecLauncher(Launcher):
+    """mpiexec (MPICH/Hydra): one copy per slot of the job's host list."""
+
+    def __init__(self, debug: bool = True, bind_cmd: str = "--bind-to", overrides: str = "") -> None:
+        super().__init__(debug)
+        self.bind_cmd = bind_cmd
+        self.overrides = overrides
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        total = tasks_per_node * nodes_per_block
+        wrap = f"mpiexec -n {total} -ppn {tasks_per_node} {self.bind_cmd} none {self.overrides}".rstrip()
+        return _script_launcher(wrap, command, self._debug())
+
+
+class MpiRunLauncher(Launcher):
+    """Open MPI's mpirun."""
+
+    def __init__(self, debug: bool = True, bash_location: str = "/bin/bash", overrides: str = "") -> None:
+        super().__init__(debug)
+        self.bash_location = bash_location
+        self.overrides = overrides
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        total = tasks_per_node * nodes_per_block
+        wrap = f"mpirun -np {total} {self.overrides}".rstrip()
+        return _script_launcher(wrap, command, self._debug()).replace("/bin/bash cmd_", f"{self.bash_location} cmd_")
+
+
+class JsrunLauncher(Launcher):
+    """IBM's jsrun (Summit-class machines): one resource set per node."""
+
+    def __init__(self, debug: bool = True, overrides: str = "") -> None:
+        super().__init__(debug)
+        self.overrides = overrides
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        total = tasks_per_node * nodes_per_block
+        wrap = f"jsrun -n {total} -r {tasks_per_node} {self.overrides}".rstrip()
+        return _script_launcher(wrap, command, self._debug())
+
+
+class GnuParallelLauncher(Launcher):
+    """GNU parallel over the job's node file, over ssh: tasks_per_node copies per node."""
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        total = tasks_per_node * nodes_per_block
+        script = _script_launcher("", command, self._debug()).rsplit("\n", 2)[0]
+        nodefile = "${PBS_NODEFILE:-${SLURM_NODEFILE:-${PE_HOSTFILE:-/dev/null}}}"
+        return (
+            f"{script}\n"
+            f"parallel --env _ --joblog joblog_$$ --sshloginfile {nodefile} -j {tasks_per_node} "
+            f"--halt never /bin/bash $PWD/cmd_$SLURM_JOB_ID$PBS_JOBID$JOB_ID.sh ::: $(seq 1 {total})\n"
+        )
+
+
+class WrappedLauncher(Launcher):
+    """Prepends a fixed command (e.g. a container runtime) to the worker command."""
+
+    def __init__(self, prepend: str, debug: bool = True) -> None:
+        super().__init__(debug)
+        self.prepend = prepend
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        return f"{self.prepend} {command}"
+
+
+def quote(command: str) -> str:
+    return shlex.quote(command)
+
+
+__all__ = [
+    "AprunLauncher",
+    "GnuParallelLauncher",
+    "JsrunLauncher",
+    "Launcher",
+    "MpiExecLauncher",
+    "MpiRunLauncher",
+    "SimpleLauncher",
+    "SingleNodeLauncher",
+    "SrunLauncher",
+    "SrunMPILauncher",
+    "WrappedLauncher",
+]

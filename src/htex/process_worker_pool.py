@@ -1,0 +1,489 @@
+"""The worker pool: one manager process per node, supervising N worker processes.
+
+::
+
+    interchange  --TASKS-->  [task socket]    manager   --TASKS (1 each)-->  worker 0..N-1
+                 <--RESULTS- [result socket]  (this)    <--RESULTS---------  (ipc ROUTER)
+
+The manager's loop has four steps: read what the interchange sent, read what
+the workers sent, hand queued tasks to idle workers, then keep time
+(heartbeats, liveness).  It blocks on its sockets and on the workers' pidfds,
+so a worker's death wakes it at once; the only timeout is the next heartbeat.
+
+Tasks go to workers one at a time and in arrival order, so the tasks a worker
+has started are always the oldest outstanding ones: that is what lets the
+interchange tell, when this pool is lost, which tasks were running (they fail
+with ManagerLost) and which were only prefetched (they run elsewhere).
+
+Started by the provider as ``process_worker_pool`` (or ``python -m
+htex.process_worker_pool``) with the flags Parsl's pool takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import zmq
+
+from . import __version__, protocol, serialize
+from .errors import WorkerLost
+
+log = logging.getLogger("htex.pool")
+
+# A worker that dies this many times in a row before saying hello means workers cannot start here.
+MAX_START_FAILURES = 3
+
+
+class _Stop(Exception):
+    """Raised from the signal handler to leave the loop and clean up."""
+
+
+@dataclass
+class PoolConfig:
+    task_url: str
+    result_url: str
+    manager_id: str
+    block_id: str = "-1"
+    max_workers: float = math.inf
+    cores_per_worker: float = 1.0
+    mem_per_worker: float | None = None
+    prefetch_capacity: int = 0
+    heartbeat_period: float = 30.0
+    heartbeat_threshold: float = 120.0
+    logdir: str = "."
+    debug: bool = False
+
+
+def worker_count(max_workers: float, cores_per_worker: float, mem_per_worker: float | None) -> int:
+    """How many workers this node can take: the spec's three limits, at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limits = [max_workers, math.floor(cores / cores_per_worker)]
+    if mem_per_worker:
+        available_gb = psutil.virtual_memory().available / 2**30
+        limits.append(math.floor(available_gb / mem_per_worker))
+    count = min(limits)
+    if count < 1:
+        log.warning("limits %s allow no worker on this node; starting one anyway", limits)
+        count = 1
+    return int(count)
+
+
+@dataclass
+class _WorkerSlot:
+    rank: int
+    proc: subprocess.Popen[bytes] | None = None
+    pidfd: int = -1
+    ready: bool = False
+    task: int | None = None  # the task id it runs
+    functions: set[int] = field(default_factory=set)
+
+
+class Manager:
+    def __init__(self, cfg: PoolConfig) -> None:
+        self.cfg = cfg
+        self.identity = cfg.manager_id.encode()
+        self.count = worker_count(cfg.max_workers, cfg.cores_per_worker, cfg.mem_per_worker)
+        self.ctx = zmq.Context()
+        self.queue: deque[tuple[int, int, protocol.Blob]] = deque()
+        self.functions: dict[int, protocol.Blob] = {}
+        self.workers = [_WorkerSlot(rank) for rank in range(self.count)]
+        self.idle: deque[int] = deque()
+        self.by_pidfd: dict[int, _WorkerSlot] = {}
+        self.done_ids: list[int] = []
+        self.done_payloads: list[protocol.Blob] = []
+        self.start_failures = 0
+        self.stopping = False
+        self.last_sent = 0.0
+        self.last_heard = time.monotonic()
+        self.sockdir = tempfile.mkdtemp(prefix="htex-pool-")
+        self.worker_url = f"ipc://{self.sockdir}/workers"
+
+        self.task_sock = self._dealer(cfg.task_url)
+        self.result_sock = self._dealer(cfg.result_url)
+        self.worker_sock = self.ctx.socket(zmq.ROUTER)
+        self.worker_sock.setsockopt(zmq.LINGER, 0)
+        self.worker_sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker reuses its rank
+        self.worker_sock.bind(self.worker_url)
+        self.poller = zmq.Poller()
+        self.poller.register(self.task_sock, zmq.POLLIN)
+        self.poller.register(self.worker_sock, zmq.POLLIN)
+
+    def _dealer(self, url: str) -> zmq.Socket[Any]:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.identity)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(url)
+        return sock
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(self) -> int:
+        log.info(
+            "manager %s (block %s) on %s: %d workers, prefetch %d, interchange %s",
+            self.cfg.manager_id, self.cfg.block_id, socket.gethostname(), self.count,
+            self.cfg.prefetch_capacity, self.cfg.task_url,
+        )
+        try:
+            self._register()
+            for slot in self.workers:
+                self._start_worker(slot)
+            while not self.stopping:
+                events = dict(self.poller.poll(self._timeout_ms()))
+                if self.task_sock in events:
+                    self._read_interchange()
+                if self.worker_sock in events:
+                    self._read_workers()
+                for fd in [fd for fd in events if isinstance(fd, int)]:
+                    self._reap(self.by_pidfd[fd])
+                self._dispatch()
+                self._flush_results()
+                self._keep_time()
+        except _Stop:
+            log.info("manager stopping on a signal")
+        finally:
+            self._shutdown()
+        return 0
+
+    def _register(self) -> None:
+        reg = protocol.Register(
+            manager_id=self.cfg.manager_id,
+            block_id=self.cfg.block_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            worker_count=self.count,
+            prefetch_capacity=self.cfg.prefetch_capacity,
+            htex_version=__version__,
+            python_version=platform.python_version(),
+        )
+        self._send(self.task_sock, reg)
+
+    def _timeout_ms(self) -> int:
+        now = time.monotonic()
+        due = min(self.last_sent + self.cfg.heartbeat_period, self.last_heard + self.cfg.heartbeat_threshold)
+        return max(0, int((due - now) * 1000) + 1)
+
+    # -- step 1: the interchange -------------------------------------------
+
+    def _read_interchange(self) -> None:
+        while True:
+            try:
+                frames = self.task_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.last_heard = time.monotonic()
+            msg = protocol.decode(frames)  # the interchange is trusted once connected
+            if isinstance(msg, protocol.Tasks):
+                self.functions.update(msg.functions)
+                self.queue.extend(zip(msg.ids, msg.fn_keys, msg.payloads, strict=False))
+            elif isinstance(msg, protocol.Shutdown):
+                log.info("interchange asked us to stop: %s", msg.reason)
+                self.stopping = True
+                return
+            elif isinstance(msg, protocol.Rejected):
+                log.error("interchange refused this pool: %s", msg.reason)
+                print(f"htex pool: the interchange refused this pool: {msg.reason}", file=sys.stderr)
+                self.stopping = True
+                return
+            elif isinstance(msg, protocol.Registered):
+                log.info("registered with the interchange")
+
+    # -- step 2: the workers -------------------------------------------------
+
+    def _read_workers(self) -> None:
+        while True:
+            try:
+                ident, *frames = self.worker_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            msg = protocol.decode(frames)
+            if isinstance(msg, protocol.Results):
+                slot = self.workers[int(ident.bytes[1:])]
+                slot.task = None
+                self.idle.append(slot.rank)
+                self.done_ids.extend(msg.ids)
+                self.done_payloads.extend(msg.payloads)
+            elif isinstance(msg, protocol.WorkerReady):
+                slot = self.workers[msg.rank]
+                slot.ready = True
+                self.start_failures = 0
+                self.idle.append(slot.rank)
+                log.debug("worker %d ready (pid %d)", msg.rank, msg.pid)
+
+    def _start_worker(self, slot: _WorkerSlot) -> None:
+        env = dict(os.environ)
+        env.update(
+            PARSL_WORKER_RANK=str(slot.rank),
+            PARSL_WORKER_COUNT=str(self.count),
+            PARSL_WORKER_POOL_ID=self.cfg.manager_id,
+            PARSL_WORKER_BLOCK_ID=self.cfg.block_id,
+        )
+        cmd = [sys.executable, "-m", "htex.worker", "--url", self.worker_url, "--rank", str(slot.rank)]
+        if self.cfg.debug:
+            cmd += ["--debug", "--logfile", os.path.join(self.cfg.logdir, f"worker_{slot.rank}.log")]
+        slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        slot.pidfd = os.pidfd_open(slot.proc.pid)
+        slot.ready = False
+        slot.task = None
+        slot.functions = set()
+        self.by_pidfd[slot.pidfd] = slot
+        self.poller.register(slot.pidfd, zmq.POLLIN)
+
+    def _reap(self, slot: _WorkerSlot) -> None:
+        """A worker exited: fail its task with WorkerLost and start another in its place."""
+        assert slot.proc is not None
+        code = slot.proc.wait()
+        self.poller.unregister(slot.pidfd)
+        del self.by_pidfd[slot.pidfd]
+        os.close(slot.pidfd)
+        how = f"killed by signal {-code} ({_signame(-code)})" if code < 0 else f"exited with code {code}"
+        if slot.rank in self.idle:
+            self.idle.remove(slot.rank)
+        if slot.task is not None:
+            err = WorkerLost(
+                f"worker {slot.rank} (pid {slot.proc.pid}) of pool {self.cfg.manager_id} on host "
+                f"{socket.gethostname()} {how} while running this task. This can be a crash in "
+                "native code, os._exit(), or the kernel's OOM killer; check the task's memory use",
+                rank=slot.rank, pool=self.cfg.manager_id, host=socket.gethostname(), exit_code=code,
+            )
+            self.done_ids.append(slot.task)
+            self.done_payloads.append(serialize.pack_exception(err, ""))
+            log.warning("worker %d %s while running task %d", slot.rank, how, slot.task)
+        else:
+            log.warning("worker %d %s", slot.rank, how)
+        if self.stopping:
+            return
+        if not slot.ready:
+            self.start_failures += 1
+            if self.start_failures >= MAX_START_FAILURES:
+                log.error("workers die before they start (%s); giving up", how)
+                print(f"htex pool: workers cannot start on this node ({how}); see {self.cfg.logdir}", file=sys.stderr)
+                self.stopping = True
+                return
+        self._start_worker(slot)
+
+    # -- step 3: hand out tasks ---------------------------------------------
+
+    def _dispatch(self) -> None:
+        while self.idle and self.queue:
+            slot = self.workers[self.idle.popleft()]
+            task_id, fn_key, payload = self.queue.popleft()
+            functions = {}
+            if fn_key not in slot.functions:
+                functions[fn_key] = self.functions[fn_key]
+                slot.functions.add(fn_key)
+            batch = protocol.Tasks(_ids(task_id), _ids(fn_key), [payload], functions)
+            slot.task = task_id
+            self.worker_sock.send_multipart([b"w%d" % slot.rank, *batch.encode()], copy=False)
+
+    def _flush_results(self) -> None:
+        if self.done_ids:
+            ids = protocol.u64_array(self.done_ids)
+            self._send(self.result_sock, protocol.Results(ids, self.done_payloads))
+            self.done_ids, self.done_payloads = [], []
+
+    # -- step 4: time ----------------------------------------------------------
+
+    def _keep_time(self) -> None:
+        now = time.monotonic()
+        if now - self.last_heard > self.cfg.heartbeat_threshold:
+            log.error("no word from the interchange for %.0f s: it is gone; stopping", now - self.last_heard)
+            self.stopping = True
+        elif now - self.last_sent >= self.cfg.heartbeat_period:
+            self._send(self.task_sock, protocol.Heartbeat())
+
+    def _send(self, sock: zmq.Socket[Any], msg: protocol.Message) -> None:
+        sock.send_multipart(msg.encode(), copy=False)
+        self.last_sent = time.monotonic()
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Stop workers (TERM, then KILL after a grace period), close sockets, remove the ipc dir."""
+        self.stopping = True
+        procs = [s.proc for s in self.workers if s.proc is not None and s.proc.poll() is None]
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + 2.0
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for slot in self.workers:
+            if slot.pidfd >= 0 and slot.pidfd in self.by_pidfd:
+                os.close(slot.pidfd)
+        self.by_pidfd.clear()
+        for sock in (self.task_sock, self.result_sock):
+            sock.setsockopt(zmq.LINGER, 500)
+        self.ctx.destroy(linger=500)
+        try:
+            os.unlink(os.path.join(self.sockdir, "workers"))
+        except FileNotFoundError:
+            pass
+        os.rmdir(self.sockdir)
+        log.info("manager %s stopped", self.cfg.manager_id)
+
+
+def _ids(value: int) -> Any:
+    return protocol.u64_array([value])
+
+
+def _signame(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return "unknown signal"
+
+
+# ---------------------------------------------------------------------------
+# Command line: Parsl's process_worker_pool flags
+# ---------------------------------------------------------------------------
+
+
+def _float_or_inf(text: str) -> float:
+    return math.inf if text.lower() in ("inf", "infinity", "none") else float(text)
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "", "0") else float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="process_worker_pool",
+        description="Start an htex worker pool (one per node) that connects to an interchange.",
+    )
+    p.add_argument("-d", "--debug", action="store_true", help="log at debug level, one log per worker")
+    p.add_argument("-a", "--addresses", default="", help="comma-separated interchange addresses to probe")
+    p.add_argument("-t", "--task_port", type=int, default=None, help="the interchange's task port")
+    p.add_argument("-r", "--result_port", type=int, default=None, help="the interchange's result port")
+    p.add_argument("--task_url", default=None, help="full task URL (tcp://host:port); overrides -a/-t")
+    p.add_argument("--result_url", default=None, help="full result URL; overrides -a/-r")
+    p.add_argument("-u", "--uid", default=None, help="manager id (default: random)")
+    p.add_argument("-b", "--block_id", default="-1", help="the block this pool belongs to")
+    p.add_argument("-c", "--cores_per_worker", type=float, default=1.0)
+    p.add_argument("-m", "--mem_per_worker", type=_optional_float, default=None, help="GB per worker")
+    p.add_argument("--max_workers", "--max_workers_per_node", type=_float_or_inf, default=math.inf)
+    p.add_argument("-p", "--prefetch_capacity", type=int, default=0)
+    p.add_argument("--hb_period", type=float, default=30.0, help="heartbeat period, s")
+    p.add_argument("--hb_threshold", type=float, default=120.0, help="declare the interchange lost after, s")
+    p.add_argument("--address_probe_timeout", type=float, default=30.0)
+    p.add_argument("--poll", type=int, default=10, help="accepted for Parsl compatibility; htex never polls")
+    p.add_argument("--nodes_per_block", type=int, default=1, help="accepted for Parsl compatibility")
+    p.add_argument("-l", "--logdir", default="process_worker_pool_logs")
+    return p
+
+
+def resolve_urls(args: argparse.Namespace) -> tuple[str, str]:
+    """Find the interchange: given URLs, or the first of the candidate addresses that answers."""
+    if args.task_url and args.result_url:
+        return args.task_url, args.result_url
+    addresses = [a for a in args.addresses.split(",") if a]
+    if not addresses or args.task_port is None or args.result_port is None:
+        raise SystemExit("process_worker_pool: give --task_url and --result_url, or -a ADDRS -t PORT -r PORT")
+    single = len(addresses) == 1
+    addr = addresses[0] if single else probe_addresses(addresses, args.task_port, args.address_probe_timeout)
+    return f"tcp://{addr}:{args.task_port}", f"tcp://{addr}:{args.result_port}"
+
+
+def probe_addresses(addresses: list[str], port: int, timeout: float) -> str:
+    """Send a Probe to every candidate at once; return the first address that answers."""
+    ctx = zmq.Context()
+    poller = zmq.Poller()
+    socks: dict[zmq.Socket[Any], str] = {}
+    try:
+        for addr in addresses:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for an address that is not connected
+            try:
+                sock.connect(f"tcp://{addr}:{port}")
+            except zmq.ZMQError as exc:
+                log.info("cannot use address %s: %s", addr, exc)
+                sock.close()
+                continue
+            socks[sock] = addr
+            poller.register(sock, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        probe = protocol.Probe().encode()
+        next_probe = 0.0
+        while time.monotonic() < deadline:
+            if time.monotonic() >= next_probe:  # resend: IMMEDIATE drops probes to unconnected peers
+                for sock in socks:
+                    try:
+                        sock.send_multipart(probe, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
+                next_probe = time.monotonic() + 0.2
+            for sock, _ in poller.poll(200):
+                try:
+                    if isinstance(protocol.decode(sock.recv_multipart()), protocol.ProbeReply):
+                        log.info("interchange answers at %s", socks[sock])
+                        return socks[sock]
+                except Exception as exc:
+                    log.info("bad probe answer from %s: %s", socks[sock], exc)
+        raise SystemExit(
+            f"process_worker_pool: no interchange answered on port {port} at any of {addresses} "
+            f"within {timeout:g} s; set the executor's `address` to one the workers can reach"
+        )
+    finally:
+        ctx.destroy(linger=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    manager_id = args.uid or uuid.uuid4().hex[:12]
+    logdir = os.path.join(args.logdir, f"block-{args.block_id}", manager_id)
+    os.makedirs(logdir, exist_ok=True)
+    logging.basicConfig(
+        filename=os.path.join(logdir, "manager.log"),
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise _Stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    task_url, result_url = resolve_urls(args)
+    cfg = PoolConfig(
+        task_url=task_url,
+        result_url=result_url,
+        manager_id=manager_id,
+        block_id=args.block_id,
+        max_workers=args.max_workers,
+        cores_per_worker=args.cores_per_worker,
+        mem_per_worker=args.mem_per_worker,
+        prefetch_capacity=args.prefetch_capacity,
+        heartbeat_period=args.hb_period,
+        heartbeat_threshold=args.hb_threshold,
+        logdir=logdir,
+        debug=args.debug,
+    )
+    try:
+        return Manager(cfg).run()
+    except _Stop:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

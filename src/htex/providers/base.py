@@ -1,0 +1,93 @@
+"""What every provider offers: three verbs over blocks of nodes.
+
+A provider gets *blocks* (one batch job each) from a resource manager:
+
+* ``submit(command, tasks_per_node, job_name) -> job_id`` starts one block
+  running ``command`` (wrapped by the provider's launcher) on every node;
+* ``status(job_ids) -> [JobStatus]``, in the same order;
+* ``cancel(job_ids) -> [bool]``.
+
+The executor's scaling code uses only these and the attributes below.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ..launchers import Launcher
+
+
+class JobState(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    HELD = "held"
+    UNKNOWN = "unknown"
+    MISSING = "missing"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT, JobState.MISSING}
+
+
+@dataclass
+class JobStatus:
+    state: JobState
+    message: str = ""
+    exit_code: int | None = None
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+
+class ExecutionProvider(ABC):
+    """Base of all providers; subclasses set these attributes in ``__init__``."""
+
+    label: str = "provider"
+    nodes_per_block: int = 1
+    init_blocks: int = 1
+    min_blocks: int = 0
+    max_blocks: int = 1
+    parallelism: float = 1.0
+    walltime: str = "00:15:00"
+    worker_init: str = ""
+    cmd_timeout: int = 30
+    launcher: Launcher
+    script_dir: str | None = None
+    # Workers run on other hosts (so the interchange listens on every interface).
+    remote: bool = False
+
+    @abstractmethod
+    def submit(self, command: str, tasks_per_node: int, job_name: str = "htex.block") -> str:
+        """Start one block; return its job id.  Raise ProviderError quoting the scheduler."""
+
+    @abstractmethod
+    def status(self, job_ids: list[str]) -> list[JobStatus]:
+        """The state of each job, in order."""
+
+    @abstractmethod
+    def cancel(self, job_ids: list[str]) -> list[bool]:
+        """Cancel the jobs; True for each one the scheduler accepted to cancel."""
+
+    @property
+    def status_polling_interval(self) -> float:
+        """How often, in seconds, the executor should call ``status``."""
+        return 60.0
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{k}={getattr(self, k)!r}"
+            for k in ("init_blocks", "min_blocks", "max_blocks", "nodes_per_block", "parallelism", "walltime")
+        )
+        return f"{type(self).__name__}({fields})"

@@ -1,0 +1,227 @@
+"""Functions, arguments and results to bytes and back.
+
+Functions go through cloudpickle: one importable on the worker is pickled by
+reference (module and name), a lambda, closure or function of ``__main__`` by
+value.  Each distinct function is pickled once in the executor, given a key,
+and crosses the wire once per pool (the interchange remembers which pool has
+which key) and once per worker.
+
+Arguments and results try the C pickler first (fast) and fall back to
+cloudpickle only for what it cannot do (lambdas as arguments, ...).
+
+A result blob starts with one status byte::
+
+    b"\\x00" + pickle(value)                      the task returned value
+    b"\\x01" + pickle((exception, traceback text)) the task raised
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import traceback
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from .errors import (
+    DeserializationError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+)
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+OK = 0
+RAISED = 1
+_OK = bytes([OK])
+_RAISED = bytes([RAISED])
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle with the C pickler, falling back to cloudpickle for what it refuses."""
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        blob: bytes = cloudpickle.dumps(obj, PROTOCOL)
+        return blob
+
+
+# ---------------------------------------------------------------------------
+# Functions
+# ---------------------------------------------------------------------------
+
+
+def pack_function(fn: Callable[..., Any]) -> bytes:
+    try:
+        blob: bytes = cloudpickle.dumps(fn, PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(
+            f"the function {_describe(fn)} cannot be pickled ({type(exc).__name__}: {exc}); "
+            "define it at module level, or make what it closes over picklable"
+        ) from exc
+    return blob
+
+
+def unpack_function(blob: bytes | memoryview) -> Callable[..., Any]:
+    try:
+        fn: Callable[..., Any] = pickle.loads(blob)
+    except ModuleNotFoundError as exc:
+        raise DeserializationError(
+            f"cannot load the task's function on the worker: no module named {exc.name!r}. "
+            f"Install {exc.name!r} where the workers run (or add it to worker_init), "
+            "or define the function in your __main__ script so that it is sent by value",
+            module=exc.name,
+        ) from exc
+    except Exception as exc:
+        raise DeserializationError(
+            f"cannot load the task's function on the worker ({type(exc).__name__}: {exc})"
+        ) from exc
+    return fn
+
+
+class FunctionRegistry:
+    """Executor side: gives each distinct function a key and pickles it only once.
+
+    Functions are remembered weakly where they allow it, so a script that makes
+    many lambdas does not keep them all alive.  Two objects that pickle to the
+    same bytes share a key.
+    """
+
+    def __init__(self) -> None:
+        self._by_object: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._by_object_strong: dict[Any, int] = {}  # builtins: no weakrefs, and immortal anyway
+        self._by_digest: dict[bytes, int] = {}
+        self._next = 1
+
+    def key_for(self, fn: Callable[..., Any]) -> tuple[int, bytes | None]:
+        """Return (key, blob): blob is None when this function was registered before."""
+        try:
+            return self._by_object[fn], None
+        except TypeError:
+            key = self._by_object_strong.get(fn)
+            if key is not None:
+                return key, None
+        except KeyError:
+            pass
+        blob = pack_function(fn)
+        digest = hashlib.blake2b(blob, digest_size=16).digest()
+        key = self._by_digest.get(digest)
+        new = key is None
+        if key is None:
+            key = self._next
+            self._next += 1
+            self._by_digest[digest] = key
+        try:
+            self._by_object[fn] = key
+        except TypeError:
+            self._by_object_strong[fn] = key
+        return key, (blob if new else None)
+
+
+# ---------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------
+
+
+def pack_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    try:
+        return pickle.dumps((args, kwargs), PROTOCOL)
+    except Exception:
+        pass
+    try:
+        blob: bytes = cloudpickle.dumps((args, kwargs), PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(_name_unpicklable(args, kwargs, exc)) from exc
+    return blob
+
+
+def _name_unpicklable(args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> str:
+    """Find which argument will not pickle, so the message can name it."""
+    named = [(f"positional argument {i}", a) for i, a in enumerate(args)]
+    named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for where, value in named:
+        try:
+            cloudpickle.dumps(value, PROTOCOL)
+        except Exception as inner:
+            return (
+                f"{where} ({type(value).__name__}) cannot be pickled: {type(inner).__name__}: "
+                f"{inner}. Pass something picklable (e.g. a path instead of an open file)"
+            )
+    return f"the arguments cannot be pickled: {type(exc).__name__}: {exc}"
+
+
+def unpack_args(blob: bytes | memoryview) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    try:
+        args, kwargs = pickle.loads(blob)
+    except ModuleNotFoundError as exc:
+        raise DeserializationError(
+            f"cannot load the task's arguments on the worker: no module named {exc.name!r}. "
+            f"Install {exc.name!r} where the workers run",
+            module=exc.name,
+        ) from exc
+    except Exception as exc:
+        raise DeserializationError(
+            f"cannot load the task's arguments on the worker ({type(exc).__name__}: {exc})"
+        ) from exc
+    return args, kwargs
+
+
+# ---------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------
+
+
+def pack_result(value: Any) -> bytes:
+    try:
+        return _OK + dumps(value)
+    except Exception as exc:
+        err = SerializationError(
+            f"the task's result ({type(value).__name__}) cannot be pickled: "
+            f"{type(exc).__name__}: {exc}. Return something picklable"
+        )
+        return pack_exception(err, "")
+
+
+def pack_exception(exc: BaseException, tb: str | None = None) -> bytes:
+    """Pickle an exception with its traceback text; never fails."""
+    if tb is None:
+        tb = "".join(traceback.format_exception(exc))
+    try:
+        blob = dumps((exc, tb))
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt: find out here
+        return _RAISED + blob
+    except Exception:
+        stand_in = RemoteError(
+            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
+            "(the exception could not be pickled, so this stands in for it)",
+            exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        )
+        return _RAISED + pickle.dumps((stand_in, tb), PROTOCOL)
+
+
+def unpack_result(blob: bytes | memoryview) -> tuple[bool, Any]:
+    """Return (True, value) or (False, exception with the remote traceback as __cause__)."""
+    status = blob[0]
+    try:
+        value = pickle.loads(memoryview(blob)[1:])
+    except Exception as exc:
+        return False, DeserializationError(
+            f"the task's result could not be unpickled here ({type(exc).__name__}: {exc}); "
+            "is the module that defines it importable in the client?"
+        )
+    if status == OK:
+        return True, value
+    error, tb = value
+    if tb and isinstance(error, BaseException):
+        # As concurrent.futures does: the worker's traceback shows as "the above was the cause".
+        error.__cause__ = RemoteTraceback(tb)
+    return False, error
+
+
+def _describe(fn: Any) -> str:
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module else str(name)

@@ -1,0 +1,121 @@
+"""The worker: one process that runs tasks, one batch at a time.
+
+Started by the pool as ``python -m htex.worker``; talks to its pool over one
+DEALER socket on an ipc:// path.  Its loop: receive a TASKS batch, run each
+task, send one RESULTS batch back.  It has no timers and no threads: the pool
+watches it (through a pidfd) and the kernel kills it if the pool dies
+(PR_SET_PDEATHSIG), so it can never outlive its pool.
+
+Environment, as in Parsl: PARSL_WORKER_RANK, PARSL_WORKER_COUNT, PARSL_WORKER_POOL_ID
+(set by the pool before this process starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from . import protocol, serialize
+from .errors import DeserializationError
+
+log = logging.getLogger("htex.worker")
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent exits (no orphans)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0)
+
+
+class Worker:
+    def __init__(self, url: str, rank: int) -> None:
+        self.rank = rank
+        self.functions: dict[int, Callable[..., Any] | DeserializationError] = {}
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, b"w%d" % rank)
+        self.sock.setsockopt(zmq.LINGER, 5000)  # results already sent must reach the pool
+        self.sock.connect(url)
+
+    def run(self) -> None:
+        self.sock.send_multipart(protocol.WorkerReady(rank=self.rank, pid=os.getpid()).encode())
+        try:
+            while True:
+                msg = protocol.decode(self.sock.recv_multipart(copy=False))
+                if isinstance(msg, protocol.Tasks):
+                    self.sock.send_multipart(self.run_batch(msg).encode(), copy=False)
+                elif isinstance(msg, protocol.Shutdown):
+                    return
+        finally:
+            self.sock.close()
+            self.ctx.term()
+
+    def run_batch(self, batch: protocol.Tasks) -> protocol.Results:
+        for key, blob in batch.functions.items():
+            try:
+                self.functions[key] = serialize.unpack_function(protocol.as_buffer(blob))
+            except DeserializationError as exc:
+                self.functions[key] = exc  # every task of this function fails with it
+        results = [
+            self.run_one(key, protocol.as_buffer(payload))
+            for key, payload in zip(batch.fn_keys, batch.payloads, strict=False)
+        ]
+        return protocol.Results(batch.ids, list(results))
+
+    def run_one(self, fn_key: int, payload: memoryview | bytes) -> bytes:
+        fn = self.functions.get(fn_key)
+        if fn is None:
+            return serialize.pack_exception(
+                DeserializationError(f"function key {fn_key} never reached this worker (htex bug)"), ""
+            )
+        if isinstance(fn, DeserializationError):
+            return serialize.pack_exception(fn, "")
+        try:
+            args, kwargs = serialize.unpack_args(payload)
+        except DeserializationError as exc:
+            return serialize.pack_exception(exc, "")
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            # Drop this frame from the traceback: the user's code starts one level down.
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None))
+            return serialize.pack_exception(exc, tb)
+        return serialize.pack_result(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m htex.worker")
+    parser.add_argument("--url", required=True, help="the pool's ipc:// address")
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--logfile", default=None, help="debug log file (only with --debug)")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    die_with_parent()
+    # The terminal's Ctrl-C is for the client; the pool decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if args.debug and args.logfile:
+        logging.basicConfig(
+            filename=args.logfile,
+            level=logging.DEBUG,
+            format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        )
+        log.debug("worker rank %d started, pid %d", args.rank, os.getpid())
+    Worker(args.url, args.rank).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

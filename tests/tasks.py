@@ -1,0 +1,62 @@
+"""Functions the tests run on workers.  Importable there: conftest puts tests/ on PYTHONPATH."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+
+def noop() -> None:
+    return None
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def echo(x: Any) -> Any:
+    return x
+
+
+def nbytes(data: bytes) -> int:
+    return len(data)
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def worker_env() -> dict[str, str | None]:
+    keys = ("PARSL_WORKER_RANK", "PARSL_WORKER_COUNT", "PARSL_WORKER_POOL_ID", "PARSL_WORKER_BLOCK_ID")
+    return {k: os.environ.get(k) for k in keys}
+
+
+def sleep_then(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def return_lock() -> Any:
+    return threading.Lock()
+
+
+def hard_exit(code: int) -> None:
+    os._exit(code)
+
+
+class Unrebuildable(Exception):
+    """Pickles, but cannot be unpickled: its __init__ needs two arguments."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unrebuildable() -> None:
+    raise Unrebuildable(1, 2)
