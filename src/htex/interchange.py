@@ -18,9 +18,11 @@ registered is decoded only as far as the header and a small JSON body, and
 dropped (with a log line) unless it is a Probe or a Register.
 
 A pool's capacity is its worker count plus its prefetch capacity.  Tasks go to
-a pool in order, and a pool runs them in order, so when a pool is lost the
-oldest ``worker_count`` of its outstanding tasks are the ones that were
-running (they fail with ManagerLost) and the rest go back to the queue.
+a pool in order, and a pool hands them to its workers in order, at most
+``worker_batch`` to a worker: so when a pool is lost, any task that may have
+started is among the oldest ``worker_count * worker_batch`` of its outstanding
+tasks.  Those fail with ManagerLost; the rest surely never started and go back
+to the queue (a task is never run twice).
 """
 
 from __future__ import annotations
@@ -276,7 +278,7 @@ class Interchange:
             self._to_pool(identity, protocol.Rejected(reason=reason))
             self._to_client(protocol.Event(kind="pool_rejected", message=reason, data={"manager": reg.manager_id}))
             return
-        if reg.worker_count < 1 or reg.prefetch_capacity < 0 or identity in self.pools:
+        if reg.worker_count < 1 or reg.prefetch_capacity < 0 or reg.worker_batch < 1 or identity in self.pools:
             self._drop(identity, f"bad registration {reg}")
             return
         now = time.monotonic()
@@ -397,7 +399,8 @@ class Interchange:
         del self.pools[pool.identity]
         self.with_room.pop(pool.identity, None)
         tasks = list(pool.tasks.items())
-        running, prefetched = tasks[: pool.info.worker_count], tasks[pool.info.worker_count :]
+        may_have_started = pool.info.worker_count * pool.info.worker_batch
+        running, prefetched = tasks[:may_have_started], tasks[may_have_started:]
         self.queue.extendleft(reversed([(tid, key, payload) for tid, (key, payload) in prefetched]))
         message = f"{pool.describe()} was lost: it {why}"
         log.error("%s; %d running tasks fail, %d prefetched go back to the queue", message, len(running), len(prefetched))

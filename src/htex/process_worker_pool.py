@@ -10,10 +10,17 @@ the workers sent, hand queued tasks to idle workers, then keep time
 (heartbeats, liveness).  It blocks on its sockets and on the workers' pidfds,
 so a worker's death wakes it at once; the only timeout is the next heartbeat.
 
-Tasks go to workers one at a time and in arrival order, so the tasks a worker
-has started are always the oldest outstanding ones: that is what lets the
-interchange tell, when this pool is lost, which tasks were running (they fail
-with ManagerLost) and which were only prefetched (they run elsewhere).
+Tasks go to an idle worker in batches: its share of the queue, at most
+WORKER_BATCH, so a deep queue of short tasks costs one message per batch on
+every hop, and a shallow queue (long tasks) still spreads one task per worker.
+A worker sends its results when its batch is done, or sooner if the batch
+runs long (see worker.py).
+
+Batches are cut from the queue in arrival order.  So the tasks handed to
+workers are always the oldest outstanding ones, at most
+``worker_count * WORKER_BATCH`` of them: when this pool is lost, the
+interchange fails that many oldest tasks with ManagerLost (they may have
+started) and puts the rest back in its queue (they surely had not).
 
 Started by the provider as ``process_worker_pool`` (or ``python -m
 htex.process_worker_pool``) with the flags Parsl's pool takes.
@@ -47,6 +54,10 @@ log = logging.getLogger("htex.pool")
 
 # A worker that dies this many times in a row before saying hello means workers cannot start here.
 MAX_START_FAILURES = 3
+# The most tasks one worker is handed at once, and how long a batch should take:
+# long enough to amortise a message, short enough that long tasks go one by one.
+WORKER_BATCH = 32
+BATCH_SECONDS = 0.002
 
 
 class _Stop(Exception):
@@ -89,7 +100,8 @@ class _WorkerSlot:
     proc: subprocess.Popen[bytes] | None = None
     pidfd: int = -1
     ready: bool = False
-    task: int | None = None  # the task id it runs
+    tasks: list[int] = field(default_factory=list)  # handed to it, no result yet, in order
+    sent_at: float = 0.0
     functions: set[int] = field(default_factory=set)
 
 
@@ -100,6 +112,7 @@ class Manager:
         self.count = worker_count(cfg.max_workers, cfg.cores_per_worker, cfg.mem_per_worker)
         self.ctx = zmq.Context()
         self.queue: deque[tuple[int, int, protocol.Blob]] = deque()
+        self.handed: dict[int, tuple[int, int, protocol.Blob]] = {}  # at a worker, no result yet
         self.functions: dict[int, protocol.Blob] = {}
         self.workers = [_WorkerSlot(rank) for rank in range(self.count)]
         self.idle: deque[int] = deque()
@@ -107,6 +120,7 @@ class Manager:
         self.done_ids: list[int] = []
         self.done_payloads: list[protocol.Blob] = []
         self.start_failures = 0
+        self.task_seconds = 0.0  # moving average; 0 = not known yet, so batches start at one task
         self.stopping = False
         self.last_sent = 0.0
         self.last_heard = time.monotonic()
@@ -169,6 +183,7 @@ class Manager:
             pid=os.getpid(),
             worker_count=self.count,
             prefetch_capacity=self.cfg.prefetch_capacity,
+            worker_batch=WORKER_BATCH,
             htex_version=__version__,
             python_version=platform.python_version(),
         )
@@ -215,8 +230,12 @@ class Manager:
             msg = protocol.decode(frames)
             if isinstance(msg, protocol.Results):
                 slot = self.workers[int(ident.bytes[1:])]
-                slot.task = None
-                self.idle.append(slot.rank)
+                self._measure(slot, len(msg.ids))
+                del slot.tasks[: len(msg.ids)]  # results come back in the order tasks went out
+                for tid in msg.ids:
+                    self.handed.pop(tid, None)
+                if not slot.tasks:
+                    self.idle.append(slot.rank)
                 self.done_ids.extend(msg.ids)
                 self.done_payloads.extend(msg.payloads)
             elif isinstance(msg, protocol.WorkerReady):
@@ -225,6 +244,13 @@ class Manager:
                 self.start_failures = 0
                 self.idle.append(slot.rank)
                 log.debug("worker %d ready (pid %d)", msg.rank, msg.pid)
+
+    def _measure(self, slot: _WorkerSlot, n: int) -> None:
+        """Keep a moving average of how long a task takes (send to result, per task)."""
+        now = time.monotonic()
+        sample = (now - slot.sent_at) / n
+        slot.sent_at = now
+        self.task_seconds = sample if self.task_seconds <= 0 else 0.8 * self.task_seconds + 0.2 * sample
 
     def _start_worker(self, slot: _WorkerSlot) -> None:
         env = dict(os.environ)
@@ -240,7 +266,7 @@ class Manager:
         slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
         slot.pidfd = os.pidfd_open(slot.proc.pid)
         slot.ready = False
-        slot.task = None
+        slot.tasks = []
         slot.functions = set()
         self.by_pidfd[slot.pidfd] = slot
         self.poller.register(slot.pidfd, zmq.POLLIN)
@@ -255,16 +281,20 @@ class Manager:
         how = f"killed by signal {-code} ({_signame(-code)})" if code < 0 else f"exited with code {code}"
         if slot.rank in self.idle:
             self.idle.remove(slot.rank)
-        if slot.task is not None:
+        if slot.tasks:
+            # The first task without a result was running; the rest of its batch never started.
+            running, unstarted = slot.tasks[0], slot.tasks[1:]
+            self.queue.extendleft(reversed([self.handed.pop(t) for t in unstarted]))
+            self.handed.pop(running, None)
             err = WorkerLost(
                 f"worker {slot.rank} (pid {slot.proc.pid}) of pool {self.cfg.manager_id} on host "
                 f"{socket.gethostname()} {how} while running this task. This can be a crash in "
                 "native code, os._exit(), or the kernel's OOM killer; check the task's memory use",
                 rank=slot.rank, pool=self.cfg.manager_id, host=socket.gethostname(), exit_code=code,
             )
-            self.done_ids.append(slot.task)
+            self.done_ids.append(running)
             self.done_payloads.append(serialize.pack_exception(err, ""))
-            log.warning("worker %d %s while running task %d", slot.rank, how, slot.task)
+            log.warning("worker %d %s while running task %d", slot.rank, how, running)
         else:
             log.warning("worker %d %s", slot.rank, how)
         if self.stopping:
@@ -280,17 +310,30 @@ class Manager:
 
     # -- step 3: hand out tasks ---------------------------------------------
 
+    def _batch_size(self) -> int:
+        """Enough tasks for about BATCH_SECONDS of work, and no more than a fair share of the queue."""
+        by_time = int(BATCH_SECONDS / self.task_seconds) if self.task_seconds > 0 else 1
+        fair = -(-len(self.queue) // self.count)
+        return max(1, min(WORKER_BATCH, by_time, fair))
+
     def _dispatch(self) -> None:
+        """Give each idle worker its share of the queue, oldest tasks first."""
         while self.idle and self.queue:
             slot = self.workers[self.idle.popleft()]
-            task_id, fn_key, payload = self.queue.popleft()
+            n = self._batch_size()
+            batch = [self.queue.popleft() for _ in range(n)]
             functions = {}
-            if fn_key not in slot.functions:
-                functions[fn_key] = self.functions[fn_key]
-                slot.functions.add(fn_key)
-            batch = protocol.Tasks(_ids(task_id), _ids(fn_key), [payload], functions)
-            slot.task = task_id
-            self.worker_sock.send_multipart([b"w%d" % slot.rank, *batch.encode()], copy=False)
+            for task_id, fn_key, payload in batch:
+                self.handed[task_id] = (task_id, fn_key, payload)
+                if fn_key not in slot.functions:
+                    functions[fn_key] = self.functions[fn_key]
+                    slot.functions.add(fn_key)
+            slot.tasks = [t[0] for t in batch]
+            slot.sent_at = time.monotonic()
+            msg = protocol.Tasks(
+                protocol.u64_array(slot.tasks), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions
+            )
+            self.worker_sock.send_multipart([b"w%d" % slot.rank, *msg.encode()], copy=False)
 
     def _flush_results(self) -> None:
         if self.done_ids:
@@ -340,10 +383,6 @@ class Manager:
             pass
         os.rmdir(self.sockdir)
         log.info("manager %s stopped", self.cfg.manager_id)
-
-
-def _ids(value: int) -> Any:
-    return protocol.u64_array([value])
 
 
 def _signame(num: int) -> str:

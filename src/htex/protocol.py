@@ -242,6 +242,7 @@ class Register(_Json):
     pid: int
     worker_count: int
     prefetch_capacity: int
+    worker_batch: int  # the most tasks one worker holds at once
     htex_version: str
     python_version: str
 

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,9 @@ from . import protocol, serialize
 from .errors import DeserializationError
 
 log = logging.getLogger("htex.worker")
+
+# A batch that runs longer than this sends the results it has, so they are not held back.
+FLUSH_SECONDS = 0.005
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
@@ -56,24 +60,33 @@ class Worker:
             while True:
                 msg = protocol.decode(self.sock.recv_multipart(copy=False))
                 if isinstance(msg, protocol.Tasks):
-                    self.sock.send_multipart(self.run_batch(msg).encode(), copy=False)
+                    self.run_batch(msg)
                 elif isinstance(msg, protocol.Shutdown):
                     return
         finally:
             self.sock.close()
             self.ctx.term()
 
-    def run_batch(self, batch: protocol.Tasks) -> protocol.Results:
+    def run_batch(self, batch: protocol.Tasks) -> None:
+        """Run the tasks in order; send results when done, or every FLUSH_SECONDS if the batch runs long."""
         for key, blob in batch.functions.items():
             try:
                 self.functions[key] = serialize.unpack_function(protocol.as_buffer(blob))
             except DeserializationError as exc:
                 self.functions[key] = exc  # every task of this function fails with it
-        results = [
-            self.run_one(key, protocol.as_buffer(payload))
-            for key, payload in zip(batch.fn_keys, batch.payloads, strict=False)
-        ]
-        return protocol.Results(batch.ids, list(results))
+        ids: list[int] = []
+        results: list[protocol.Blob] = []
+        last_sent = time.monotonic()
+        for task_id, key, payload in zip(batch.ids, batch.fn_keys, batch.payloads, strict=True):
+            results.append(self.run_one(key, protocol.as_buffer(payload)))
+            ids.append(task_id)
+            if len(ids) < len(batch.ids) and time.monotonic() - last_sent > FLUSH_SECONDS:
+                self._send(ids, results)
+                ids, results, last_sent = [], [], time.monotonic()
+        self._send(ids, results)
+
+    def _send(self, ids: list[int], results: list[protocol.Blob]) -> None:
+        self.sock.send_multipart(protocol.Results(protocol.u64_array(ids), results).encode(), copy=False)
 
     def run_one(self, fn_key: int, payload: memoryview | bytes) -> bytes:
         fn = self.functions.get(fn_key)
