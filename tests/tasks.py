@@ -60,3 +60,22 @@ class Unrebuildable(Exception):
 
 def raise_unrebuildable() -> None:
     raise Unrebuildable(1, 2)
+
+
+def exit_once(marker: str, code: int = 7) -> str:
+    """Kill the worker on the first try (the marker file does not exist yet), succeed after."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(code)
+    return "second try"
+
+
+def count_and_fail(path: str) -> None:
+    with open(path, "a") as f:
+        f.write("x")
+    raise ValueError("the task's own error")
+
+
+def pool_id_after(seconds: float) -> str:
+    time.sleep(seconds)
+    return os.environ["PARSL_WORKER_POOL_ID"]

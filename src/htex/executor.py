@@ -43,7 +43,7 @@ from typing import Any
 
 import zmq
 
-from . import errors, protocol, serialize
+from . import errors, protocol, security, serialize
 from .errors import (
     ConfigurationError,
     ExecutorShutdown,
@@ -62,7 +62,7 @@ DEFAULT_LAUNCH_CMD = (
     "-t {task_port} -r {result_port} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} "
     "--poll {poll_period} --logdir={logdir} --block_id={block_id} --hb_period={heartbeat_period} "
     "--hb_threshold={heartbeat_threshold} --address_probe_timeout={address_probe_timeout} "
-    "--nodes_per_block={nodes_per_block}"
+    "--nodes_per_block={nodes_per_block} --cert_dir={cert_dir}"
 )
 _BATCH = 1024  # tasks per message to the interchange, at most
 _READY_TIMEOUT = 30.0  # seconds for the interchange to start
@@ -105,6 +105,9 @@ class HighThroughputExecutor:
         *,
         max_workers_per_node: int | float | None = None,
         run_dir: str | None = None,
+        encrypted: bool | None = None,
+        lost_task_retries: int = 0,
+        max_outstanding: int | None = 100_000,
     ) -> None:
         if max_workers_per_node is not None:
             max_workers = max_workers_per_node
@@ -112,6 +115,9 @@ class HighThroughputExecutor:
         _check(max_workers >= 1, f"max_workers must be >= 1, got {max_workers}")
         _check(mem_per_worker is None or mem_per_worker > 0, f"mem_per_worker must be > 0 GB, got {mem_per_worker}")
         _check(prefetch_capacity >= 0, f"prefetch_capacity must be >= 0, got {prefetch_capacity}")
+        _check(lost_task_retries >= 0, f"lost_task_retries must be >= 0, got {lost_task_retries}")
+        _check(max_outstanding is None or max_outstanding >= 1, f"max_outstanding must be >= 1, got {max_outstanding}")
+        _check(not encrypted or security.available(), "encrypted=True but this libzmq has no CURVE support")
         _check(0 < heartbeat_period <= heartbeat_threshold,
                f"need 0 < heartbeat_period ({heartbeat_period}) <= heartbeat_threshold ({heartbeat_threshold})")
         for name, rng in (("worker_port_range", worker_port_range), ("interchange_port_range", interchange_port_range)):
@@ -137,13 +143,21 @@ class HighThroughputExecutor:
         self.managed = managed
         self.worker_logdir_root = worker_logdir_root
         self.run_dir = run_dir or ""  # chosen at start(): runinfo/NNN, as Parsl numbers its runs
+        self.encrypted = encrypted  # None: on when workers may be on other hosts; decided at start()
+        self.lost_task_retries = lost_task_retries
+        self.max_outstanding = max_outstanding
+        self.cert_dir: str | None = None
         self.hub_address: str | None = None  # monitoring hub: accepted, unused
         self.hub_port: int | None = None
 
         self.tasks: dict[int, Future[Any]] = {}
         self.blocks: dict[str, str] = {}  # block id -> job id
         self.block_mapping: dict[str, str] = {}  # job id -> block id
-        self._lock = threading.Lock()
+        # Reentrant: shutdown() may run in a signal handler that interrupted submit().
+        self._lock = threading.RLock()
+        self._room = threading.Condition(self._lock)  # submit() waits here when max_outstanding is reached
+        self._waiting_for_room = 0
+        self._retry: dict[int, tuple[int, bytes, int]] = {}  # task id -> (function key, payload, tries left)
         self._ids = itertools.count(1)
         self._block_ids = itertools.count(0)
         self._functions = serialize.FunctionRegistry()
@@ -162,6 +176,7 @@ class HighThroughputExecutor:
         self._pools_by_block: dict[str, set[str]] = {}
         self._block_status: dict[str, JobStatus] = {}
         self._failed_in_a_row = 0
+        self._dropped = 0
         self._slots_per_block = 1
         self._interchange: subprocess.Popen[bytes] | None = None
         self._io_thread: threading.Thread | None = None
@@ -178,34 +193,59 @@ class HighThroughputExecutor:
         return os.path.join(self.run_dir, self.label)
 
     def start(self) -> None:
-        """Start the interchange, connect to it, and start the first blocks."""
+        """Start the interchange, connect to it, and start the first blocks.
+
+        Configuration is checked first, so a bad launch_cmd fails here with
+        nothing started; a failure after the interchange is up shuts it down.
+        """
         if self._started:
             raise RuntimeError("this executor was already started")
+        if self.encrypted is None:
+            self.encrypted = self._bind_address() != "127.0.0.1" and security.available()
+        if self.encrypted and self.launch_cmd and "{cert_dir}" not in self.launch_cmd:
+            raise ConfigurationError(
+                "the executor is encrypted but launch_cmd has no --cert_dir={cert_dir}: its pools could not "
+                "connect. Add it, or pass encrypted=False on a trusted network"
+            )
+        if self.managed:
+            self.launch_command("0")  # raises ConfigurationError for an unknown placeholder
         self._started = True
         if not self.run_dir:
             self.run_dir = _next_run_dir("runinfo")
         os.makedirs(self.logdir, exist_ok=True)
         if self.provider.script_dir is None:
             self.provider.script_dir = os.path.join(self.logdir, "submit_scripts")
+        self.cert_dir = os.path.join(self.logdir, "certs") if self.encrypted else None
+        if self.cert_dir:
+            security.make_keys(self.cert_dir)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
         self._ctx = zmq.Context()
+        self._auth = security.authenticator(self._ctx, self.cert_dir, "interchange") if self.cert_dir else None
         self._sock = self._ctx.socket(zmq.ROUTER)
         for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 0), (zmq.ROUTER_MANDATORY, 1)):
             self._sock.setsockopt(opt, val)
+        if self.cert_dir:
+            security.serve(self._sock, self.cert_dir)
         low, high = self.interchange_port_range
         port = self._sock.bind_to_random_port("tcp://127.0.0.1", low, high, 200)
         self._ic_identity = b"ic-" + secrets.token_hex(16).encode()
         self._start_interchange(f"tcp://127.0.0.1:{port}")
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        os.set_blocking(self._wake_r, False)
         self._io_thread = threading.Thread(target=self._io_loop, name=f"htex-io-{self.label}", daemon=True)
         self._io_thread.start()
         _live_executors.add(self)
-        self._write_connection_file()
-        if self.managed:
-            self.initialize_scaling()
-            self._watch_thread = threading.Thread(target=self._watch_blocks, name=f"htex-blocks-{self.label}", daemon=True)
-            self._watch_thread.start()
+        try:
+            self._write_connection_file()
+            if self.managed:
+                self.initialize_scaling()
+                self._watch_thread = threading.Thread(
+                    target=self._watch_blocks, name=f"htex-blocks-{self.label}", daemon=True
+                )
+                self._watch_thread.start()
+        except BaseException:
+            self.shutdown(wait=False)
+            raise
 
     def _bind_address(self) -> str:
         addrs = self._addresses()
@@ -229,6 +269,7 @@ class HighThroughputExecutor:
             "heartbeat_threshold": self.heartbeat_threshold,
             "logdir": self.logdir,
             "debug": self.worker_debug,
+            "cert_dir": self.cert_dir,
         }
         self._ic_stderr = os.path.join(self.logdir, "interchange.stderr")
         with open(self._ic_stderr, "wb") as err:
@@ -261,11 +302,15 @@ class HighThroughputExecutor:
         raise InterchangeLost(f"the interchange did not start within {_READY_TIMEOUT:g} s; see {self.logdir}")
 
     def _cleanup_failed_start(self) -> None:
+        self._shutting_down = True
         if self._interchange is not None and self._interchange.poll() is None:
             self._interchange.kill()
             self._interchange.wait()
-        os.close(self._ic_pidfd)
+        for fd in (self._ic_pidfd, self._wake_r, self._wake_w):
+            os.close(fd)
         self._sock.close()
+        if self._auth is not None:
+            self._auth.stop()
         self._ctx.term()
         self._shutdown_done.set()
 
@@ -324,18 +369,39 @@ class HighThroughputExecutor:
         fut.set_running_or_notify_cancel()
         with self._lock:
             self._check_open()
+            if self.max_outstanding is not None and len(self.tasks) >= self.max_outstanding:
+                self._wait_for_room()
             key, blob = self._functions.key_for(func)
             if blob is not None:
                 self._outbox_functions[key] = blob
             task_id = next(self._ids)
             fut.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
             self.tasks[task_id] = fut
+            if self.lost_task_retries:
+                self._retry[task_id] = (key, payload, self.lost_task_retries)
             self._outbox.append((task_id, key, payload))
             wake = not self._awake
             self._awake = True
         if wake:
             self._wake()
         return fut
+
+    def _wait_for_room(self) -> None:
+        """Block (holding no lock while asleep) until fewer than max_outstanding tasks are in flight.
+
+        Not on the I/O thread: a done-callback that submits must not wait for
+        results that only that thread can deliver.
+        """
+        if threading.current_thread() is self._io_thread:
+            return
+        assert self.max_outstanding is not None
+        self._waiting_for_room += 1
+        try:
+            while len(self.tasks) >= self.max_outstanding:
+                self._room.wait(1.0)
+                self._check_open()
+        finally:
+            self._waiting_for_room -= 1
 
     def _check_open(self) -> None:
         if self._bad is not None:
@@ -452,6 +518,7 @@ class HighThroughputExecutor:
         log.error("executor %s is in a bad state: %s", self.label, exception)
         for _, fut in pending:
             _fail(fut, exception)
+        self._make_room()
 
     def _command(self, op: str, *args: Any, timeout: float = 10.0) -> Any:
         if not self._started or self._shutdown_done.is_set():
@@ -540,7 +607,9 @@ class HighThroughputExecutor:
             except zmq.Again:
                 return
             if ident.bytes != self._ic_identity:
-                log.warning("dropped a message from an unknown peer on the client port")
+                self._dropped += 1
+                if self._dropped <= 10 or self._dropped % 1000 == 0:  # a flood must not flood the log
+                    log.warning("dropped a message from an unknown peer on the client port (%d so far)", self._dropped)
                 continue
             self._ic_last_heard = time.monotonic()
             try:
@@ -551,11 +620,10 @@ class HighThroughputExecutor:
             if isinstance(msg, protocol.Results):
                 self._complete(msg)
             elif isinstance(msg, protocol.TasksFailed):
-                exc_type = getattr(errors, msg.error, errors.TaskLost)
-                for tid in msg.ids:
-                    fut = self.tasks.pop(tid, None)
-                    if fut is not None:
-                        _fail(fut, exc_type(msg.message))
+                exc_type = getattr(errors, msg.error, None)
+                if not (isinstance(exc_type, type) and issubclass(exc_type, errors.HtexError)):
+                    exc_type = errors.TaskLost
+                self._fail_lost(msg.ids, exc_type, msg.message)
             elif isinstance(msg, protocol.Reply):
                 reply = self._replies.pop(msg.req, None)
                 if reply is not None:
@@ -568,11 +636,16 @@ class HighThroughputExecutor:
 
     def _complete(self, msg: protocol.Results) -> None:
         tasks = self.tasks
-        for tid, blob in zip(msg.ids, msg.payloads, strict=False):
-            fut = tasks.pop(tid, None)
+        for tid, blob in zip(msg.ids, msg.payloads, strict=True):
+            fut = tasks.get(tid)
             if fut is None:
                 continue
             ok, value = serialize.unpack_result(protocol.as_buffer(blob))
+            if not ok and isinstance(value, errors.TaskLost) and self._retry_lost(tid, value):
+                continue
+            tasks.pop(tid, None)
+            if self._retry:
+                self._retry.pop(tid, None)
             try:
                 if ok:
                     fut.set_result(value)
@@ -580,6 +653,37 @@ class HighThroughputExecutor:
                     fut.set_exception(value)
             except concurrent.futures.InvalidStateError:
                 pass
+        self._make_room()
+
+    def _make_room(self) -> None:
+        if self._waiting_for_room:
+            with self._room:
+                self._room.notify_all()
+
+    def _retry_lost(self, tid: int, exc: BaseException) -> bool:
+        """Send a lost task again if it has tries left; True if it was sent."""
+        entry = self._retry.get(tid)
+        if entry is None or entry[2] <= 0 or self._shutting_down or self._bad is not None:
+            return False
+        key, payload, left = entry
+        self._retry[tid] = (key, payload, left - 1)
+        log.warning("task %d lost (%s); sending it again (%d tries left)", tid, exc, left - 1)
+        with self._lock:
+            self._outbox.append((tid, key, payload))
+            self._awake = True
+        self._wake()
+        return True
+
+    def _fail_lost(self, ids: list[int], exc_type: type[BaseException], message: str) -> None:
+        for tid in ids:
+            exc = exc_type(message)
+            if tid in self.tasks and self._retry_lost(tid, exc):
+                continue
+            fut = self.tasks.pop(tid, None)
+            self._retry.pop(tid, None)
+            if fut is not None:
+                _fail(fut, exc)
+        self._make_room()
 
     def _on_event(self, event: protocol.Event) -> None:
         data = event.data
@@ -592,6 +696,11 @@ class HighThroughputExecutor:
         elif event.kind == "pool_lost":
             log.error("%s", event.message)
             self._pools_by_block.get(str(data.get("block_id")), set()).discard(str(data.get("manager")))
+        elif event.kind == "pool_rejected":
+            log.error("a pool was refused: %s", event.message)
+            if not any(self._pools_by_block.values()):
+                # No pool can serve us: waiting would only hide the reason.
+                self.set_bad_state_and_fail_all(errors.VersionMismatch(event.message))
         else:
             log.warning("%s: %s", event.kind, event.message)
 
@@ -641,6 +750,7 @@ class HighThroughputExecutor:
             "heartbeat_threshold": self.heartbeat_threshold,
             "address_probe_timeout": self.address_probe_timeout or 30,
             "nodes_per_block": self.provider.nodes_per_block,
+            "cert_dir": shlex.quote(self.cert_dir) if self.cert_dir else "",
             "uid": "",
         }
         return values
@@ -789,6 +899,7 @@ class HighThroughputExecutor:
             self.tasks.clear()
         for fut in pending:
             _fail(fut, ExecutorShutdown("the executor was shut down before this task finished"))
+        self._make_room()
         self._io_stop = True
         self._wake()
         if self._io_thread is not None and self._io_thread is not threading.current_thread():
@@ -796,6 +907,8 @@ class HighThroughputExecutor:
         for reply in list(self._replies.values()):
             _fail(reply, ExecutorShutdown("the executor was shut down"))
         self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         self._ctx.term()
         for fd in (self._wake_r, self._wake_w, self._ic_pidfd):
             try:

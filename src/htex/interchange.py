@@ -18,11 +18,11 @@ registered is decoded only as far as the header and a small JSON body, and
 dropped (with a log line) unless it is a Probe or a Register.
 
 A pool's capacity is its worker count plus its prefetch capacity.  Tasks go to
-a pool in order, and a pool hands them to its workers in order, at most
-``worker_batch`` to a worker: so when a pool is lost, any task that may have
-started is among the oldest ``worker_count * worker_batch`` of its outstanding
-tasks.  Those fail with ManagerLost; the rest surely never started and go back
-to the queue (a task is never run twice).
+a pool in order, and the pool hands them to its workers in order, after
+telling us how many it has handed out in all (Progress).  So when a pool is
+lost, the tasks it may have started are exactly those among the first
+``handed`` we sent it: they fail with ManagerLost; the rest surely never
+started and go back to the queue.  A task is never run twice.
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ from typing import Any
 
 import zmq
 
-from . import __version__, protocol
+from . import __version__, protocol, security
 from .errors import ProtocolError
 
 log = logging.getLogger("htex.interchange")
 
 _DRAIN = 256  # messages read from one socket before looking at the others (fairness)
+MAX_CONTROL_BYTES = 1 << 20  # the task socket only receives Probe, Register, Progress, Heartbeat
 
 
 @dataclass
@@ -60,6 +61,7 @@ class InterchangeConfig:
     heartbeat_threshold: float = 120.0
     logdir: str = "."
     debug: bool = False
+    cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
 
 
 @dataclass
@@ -71,7 +73,10 @@ class _Pool:
     capacity: int
     last_heard: float
     registered_at: float
-    tasks: dict[int, tuple[int, protocol.Blob]] = field(default_factory=dict)  # in dispatch order
+    # task id -> (function key, payload, sequence number of the task in what we sent this pool)
+    tasks: dict[int, tuple[int, protocol.Blob, int]] = field(default_factory=dict)
+    sent: int = 0  # tasks sent to this pool in all
+    handed: int = 0  # tasks the pool says it has handed to workers (Progress)
     functions: set[int] = field(default_factory=set)
     held: bool = False
     last_busy: float = 0.0
@@ -101,12 +106,17 @@ class Interchange:
         self.dropped = 0
         self.counts = {"received": 0, "dispatched": 0, "done": 0, "lost": 0, "functions_sent": 0}
 
+        self.auth = security.authenticator(self.ctx, cfg.cert_dir, "pool") if cfg.cert_dir else None
         self.client = self.ctx.socket(zmq.DEALER)
         self.client.setsockopt(zmq.IDENTITY, cfg.client_identity.encode())
         self._unbounded(self.client)
+        if cfg.cert_dir:
+            security.connect_as(self.client, cfg.cert_dir, "interchange")
         self.client.connect(cfg.client_url)
 
         self.task_sock = self._router()
+        # Only small control messages arrive here: refuse big ones before they are read.
+        self.task_sock.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
         self.result_sock = self._router()
         address = f"tcp://{cfg.bind_address}"
         if cfg.worker_ports:
@@ -127,6 +137,8 @@ class Interchange:
         self._unbounded(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished pool raises, not drops
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if self.cfg.cert_dir:
+            security.serve(sock, self.cfg.cert_dir)
         return sock
 
     @staticmethod
@@ -219,6 +231,7 @@ class Interchange:
             "worker_count": pool.info.worker_count,
             "prefetch_capacity": pool.info.prefetch_capacity,
             "tasks": len(pool.tasks),
+            "handed": pool.handed,
             "active": not pool.held,
             "idle_duration": 0.0 if pool.tasks else now - pool.last_busy,
             "last_heartbeat": now - pool.last_heard,
@@ -256,7 +269,9 @@ class Interchange:
             pool = self.pools.get(identity)
             if pool is not None:
                 pool.last_heard = time.monotonic()
-            if isinstance(msg, protocol.Probe):
+            if isinstance(msg, protocol.Progress) and pool is not None:
+                pool.handed = max(pool.handed, msg.handed)
+            elif isinstance(msg, protocol.Probe):
                 self._to_pool(identity, protocol.ProbeReply())
             elif isinstance(msg, protocol.Register):
                 self._register(identity, msg)
@@ -278,7 +293,7 @@ class Interchange:
             self._to_pool(identity, protocol.Rejected(reason=reason))
             self._to_client(protocol.Event(kind="pool_rejected", message=reason, data={"manager": reg.manager_id}))
             return
-        if reg.worker_count < 1 or reg.prefetch_capacity < 0 or reg.worker_batch < 1 or identity in self.pools:
+        if reg.worker_count < 1 or reg.prefetch_capacity < 0 or identity in self.pools:
             self._drop(identity, f"bad registration {reg}")
             return
         now = time.monotonic()
@@ -371,7 +386,8 @@ class Interchange:
         pool.functions.update(functions)
         self.counts["functions_sent"] += len(functions)
         for tid, key, payload in batch:
-            pool.tasks[tid] = (key, payload)
+            pool.tasks[tid] = (key, payload, pool.sent)
+            pool.sent += 1
         self.counts["dispatched"] += n
 
     # -- step 4: time -------------------------------------------------------------
@@ -398,15 +414,14 @@ class Interchange:
     def _lose_pool(self, pool: _Pool, why: str) -> None:
         del self.pools[pool.identity]
         self.with_room.pop(pool.identity, None)
-        tasks = list(pool.tasks.items())
-        may_have_started = pool.info.worker_count * pool.info.worker_batch
-        running, prefetched = tasks[:may_have_started], tasks[may_have_started:]
-        self.queue.extendleft(reversed([(tid, key, payload) for tid, (key, payload) in prefetched]))
+        running = [tid for tid, (_, _, seq) in pool.tasks.items() if seq < pool.handed]
+        prefetched = [(tid, key, payload) for tid, (key, payload, seq) in pool.tasks.items() if seq >= pool.handed]
+        self.queue.extendleft(reversed(prefetched))
         message = f"{pool.describe()} was lost: it {why}"
         log.error("%s; %d running tasks fail, %d prefetched go back to the queue", message, len(running), len(prefetched))
         self.counts["lost"] += len(running)
         if running:
-            self._to_client(protocol.TasksFailed(ids=[tid for tid, _ in running], error="ManagerLost", message=message))
+            self._to_client(protocol.TasksFailed(ids=running, error="ManagerLost", message=message))
         self._to_client(protocol.Event(kind="pool_lost", message=message, data={"manager": pool.info.manager_id,
                                                                                 "block_id": pool.info.block_id}))
 
@@ -418,6 +433,8 @@ class Interchange:
             self._to_pool(identity, protocol.Shutdown(reason="the executor is shutting down"))
         self.task_sock.setsockopt(zmq.LINGER, 1000)
         self.task_sock.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.destroy(linger=0)
         log.info("interchange stopped")
 

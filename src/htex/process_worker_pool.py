@@ -16,11 +16,11 @@ every hop, and a shallow queue (long tasks) still spreads one task per worker.
 A worker sends its results when its batch is done, or sooner if the batch
 runs long (see worker.py).
 
-Batches are cut from the queue in arrival order.  So the tasks handed to
-workers are always the oldest outstanding ones, at most
-``worker_count * WORKER_BATCH`` of them: when this pool is lost, the
-interchange fails that many oldest tasks with ManagerLost (they may have
-started) and puts the rest back in its queue (they surely had not).
+Batches are cut from the queue in arrival order, so the tasks handed to
+workers are always a prefix of what the interchange sent.  Before each
+hand-off the manager tells the interchange how many tasks it has handed out
+in all (Progress): if this pool is lost, the interchange fails those that may
+have started with ManagerLost and puts the others back in its queue.
 
 Started by the provider as ``process_worker_pool`` (or ``python -m
 htex.process_worker_pool``) with the flags Parsl's pool takes.
@@ -47,11 +47,13 @@ from typing import Any
 import psutil
 import zmq
 
-from . import __version__, protocol, serialize
+from . import __version__, protocol, security, serialize
 from .errors import WorkerLost
 
 log = logging.getLogger("htex.pool")
 
+EXIT_REJECTED = 3  # the interchange refused this pool (version mismatch, or declared lost)
+EXIT_NO_WORKERS = 4  # workers die before they start
 # A worker that dies this many times in a row before saying hello means workers cannot start here.
 MAX_START_FAILURES = 3
 # The most tasks one worker is handed at once, and how long a batch should take:
@@ -78,6 +80,7 @@ class PoolConfig:
     heartbeat_threshold: float = 120.0
     logdir: str = "."
     debug: bool = False
+    cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
 
 
 def worker_count(max_workers: float, cores_per_worker: float, mem_per_worker: float | None) -> int:
@@ -120,8 +123,10 @@ class Manager:
         self.done_ids: list[int] = []
         self.done_payloads: list[protocol.Blob] = []
         self.start_failures = 0
+        self.handed_total = 0  # tasks handed to workers since start (re-handed ones count again)
         self.task_seconds = 0.0  # moving average; 0 = not known yet, so batches start at one task
         self.stopping = False
+        self.exit_code = 0
         self.last_sent = 0.0
         self.last_heard = time.monotonic()
         self.sockdir = tempfile.mkdtemp(prefix="htex-pool-")
@@ -143,6 +148,8 @@ class Manager:
         sock.setsockopt(zmq.LINGER, 2000)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        if self.cfg.cert_dir:
+            security.connect_as(sock, self.cfg.cert_dir, "pool")
         sock.connect(url)
         return sock
 
@@ -173,7 +180,7 @@ class Manager:
             log.info("manager stopping on a signal")
         finally:
             self._shutdown()
-        return 0
+        return self.exit_code
 
     def _register(self) -> None:
         reg = protocol.Register(
@@ -183,7 +190,6 @@ class Manager:
             pid=os.getpid(),
             worker_count=self.count,
             prefetch_capacity=self.cfg.prefetch_capacity,
-            worker_batch=WORKER_BATCH,
             htex_version=__version__,
             python_version=platform.python_version(),
         )
@@ -215,6 +221,7 @@ class Manager:
                 log.error("interchange refused this pool: %s", msg.reason)
                 print(f"htex pool: the interchange refused this pool: {msg.reason}", file=sys.stderr)
                 self.stopping = True
+                self.exit_code = EXIT_REJECTED
                 return
             elif isinstance(msg, protocol.Registered):
                 log.info("registered with the interchange")
@@ -305,6 +312,7 @@ class Manager:
                 log.error("workers die before they start (%s); giving up", how)
                 print(f"htex pool: workers cannot start on this node ({how}); see {self.cfg.logdir}", file=sys.stderr)
                 self.stopping = True
+                self.exit_code = EXIT_NO_WORKERS
                 return
         self._start_worker(slot)
 
@@ -318,21 +326,27 @@ class Manager:
 
     def _dispatch(self) -> None:
         """Give each idle worker its share of the queue, oldest tasks first."""
+        batches = []
         while self.idle and self.queue:
             slot = self.workers[self.idle.popleft()]
-            n = self._batch_size()
-            batch = [self.queue.popleft() for _ in range(n)]
-            functions = {}
-            for task_id, fn_key, payload in batch:
-                self.handed[task_id] = (task_id, fn_key, payload)
-                if fn_key not in slot.functions:
-                    functions[fn_key] = self.functions[fn_key]
-                    slot.functions.add(fn_key)
+            batch = [self.queue.popleft() for _ in range(self._batch_size())]
             slot.tasks = [t[0] for t in batch]
-            slot.sent_at = time.monotonic()
+            batches.append((slot, batch))
+        if not batches:
+            return
+        self.handed_total += sum(len(b) for _, b in batches)
+        self._send(self.task_sock, protocol.Progress(handed=self.handed_total))  # before, never after
+        for slot, batch in batches:
+            functions = {}
+            for task in batch:
+                self.handed[task[0]] = task
+                if task[1] not in slot.functions:
+                    functions[task[1]] = self.functions[task[1]]
+                    slot.functions.add(task[1])
             msg = protocol.Tasks(
                 protocol.u64_array(slot.tasks), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions
             )
+            slot.sent_at = time.monotonic()
             self.worker_sock.send_multipart([b"w%d" % slot.rank, *msg.encode()], copy=False)
 
     def _flush_results(self) -> None:
@@ -428,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=int, default=10, help="accepted for Parsl compatibility; htex never polls")
     p.add_argument("--nodes_per_block", type=int, default=1, help="accepted for Parsl compatibility")
     p.add_argument("-l", "--logdir", default="process_worker_pool_logs")
+    p.add_argument("--cert_dir", default=None, help="the run's CurveZMQ keys (encrypted executors)")
     return p
 
 
@@ -439,11 +454,12 @@ def resolve_urls(args: argparse.Namespace) -> tuple[str, str]:
     if not addresses or args.task_port is None or args.result_port is None:
         raise SystemExit("process_worker_pool: give --task_url and --result_url, or -a ADDRS -t PORT -r PORT")
     single = len(addresses) == 1
-    addr = addresses[0] if single else probe_addresses(addresses, args.task_port, args.address_probe_timeout)
+    probe = probe_addresses
+    addr = addresses[0] if single else probe(addresses, args.task_port, args.address_probe_timeout, args.cert_dir or None)
     return f"tcp://{addr}:{args.task_port}", f"tcp://{addr}:{args.result_port}"
 
 
-def probe_addresses(addresses: list[str], port: int, timeout: float) -> str:
+def probe_addresses(addresses: list[str], port: int, timeout: float, cert_dir: str | None = None) -> str:
     """Send a Probe to every candidate at once; return the first address that answers."""
     ctx = zmq.Context()
     poller = zmq.Poller()
@@ -453,6 +469,8 @@ def probe_addresses(addresses: list[str], port: int, timeout: float) -> str:
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for an address that is not connected
+            if cert_dir:
+                security.connect_as(sock, cert_dir, "pool")
             try:
                 sock.connect(f"tcp://{addr}:{port}")
             except zmq.ZMQError as exc:
@@ -517,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_threshold=args.hb_threshold,
         logdir=logdir,
         debug=args.debug,
+        cert_dir=args.cert_dir or None,
     )
     try:
         return Manager(cfg).run()

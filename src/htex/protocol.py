@@ -18,7 +18,7 @@ Who sends what::
 
     executor  -> interchange   Tasks, Command, Heartbeat, Shutdown
     interchange -> executor    Ready, Results, TasksFailed, Reply, Event, Heartbeat
-    pool      -> interchange   Probe, Register, Results, Heartbeat
+    pool      -> interchange   Probe, Register, Progress, Results, Heartbeat
     interchange -> pool        ProbeReply, Registered, Rejected, Tasks, Heartbeat, Shutdown
     worker    -> pool          WorkerReady, Results
     pool      -> worker        Tasks, Shutdown
@@ -242,7 +242,6 @@ class Register(_Json):
     pid: int
     worker_count: int
     prefetch_capacity: int
-    worker_batch: int  # the most tasks one worker holds at once
     htex_version: str
     python_version: str
 
@@ -259,6 +258,18 @@ class Rejected(_Json):
 
 
 @dataclass(frozen=True, slots=True)
+class Progress(_Json):
+    """Pool -> interchange, before it hands tasks to workers: how many it has handed out in all.
+
+    Sent before the hand-off, so the interchange always knows an upper bound of
+    the tasks that may have started (see interchange.py: losing a pool).
+    """
+
+    TYPE: ClassVar[int] = 25
+    handed: int
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReady(_Json):
     """Worker -> pool, once at start-up."""
 
@@ -269,14 +280,14 @@ class WorkerReady(_Json):
 
 Message = (
     Tasks | Results | Ready | Heartbeat | Shutdown | Command | Reply | TasksFailed | Event
-    | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady
+    | Probe | ProbeReply | Register | Registered | Rejected | Progress | WorkerReady
 )
 
 _TYPES: dict[int, Any] = {
     cls.TYPE: cls
     for cls in (
         Tasks, Results, Ready, Heartbeat, Shutdown, Command, Reply, TasksFailed, Event,
-        Probe, ProbeReply, Register, Registered, Rejected, WorkerReady,
+        Probe, ProbeReply, Register, Registered, Rejected, Progress, WorkerReady,
     )
 }
 _HEADERS = {t: _HEADER.pack(MAGIC, PROTOCOL_VERSION, t) for t in _TYPES}

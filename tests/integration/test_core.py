@@ -12,7 +12,6 @@ from typing import Any
 import psutil
 import pytest
 
-import tasks
 from htex import (
     DeserializationError,
     HighThroughputExecutor,
@@ -23,6 +22,8 @@ from htex import (
     SerializationError,
 )
 from htex.process_worker_pool import worker_count
+
+import tasks
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -30,7 +30,7 @@ def test_results_round_trip_with_zmq_frames() -> None:
 
 def test_json_messages_round_trip() -> None:
     reg = protocol.Register(manager_id="m", block_id="0", hostname="h", pid=1, worker_count=2,
-                            prefetch_capacity=0, worker_batch=1, htex_version="0.1.0", python_version="3.11.7")
+                            prefetch_capacity=0, htex_version="0.1.0", python_version="3.11.7")
     assert protocol.decode(reg.encode()) == reg
     cmd = protocol.Command(req=3, op="hold_worker", args=["m"])
     assert protocol.decode(cmd.encode()) == cmd
@@ -50,7 +50,7 @@ def test_json_messages_round_trip() -> None:
     [b"HX\x01\x16", b"[1, 2]"],
     [b"HX\x01\x16", b'{"manager_id": 5}'],
     [b"HX\x01\x16", b'{"manager_id": "m", "block_id": "0", "hostname": "h", "pid": "1", "worker_count": 2,'
-                    b' "prefetch_capacity": 0, "worker_batch": 1, "htex_version": "x", "python_version": "y"}'],
+                    b' "prefetch_capacity": 0, "htex_version": "x", "python_version": "y"}'],
 ])
 def test_garbage_raises_protocol_error(frames: list[bytes]) -> None:
     with pytest.raises(ProtocolError):
@@ -65,7 +65,7 @@ def test_version_mismatch_message_names_both_versions() -> None:
 def test_random_bytes_never_raise_anything_but_protocol_error() -> None:
     rng = random.Random(1234)
     valid = protocol.Register(manager_id="m", block_id="0", hostname="h", pid=1, worker_count=2,
-                              prefetch_capacity=0, worker_batch=1, htex_version="0.1.0", python_version="3.11.7").encode()
+                              prefetch_capacity=0, htex_version="0.1.0", python_version="3.11.7").encode()
     for _ in range(5000):
         if rng.random() < 0.5:
             frames = [rng.randbytes(rng.randrange(0, 40)) for _ in range(rng.randrange(0, 5))]

@@ -1,0 +1,43 @@
+"""The interchange dies or hangs: the executor goes to the bad state, every future fails, nothing leaks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from htex import InterchangeLost
+
+import tasks
+from conftest import wait_for
+from helpers import interchange_pid, pool_pids
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_sigkill_of_the_interchange(make_executor: Any) -> None:
+    ex = make_executor()
+    running = ex.submit(tasks.sleep_then, {}, 60)
+    wait_for(lambda: pool_pids(ex), what="the pool")
+    t0 = time.monotonic()
+    os.kill(interchange_pid(ex), signal.SIGKILL)
+    with pytest.raises(InterchangeLost, match=r"died.*killed by signal 9"):
+        running.result(timeout=10)
+    assert time.monotonic() - t0 < 2  # noticed at once (pidfd), not after heartbeat_threshold
+    assert ex.bad_state_is_set and isinstance(ex.executor_exception, InterchangeLost)
+    with pytest.raises(InterchangeLost):
+        ex.submit(tasks.noop, {})
+    ex.shutdown()  # pools exit by themselves within heartbeat_threshold: the leak check waits
+
+
+def test_a_hung_interchange_is_noticed_by_heartbeat(make_executor: Any) -> None:
+    ex = make_executor()
+    running = ex.submit(tasks.sleep_then, {}, 60)
+    wait_for(lambda: pool_pids(ex), what="the pool")
+    os.kill(interchange_pid(ex), signal.SIGSTOP)
+    with pytest.raises(InterchangeLost, match="sent nothing for"):
+        running.result(timeout=ex.heartbeat_threshold + 10)
+    ex.shutdown()  # kills the stopped interchange

@@ -1,0 +1,62 @@
+"""A worker process dies under a task: the task fails with WorkerLost, the pool carries on."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import pytest
+
+from htex import WorkerLost
+
+import tasks
+from conftest import wait_for
+from helpers import handed, pool_pids, worker_pids
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_os_exit_in_a_task(make_executor: Any) -> None:
+    ex = make_executor(max_workers=1)
+    with pytest.raises(WorkerLost, match=r"exited with code 3") as info:
+        ex.submit(tasks.hard_exit, {}, 3).result(timeout=20)
+    err = info.value
+    assert err.rank == 0 and err.exit_code == 3 and err.host
+    assert err.pool == ex.connected_managers[0]["manager"]
+    assert "worker 0" in str(err) and err.pool in str(err)
+    # the pool started a new worker: the next task runs
+    assert ex.submit(tasks.add, {}, 1, 2).result(timeout=20) == 3
+
+
+def test_sigkill_of_a_busy_worker(make_executor: Any) -> None:
+    ex = make_executor(max_workers=1)
+    fut = ex.submit(tasks.sleep_then, {}, 30)
+    pool = wait_for(lambda: pool_pids(ex), what="the pool")[0]
+    (worker,) = wait_for(lambda: worker_pids(pool), what="the worker")
+    wait_for(lambda: handed(ex) == 1, what="the task to reach a worker")
+    os.kill(worker, signal.SIGKILL)
+    with pytest.raises(WorkerLost, match=r"killed by signal 9 \(SIGKILL\)"):
+        fut.result(timeout=20)
+    assert ex.submit(tasks.add, {}, 2, 2).result(timeout=20) == 4
+    assert worker not in worker_pids(pool)
+
+
+def test_lost_tasks_are_retried_when_asked(make_executor: Any, tmp_path: Any) -> None:
+    ex = make_executor(max_workers=1, lost_task_retries=1)
+    assert ex.submit(tasks.exit_once, {}, str(tmp_path / "m")).result(timeout=30) == "second try"
+
+
+def test_a_task_s_own_exception_is_never_retried(make_executor: Any, tmp_path: Any) -> None:
+    ex = make_executor(max_workers=1, lost_task_retries=3)
+    path = tmp_path / "count"
+    with pytest.raises(ValueError, match="own error"):
+        ex.submit(tasks.count_and_fail, {}, str(path)).result(timeout=30)
+    assert path.read_text() == "x"
+
+
+def test_retries_run_out(make_executor: Any, tmp_path: Any) -> None:
+    ex = make_executor(max_workers=1, lost_task_retries=2)
+    with pytest.raises(WorkerLost):
+        ex.submit(tasks.hard_exit, {}, 9).result(timeout=30)
+    assert ex.submit(tasks.add, {}, 1).result(timeout=20) == 1
