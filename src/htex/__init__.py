@@ -1,44 +1,37 @@
 """htex: run Python functions at high throughput, from a laptop to thousands of nodes.
 
-The public names are these; everything else lives in private-by-convention modules.
+The public names below are imported lazily (PEP 562): a worker or a pool that
+runs ``python -m htex.worker`` pays only for the modules it uses, which keeps
+start-up fast and idle memory small.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .errors import (
-    ConfigurationError,
-    DeserializationError,
-    ExecutorBroken,
-    ExecutorShutdown,
-    HtexError,
-    InterchangeLost,
-    InvalidResourceSpecification,
-    ManagerLost,
-    ProtocolError,
-    ProviderError,
-    RemoteError,
-    RemoteTraceback,
-    ScaleOutFailed,
-    SerializationError,
-    TaskLost,
-    VersionMismatch,
-    WorkerLost,
-)
-from .executor import HighThroughputExecutor, StdlibView
-from .launchers import (
-    AprunLauncher,
-    GnuParallelLauncher,
-    JsrunLauncher,
-    Launcher,
-    MpiExecLauncher,
-    MpiRunLauncher,
-    SimpleLauncher,
-    SingleNodeLauncher,
-    SrunLauncher,
-    SrunMPILauncher,
-    WrappedLauncher,
-)
-from .providers import ExecutionProvider, JobState, JobStatus, LocalProvider
+_ERRORS = [
+    "ConfigurationError", "DeserializationError", "ExecutorBroken", "ExecutorShutdown", "HtexError",
+    "InterchangeLost", "InvalidResourceSpecification", "ManagerLost", "ProtocolError", "ProviderError",
+    "RemoteError", "RemoteTraceback", "ScaleOutFailed", "SerializationError", "TaskLost", "VersionMismatch",
+    "WorkerLost",
+]
+_LAUNCHERS = [
+    "AprunLauncher", "GnuParallelLauncher", "JsrunLauncher", "Launcher", "MpiExecLauncher", "MpiRunLauncher",
+    "SimpleLauncher", "SingleNodeLauncher", "SrunLauncher", "SrunMPILauncher", "WrappedLauncher",
+]
+_WHERE: dict[str, str] = {
+    **{name: "htex.errors" for name in _ERRORS},
+    **{name: "htex.launchers" for name in _LAUNCHERS},
+    "HighThroughputExecutor": "htex.executor",
+    "StdlibView": "htex.executor",
+    "ExecutionProvider": "htex.providers",
+    "JobState": "htex.providers",
+    "JobStatus": "htex.providers",
+    "LocalProvider": "htex.providers",
+}
 
 __all__ = [
     "AprunLauncher",
@@ -77,3 +70,53 @@ __all__ = [
     "WrappedLauncher",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'htex' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from .errors import (
+        ConfigurationError,
+        DeserializationError,
+        ExecutorBroken,
+        ExecutorShutdown,
+        HtexError,
+        InterchangeLost,
+        InvalidResourceSpecification,
+        ManagerLost,
+        ProtocolError,
+        ProviderError,
+        RemoteError,
+        RemoteTraceback,
+        ScaleOutFailed,
+        SerializationError,
+        TaskLost,
+        VersionMismatch,
+        WorkerLost,
+    )
+    from .executor import HighThroughputExecutor, StdlibView
+    from .launchers import (
+        AprunLauncher,
+        GnuParallelLauncher,
+        JsrunLauncher,
+        Launcher,
+        MpiExecLauncher,
+        MpiRunLauncher,
+        SimpleLauncher,
+        SingleNodeLauncher,
+        SrunLauncher,
+        SrunMPILauncher,
+        WrappedLauncher,
+    )
+    from .providers import ExecutionProvider, JobState, JobStatus, LocalProvider

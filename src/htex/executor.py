@@ -30,8 +30,10 @@ import json
 import logging
 import math
 import os
+import random
 import secrets
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -231,14 +233,22 @@ class HighThroughputExecutor:
         low, high = self.interchange_port_range
         port = self._sock.bind_to_random_port("tcp://127.0.0.1", low, high, 200)
         self._ic_identity = b"ic-" + secrets.token_hex(16).encode()
-        self._start_interchange(f"tcp://127.0.0.1:{port}")
+        listeners = self._listen_for_pools()
+        self._spawn_interchange(f"tcp://127.0.0.1:{port}", listeners)
+        try:
+            # The ports are ours already, so the first blocks start while the interchange boots.
+            if self.managed:
+                self.initialize_scaling()
+        except BaseException:
+            self._cleanup_failed_start()
+            raise
+        self._wait_for_interchange()
         self._io_thread = threading.Thread(target=self._io_loop, name=f"htex-io-{self.label}", daemon=True)
         self._io_thread.start()
         _live_executors.add(self)
         try:
             self._write_connection_file()
             if self.managed:
-                self.initialize_scaling()
                 self._watch_thread = threading.Thread(
                     target=self._watch_blocks, name=f"htex-blocks-{self.label}", daemon=True
                 )
@@ -258,13 +268,33 @@ class HighThroughputExecutor:
             return ["127.0.0.1"]
         return _all_addresses()
 
-    def _start_interchange(self, client_url: str) -> None:
+    def _listen_for_pools(self) -> list[socket.socket]:
+        """Bind the task and result ports here, and hand the listening sockets to the interchange.
+
+        Knowing the ports before the interchange runs lets blocks start at once,
+        and no other process can take a port between our choice and its bind.
+        """
+        host = "0.0.0.0" if self._bind_address() == "*" else "127.0.0.1"
+        listeners = []
+        for i in range(2):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.worker_ports:
+                sock.bind((host, self.worker_ports[i]))
+            else:
+                _bind_in_range(sock, host, self.worker_port_range)
+            sock.listen(1024)
+            listeners.append(sock)
+        self.worker_task_port, self.worker_result_port = (s.getsockname()[1] for s in listeners)
+        return listeners
+
+    def _spawn_interchange(self, client_url: str, listeners: list[socket.socket]) -> None:
         config = {
             "client_url": client_url,
             "client_identity": self._ic_identity.decode(),
             "bind_address": self._bind_address(),
-            "worker_ports": self.worker_ports,
-            "worker_port_range": self.worker_port_range,
+            "worker_ports": [self.worker_task_port, self.worker_result_port],
+            "listen_fds": [s.fileno() for s in listeners],
             "heartbeat_period": self.heartbeat_period,
             "heartbeat_threshold": self.heartbeat_threshold,
             "logdir": self.logdir,
@@ -272,13 +302,21 @@ class HighThroughputExecutor:
             "cert_dir": self.cert_dir,
         }
         self._ic_stderr = os.path.join(self.logdir, "interchange.stderr")
-        with open(self._ic_stderr, "wb") as err:
-            self._interchange = subprocess.Popen(
-                [sys.executable, "-m", "htex.interchange", json.dumps(config)],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                start_new_session=True,  # the terminal's Ctrl-C is ours; we stop it in order
-            )
+        try:
+            with open(self._ic_stderr, "wb") as err:
+                self._interchange = subprocess.Popen(
+                    [sys.executable, "-m", "htex.interchange", json.dumps(config)],
+                    stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                    pass_fds=[s.fileno() for s in listeners],
+                    start_new_session=True,  # the terminal's Ctrl-C is ours; we stop it in order
+                )
+        finally:
+            for sock in listeners:
+                sock.close()  # the interchange holds them now
         self._ic_pidfd = os.pidfd_open(self._interchange.pid)
+
+    def _wait_for_interchange(self) -> None:
+        assert self._interchange is not None
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._ic_pidfd, zmq.POLLIN)
@@ -293,9 +331,7 @@ class HighThroughputExecutor:
                 ident, *frames = self._sock.recv_multipart()
                 if ident != self._ic_identity:
                     continue
-                msg = protocol.decode(frames)
-                if isinstance(msg, protocol.Ready):
-                    self.worker_task_port, self.worker_result_port = msg.task_port, msg.result_port
+                if isinstance(protocol.decode(frames), protocol.Ready):
                     self._ic_last_heard = time.monotonic()
                     return
         self._cleanup_failed_start()
@@ -303,6 +339,8 @@ class HighThroughputExecutor:
 
     def _cleanup_failed_start(self) -> None:
         self._shutting_down = True
+        if self.blocks:
+            self.provider.cancel(list(self.blocks.values()))
         if self._interchange is not None and self._interchange.poll() is None:
             self._interchange.kill()
             self._interchange.wait()
@@ -317,7 +355,7 @@ class HighThroughputExecutor:
     def _interchange_exit(self) -> str:
         assert self._interchange is not None
         code = self._interchange.returncode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
         tail = ""
         try:
             with open(self._ic_stderr, "rb") as f:
@@ -986,10 +1024,20 @@ def _next_run_dir(base: str) -> str:
             n += 1
 
 
+def _bind_in_range(sock: socket.socket, host: str, port_range: tuple[int, int]) -> None:
+    """Bind to a random free port in [low, high), as ZeroMQ's bind_to_random_port does."""
+    low, high = port_range
+    for _ in range(200):
+        try:
+            sock.bind((host, random.randrange(low, high)))
+            return
+        except OSError:
+            continue
+    raise ConfigurationError(f"no free port in {port_range} after 200 tries; widen worker_port_range")
+
+
 def _all_addresses() -> list[str]:
     """Every IPv4 address of this host, loopback last: the pools probe them in parallel."""
-    import socket
-
     import psutil
 
     found = []

@@ -62,6 +62,7 @@ class InterchangeConfig:
     logdir: str = "."
     debug: bool = False
     cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
+    listen_fds: list[int] | None = None  # listening sockets the executor bound for us (task, result)
 
 
 @dataclass
@@ -119,7 +120,15 @@ class Interchange:
         self.task_sock.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
         self.result_sock = self._router()
         address = f"tcp://{cfg.bind_address}"
-        if cfg.worker_ports:
+        if cfg.worker_ports and cfg.listen_fds:
+            # The executor bound these ports and passed us the sockets (ZMQ_USE_FD).
+            self.task_port, self.result_port = cfg.worker_ports
+            for sock, fd, port in zip(
+                (self.task_sock, self.result_sock), cfg.listen_fds, cfg.worker_ports, strict=True
+            ):
+                sock.setsockopt(zmq.USE_FD, fd)
+                sock.bind(f"{address}:{port}")
+        elif cfg.worker_ports:
             self.task_port, self.result_port = cfg.worker_ports
             self.task_sock.bind(f"{address}:{self.task_port}")
             self.result_sock.bind(f"{address}:{self.result_port}")

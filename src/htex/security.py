@@ -18,7 +18,6 @@ import os
 from typing import Any
 
 import zmq
-import zmq.auth.thread
 
 ROLES = ("server", "interchange", "pool")
 
@@ -76,8 +75,10 @@ class _OnlyKey:
         return key == self.allowed
 
 
-def authenticator(ctx: zmq.Context[Any], cert_dir: str, allowed_role: str) -> zmq.auth.thread.ThreadAuthenticator:
+def authenticator(ctx: zmq.Context[Any], cert_dir: str, allowed_role: str) -> Any:
     """Start a ZAP handler on ``ctx`` that lets in only ``allowed_role``'s key.  Stop it at shutdown."""
+    import zmq.auth.thread  # pulls in asyncio: only encrypted runs pay for it
+
     auth = zmq.auth.thread.ThreadAuthenticator(ctx)
     auth.start()
     auth.configure_curve_callback("*", credentials_provider=_OnlyKey(load(cert_dir, allowed_role, secret=False)[0]))
