@@ -104,6 +104,7 @@ class Interchange:
         self.client_last_sent = 0.0
         self.pools_last_sent = 0.0
         self.parent = os.getppid()
+        self.started = time.monotonic()
         self.dropped = 0
         self.counts = {"received": 0, "dispatched": 0, "done": 0, "lost": 0, "functions_sent": 0}
 
@@ -220,15 +221,24 @@ class Interchange:
             elif cmd.op == "outstanding":
                 result = len(self.queue) + sum(len(p.tasks) for p in self.pools.values())
             elif cmd.op == "stats":
-                result = dict(self.counts, queued=len(self.queue), pools=len(self.pools),
-                              workers=sum(p.info.worker_count for p in self.pools.values()),
-                              running=sum(len(p.tasks) for p in self.pools.values()), dropped=self.dropped)
+                result = self._stats()
             else:
                 raise ValueError(f"unknown command {cmd.op!r}")
             reply = protocol.Reply(req=cmd.req, result=result)
         except Exception as exc:
             reply = protocol.Reply(req=cmd.req, error=f"{type(exc).__name__}: {exc}")
         self._to_client(reply)
+
+    def _stats(self) -> dict[str, Any]:
+        return dict(
+            self.counts,
+            queued=len(self.queue),
+            pools=len(self.pools),
+            workers=sum(p.info.worker_count for p in self.pools.values()),
+            running=sum(len(p.tasks) for p in self.pools.values()),
+            dropped=self.dropped,
+            uptime=time.monotonic() - self.started,
+        )
 
     def _pool_info(self, pool: _Pool) -> dict[str, Any]:
         now = time.monotonic()
@@ -282,6 +292,9 @@ class Interchange:
                 pool.handed = max(pool.handed, msg.handed)
             elif isinstance(msg, protocol.Probe):
                 self._to_pool(identity, protocol.ProbeReply())
+            elif isinstance(msg, protocol.StatusRequest):
+                managers = [self._pool_info(p) for p in self.pools.values()]
+                self._to_pool(identity, protocol.StatusReply(stats=self._stats(), managers=managers))
             elif isinstance(msg, protocol.Register):
                 self._register(identity, msg)
             elif pool is None:

@@ -20,6 +20,7 @@ Who sends what::
     interchange -> executor    Ready, Results, TasksFailed, Reply, Event, Heartbeat
     pool      -> interchange   Probe, Register, Progress, Results, Heartbeat
     interchange -> pool        ProbeReply, Registered, Rejected, Tasks, Heartbeat, Shutdown
+    anyone    -> interchange   StatusRequest (answered with StatusReply; `htex status`)
     worker    -> pool          WorkerReady, Results
     pool      -> worker        Tasks, Shutdown
 """
@@ -270,6 +271,20 @@ class Progress(_Json):
 
 
 @dataclass(frozen=True, slots=True)
+class StatusRequest(_Json):
+    """Anyone -> interchange, on the task port: what is going on?  (``htex status``)"""
+
+    TYPE: ClassVar[int] = 26
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply(_Json):
+    TYPE: ClassVar[int] = 27
+    stats: dict[str, Any]
+    managers: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReady(_Json):
     """Worker -> pool, once at start-up."""
 
@@ -280,14 +295,14 @@ class WorkerReady(_Json):
 
 Message = (
     Tasks | Results | Ready | Heartbeat | Shutdown | Command | Reply | TasksFailed | Event
-    | Probe | ProbeReply | Register | Registered | Rejected | Progress | WorkerReady
+    | Probe | ProbeReply | Register | Registered | Rejected | Progress | StatusRequest | StatusReply | WorkerReady
 )
 
 _TYPES: dict[int, Any] = {
     cls.TYPE: cls
     for cls in (
         Tasks, Results, Ready, Heartbeat, Shutdown, Command, Reply, TasksFailed, Event,
-        Probe, ProbeReply, Register, Registered, Rejected, Progress, WorkerReady,
+        Probe, ProbeReply, Register, Registered, Rejected, Progress, StatusRequest, StatusReply, WorkerReady,
     )
 }
 _HEADERS = {t: _HEADER.pack(MAGIC, PROTOCOL_VERSION, t) for t in _TYPES}
