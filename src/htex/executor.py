@@ -110,6 +110,7 @@ class HighThroughputExecutor:
         encrypted: bool | None = None,
         lost_task_retries: int = 0,
         max_outstanding: int | None = 100_000,
+        max_idletime: float = 120.0,
     ) -> None:
         if max_workers_per_node is not None:
             max_workers = max_workers_per_node
@@ -148,6 +149,7 @@ class HighThroughputExecutor:
         self.encrypted = encrypted  # None: on when workers may be on other hosts; decided at start()
         self.lost_task_retries = lost_task_retries
         self.max_outstanding = max_outstanding
+        self.max_idletime = max_idletime  # seconds a block may sit idle before it is scaled in
         self.cert_dir: str | None = None
         self.hub_address: str | None = None  # monitoring hub: accepted, unused
         self.hub_port: int | None = None
@@ -830,12 +832,22 @@ class HighThroughputExecutor:
         return new
 
     def scale_in(self, blocks: int | None = None, block_ids: list[str] | None = None) -> list[str]:
-        """Cancel blocks: those named, or ``blocks`` of them, idle ones first; return their ids."""
+        """Cancel blocks: those named, or ``blocks`` of them, idle ones first; return their ids.
+
+        Each block's pools are put on hold first, so no new task goes to them
+        while the job is being cancelled.
+        """
         if block_ids is None:
             live = [b for b in self.blocks if b not in self._block_status or not self._block_status[b].terminal]
             busy = self._busy_blocks()
             live.sort(key=lambda b: (b in busy, -int(b) if b.isdigit() else 0))
             block_ids = live[: blocks if blocks is not None else len(live)]
+        for b in block_ids:
+            for manager in self._pools_by_block.get(b, ()):
+                try:
+                    self.hold_worker(manager)
+                except Exception:
+                    log.warning("could not hold pool %s of block %s", manager, b)
         jobs = [self.blocks[b] for b in block_ids if b in self.blocks]
         if jobs:
             self.provider.cancel(jobs)
@@ -869,24 +881,21 @@ class HighThroughputExecutor:
                 log.exception("block watcher failed; trying again next period")
 
     def _watch_once(self) -> None:
+        """One round: note ended blocks, then apply the strategy's decision."""
         before = {b: s.state for b, s in self._block_status.items()}
         statuses = self.status()
         for block, st in statuses.items():
             if st.terminal and before.get(block) is not st.state:
-                connected = bool(self._pools_by_block.get(block))
-                ever = block in self._pools_by_block
-                log.warning("block %s ended: %s %s", block, st.state.value, st.message)
-                if st.state is JobState.FAILED and not ever and not connected:
-                    self._failed_in_a_row += 1
-                    job = self.blocks[block]
-                    self._last_failure = f"block {block} (job {job}) failed before its pool connected: {st.message}"
+                self._block_ended(block, st)
         if self._shutting_down or self._bad is not None:
             return
-        live = sum(1 for s in statuses.values() if not s.terminal)
+        managers = self.connected_managers if any(self._pools_by_block.values()) else []
+        live = [b for b, st in statuses.items() if not st.terminal]
         state = ScalingState(
-            outstanding=self.outstanding, live_blocks=live, slots_per_block=self._slots_per_block,
+            outstanding=self.outstanding, live_blocks=len(live), slots_per_block=self._slots_per_block,
             min_blocks=self.provider.min_blocks, max_blocks=self.provider.max_blocks,
             parallelism=self.provider.parallelism, failed_in_a_row=self._failed_in_a_row,
+            idle_blocks=_idle_blocks(live, managers, self.max_idletime),
         )
         decision = decide(state)
         if decision.give_up:
@@ -895,6 +904,23 @@ class HighThroughputExecutor:
             ))
         elif decision.scale_out:
             self.scale_out(decision.scale_out)
+        elif decision.scale_in:
+            log.info("scaling in idle blocks %s", list(decision.scale_in))
+            self.scale_in(block_ids=list(decision.scale_in))
+
+    def _block_ended(self, block: str, st: JobStatus) -> None:
+        """A block's job ended (done, failed, cancelled from outside, walltime): act on it now."""
+        ever_connected = block in self._pools_by_block
+        log.warning("block %s (job %s) ended: %s %s", block, self.blocks.get(block), st.state.value, st.message)
+        if st.state is JobState.FAILED and not ever_connected:
+            self._failed_in_a_row += 1
+            self._last_failure = f"block {block} (job {self.blocks[block]}) failed before its pool connected: {st.message}"
+        if self._pools_by_block.get(block) and not self._shutting_down and self._bad is None:
+            # Its pools are gone with the job: fail (or retry) their tasks now, not after heartbeat_threshold.
+            try:
+                self._command("drop_block", block, f"its job {self.blocks.get(block)} ended ({st.state.value})")
+            except Exception:
+                log.exception("could not tell the interchange that block %s ended", block)
 
     # ------------------------------------------------------------------
     # shutdown
@@ -987,6 +1013,22 @@ class StdlibView(concurrent.futures.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.htex.shutdown(wait, cancel_futures=cancel_futures)
+
+
+def _idle_blocks(live: list[str], managers: list[dict[str, Any]], max_idletime: float) -> tuple[str, ...]:
+    """Live blocks whose every pool has had no task for max_idletime, longest idle first.
+
+    A block with no pool registered yet is not idle: it may still be starting.
+    """
+    idle: dict[str, float] = {}
+    busy = set()
+    for m in managers:
+        block = str(m["block_id"])
+        if m["tasks"] or m["idle_duration"] < max_idletime:
+            busy.add(block)
+        else:
+            idle[block] = min(idle.get(block, math.inf), m["idle_duration"])
+    return tuple(sorted((b for b in idle if b in live and b not in busy), key=lambda b: -idle[b]))
 
 
 def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:

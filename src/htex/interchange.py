@@ -222,6 +222,12 @@ class Interchange:
                 result = len(self.queue) + sum(len(p.tasks) for p in self.pools.values())
             elif cmd.op == "stats":
                 result = self._stats()
+            elif cmd.op == "drop_block":
+                block, why = str(cmd.args[0]), str(cmd.args[1])
+                lost = [p for p in self.pools.values() if p.info.block_id == block]
+                for pool in lost:
+                    self._lose_pool(pool, why)
+                result = len(lost)
             else:
                 raise ValueError(f"unknown command {cmd.op!r}")
             reply = protocol.Reply(req=cmd.req, result=result)
@@ -431,7 +437,7 @@ class Interchange:
                 self._to_pool(identity, protocol.Heartbeat())
             self.pools_last_sent = now
         for pool in [p for p in self.pools.values() if now - p.last_heard > self.cfg.heartbeat_threshold]:
-            self._lose_pool(pool, f"sent nothing for {now - pool.last_heard:.0f} s (heartbeat_threshold)")
+            self._lose_pool(pool, f"it sent nothing for {now - pool.last_heard:.0f} s (heartbeat_threshold)")
 
     def _lose_pool(self, pool: _Pool, why: str) -> None:
         del self.pools[pool.identity]
@@ -439,7 +445,7 @@ class Interchange:
         running = [tid for tid, (_, _, seq) in pool.tasks.items() if seq < pool.handed]
         prefetched = [(tid, key, payload) for tid, (key, payload, seq) in pool.tasks.items() if seq >= pool.handed]
         self.queue.extendleft(reversed(prefetched))
-        message = f"{pool.describe()} was lost: it {why}"
+        message = f"{pool.describe()} was lost: {why}"
         log.error("%s; %d running tasks fail, %d prefetched go back to the queue", message, len(running), len(prefetched))
         self.counts["lost"] += len(running)
         if running:

@@ -161,7 +161,7 @@ def test_every_rank_is_used(make_executor: Any) -> None:
 
 def test_custom_launch_cmd_with_parsl_placeholders(make_executor: Any) -> None:
     cmd = (
-        "process_worker_pool.py {debug} --max_workers=1 -c {cores_per_worker} --task_url={task_url} "
+        "process_worker_pool {debug} --max_workers=1 -c {cores_per_worker} --task_url={task_url} "
         "--result_url={result_url} --logdir={logdir} --block_id={{block_id}} --hb_period={heartbeat_period} "
         "--hb_threshold={heartbeat_threshold} --nodes_per_block={nodes_per_block}"
     )
