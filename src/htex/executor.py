@@ -64,7 +64,7 @@ DEFAULT_LAUNCH_CMD = (
     "-t {task_port} -r {result_port} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} "
     "--poll {poll_period} --logdir={logdir} --block_id={block_id} --hb_period={heartbeat_period} "
     "--hb_threshold={heartbeat_threshold} --address_probe_timeout={address_probe_timeout} "
-    "--nodes_per_block={nodes_per_block} --cert_dir={cert_dir}"
+    "--nodes_per_block={nodes_per_block} --cert_dir={cert_dir} {pool_urls}"
 )
 _BATCH = 1024  # tasks per message to the interchange, at most
 _READY_TIMEOUT = 30.0  # seconds for the interchange to start
@@ -151,6 +151,7 @@ class HighThroughputExecutor:
         self.max_outstanding = max_outstanding
         self.max_idletime = max_idletime  # seconds a block may sit idle before it is scaled in
         self.cert_dir: str | None = None
+        self._ipc_name: str | None = None
         self.hub_address: str | None = None  # monitoring hub: accepted, unused
         self.hub_port: int | None = None
 
@@ -235,6 +236,9 @@ class HighThroughputExecutor:
         low, high = self.interchange_port_range
         port = self._sock.bind_to_random_port("tcp://127.0.0.1", low, high, 200)
         self._ic_identity = b"ic-" + secrets.token_hex(16).encode()
+        # Pools on this host talk to the interchange over UNIX sockets (cheaper than TCP), named in
+        # Linux's abstract namespace ("@..."): no file, so nothing is left behind even after SIGKILL.
+        self._ipc_name = None if self.provider.remote else f"@htex-{secrets.token_hex(8)}"
         listeners = self._listen_for_pools()
         self._spawn_interchange(f"tcp://127.0.0.1:{port}", listeners)
         try:
@@ -302,6 +306,7 @@ class HighThroughputExecutor:
             "logdir": self.logdir,
             "debug": self.worker_debug,
             "cert_dir": self.cert_dir,
+            "ipc_name": self._ipc_name,
         }
         self._ic_stderr = os.path.join(self.logdir, "interchange.stderr")
         try:
@@ -395,6 +400,11 @@ class HighThroughputExecutor:
         ``resource_specification`` must be empty (``{}`` or None): per-task
         resources are not supported by this executor, as in Parsl 1.0.
         """
+        if resource_specification is not None and not isinstance(resource_specification, dict):
+            raise TypeError(
+                f"submit(func, resource_specification, *args): resource_specification must be a dict or None, "
+                f"got {type(resource_specification).__name__}. For the stdlib's submit(fn, *args), use ex.stdlib.submit"
+            )
         if resource_specification:
             raise InvalidResourceSpecification(
                 f"this executor does not take per-task resource specifications (got keys "
@@ -780,6 +790,11 @@ class HighThroughputExecutor:
             "result_port": self.worker_result_port,
             "task_url": f"tcp://{addresses[0]}:{self.worker_task_port}",
             "result_url": f"tcp://{addresses[0]}:{self.worker_result_port}",
+            # The default launch_cmd's way in: ipc:// for pools on this host, else the addresses to probe.
+            "pool_urls": (
+                f"--task_url=ipc://{self._ipc_name}-tasks --result_url=ipc://{self._ipc_name}-results"
+                if self._ipc_name else ""
+            ),
             "prefetch_capacity": self.prefetch_capacity,
             "cores_per_worker": self.cores_per_worker,
             "mem_per_worker": self.mem_per_worker,

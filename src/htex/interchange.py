@@ -63,6 +63,7 @@ class InterchangeConfig:
     debug: bool = False
     cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
     listen_fds: list[int] | None = None  # listening sockets the executor bound for us (task, result)
+    ipc_name: str | None = None  # also listen on ipc://NAME-tasks and -results, for pools on this host
 
 
 @dataclass
@@ -129,6 +130,7 @@ class Interchange:
             ):
                 sock.setsockopt(zmq.USE_FD, fd)
                 sock.bind(f"{address}:{port}")
+                sock.setsockopt(zmq.USE_FD, -1)  # it sticks: a later bind would reuse the fd (libzmq aborts)
         elif cfg.worker_ports:
             self.task_port, self.result_port = cfg.worker_ports
             self.task_sock.bind(f"{address}:{self.task_port}")
@@ -137,6 +139,9 @@ class Interchange:
             low, high = cfg.worker_port_range
             self.task_port = self.task_sock.bind_to_random_port(address, low, high, 200)
             self.result_port = self.result_sock.bind_to_random_port(address, low, high, 200)
+        if cfg.ipc_name:
+            self.task_sock.bind(f"ipc://{cfg.ipc_name}-tasks")
+            self.result_sock.bind(f"ipc://{cfg.ipc_name}-results")
 
         self.poller = zmq.Poller()
         for sock in (self.client, self.task_sock, self.result_sock):

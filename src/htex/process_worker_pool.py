@@ -37,7 +37,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import deque
@@ -129,8 +128,8 @@ class Manager:
         self.exit_code = 0
         self.last_sent = 0.0
         self.last_heard = time.monotonic()
-        self.sockdir = tempfile.mkdtemp(prefix="htex-pool-")
-        self.worker_url = f"ipc://{self.sockdir}/workers"
+        # Linux's abstract socket namespace: no file to clean up, even if this process is killed.
+        self.worker_url = f"ipc://@htex-pool-{cfg.manager_id}-{os.getpid()}"
 
         self.task_sock = self._dealer(cfg.task_url)
         self.result_sock = self._dealer(cfg.result_url)
@@ -391,11 +390,6 @@ class Manager:
         for sock in (self.task_sock, self.result_sock):
             sock.setsockopt(zmq.LINGER, 500)
         self.ctx.destroy(linger=500)
-        try:
-            os.unlink(os.path.join(self.sockdir, "workers"))
-        except FileNotFoundError:
-            pass
-        os.rmdir(self.sockdir)
         log.info("manager %s stopped", self.cfg.manager_id)
 
 

@@ -137,6 +137,8 @@ def test_resource_specification_must_be_empty(make_executor: Any) -> None:
     with pytest.raises(InvalidResourceSpecification, match="cores"):
         ex.submit(tasks.noop, {"cores": 2})
     assert ex.submit(tasks.add, None, 5).result(timeout=30) == 5
+    with pytest.raises(TypeError, match=r"ex\.stdlib\.submit"):
+        ex.submit(tasks.add, 1, 2)  # the stdlib's signature by mistake
 
 
 def test_workers_see_rank_count_and_pool_id(make_executor: Any) -> None:
