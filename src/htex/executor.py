@@ -743,8 +743,8 @@ class HighThroughputExecutor:
             self._pools_by_block.setdefault(block, set()).add(str(data.get("manager")))
             self._slots_per_block = max(1, int(data.get("worker_count", 1)) + int(data.get("prefetch_capacity", 0)))
             self._failed_in_a_row = 0
-        elif event.kind == "pool_lost":
-            log.error("%s", event.message)
+        elif event.kind in ("pool_lost", "pool_released"):
+            log.log(logging.ERROR if event.kind == "pool_lost" else logging.INFO, "%s", event.message)
             self._pools_by_block.get(str(data.get("block_id")), set()).discard(str(data.get("manager")))
         elif event.kind == "pool_rejected":
             log.error("a pool was refused: %s", event.message)
@@ -867,6 +867,12 @@ class HighThroughputExecutor:
         if jobs:
             self.provider.cancel(jobs)
         for b in block_ids:
+            if self._pools_by_block.get(b) and not self._shutdown_done.is_set():
+                try:
+                    self._command("drop_block", b, "its block was scaled in", True)
+                except Exception:
+                    log.warning("could not release the pools of block %s", b)
+        for b in block_ids:
             self._block_status[b] = JobStatus(JobState.CANCELLED, "scaled in")
         return list(block_ids)
 
@@ -882,8 +888,9 @@ class HighThroughputExecutor:
         if not ids:
             return {}
         statuses = self.provider.status([self.blocks[b] for b in ids])
-        for b, st in zip(ids, statuses, strict=False):
-            if self._block_status.get(b, st).state is not JobState.CANCELLED:
+        for b, st in zip(ids, statuses, strict=True):
+            known = self._block_status.get(b)
+            if known is None or known.state is not JobState.CANCELLED:  # keep our own "scaled in" mark
                 self._block_status[b] = st
         return {b: self._block_status[b] for b in ids}
 
@@ -902,6 +909,15 @@ class HighThroughputExecutor:
         for block, st in statuses.items():
             if st.terminal and before.get(block) is not st.state:
                 self._block_ended(block, st)
+            elif st.state is JobState.HELD and block not in self._pools_by_block:
+                # A held job never starts by itself (bad script, unwritable output, ...): a failed start.
+                log.error("block %s (job %s) is held by the scheduler: %s; cancelling it", block, self.blocks[block],
+                          st.message)
+                self._failed_in_a_row += 1
+                self._last_failure = f"block {block} (job {self.blocks[block]}) was held by the scheduler: {st.message}"
+                self.provider.cancel([self.blocks[block]])
+                self._block_status[block] = JobStatus(JobState.FAILED, st.message)
+                statuses[block] = self._block_status[block]
         if self._shutting_down or self._bad is not None:
             return
         managers = self.connected_managers if any(self._pools_by_block.values()) else []
@@ -933,7 +949,7 @@ class HighThroughputExecutor:
         if self._pools_by_block.get(block) and not self._shutting_down and self._bad is None:
             # Its pools are gone with the job: fail (or retry) their tasks now, not after heartbeat_threshold.
             try:
-                self._command("drop_block", block, f"its job {self.blocks.get(block)} ended ({st.state.value})")
+                self._command("drop_block", block, f"its job {self.blocks.get(block)} ended ({st.state.value})", False)
             except Exception:
                 log.exception("could not tell the interchange that block %s ended", block)
 

@@ -228,11 +228,13 @@ class Interchange:
             elif cmd.op == "stats":
                 result = self._stats()
             elif cmd.op == "drop_block":
-                block, why = str(cmd.args[0]), str(cmd.args[1])
-                lost = [p for p in self.pools.values() if p.info.block_id == block]
-                for pool in lost:
-                    self._lose_pool(pool, why)
-                result = len(lost)
+                # The block's job ended, or is being scaled in: forget its pools now (and tell them to stop).
+                block, why, released = str(cmd.args[0]), str(cmd.args[1]), bool(cmd.args[2])
+                gone = [p for p in self.pools.values() if p.info.block_id == block]
+                for pool in gone:
+                    self._to_pool(pool.identity, protocol.Shutdown(reason=why))
+                    self._lose_pool(pool, why, released)
+                result = len(gone)
             else:
                 raise ValueError(f"unknown command {cmd.op!r}")
             reply = protocol.Reply(req=cmd.req, result=result)
@@ -444,19 +446,20 @@ class Interchange:
         for pool in [p for p in self.pools.values() if now - p.last_heard > self.cfg.heartbeat_threshold]:
             self._lose_pool(pool, f"it sent nothing for {now - pool.last_heard:.0f} s (heartbeat_threshold)")
 
-    def _lose_pool(self, pool: _Pool, why: str) -> None:
+    def _lose_pool(self, pool: _Pool, why: str, released: bool = False) -> None:
         del self.pools[pool.identity]
         self.with_room.pop(pool.identity, None)
         running = [tid for tid, (_, _, seq) in pool.tasks.items() if seq < pool.handed]
         prefetched = [(tid, key, payload) for tid, (key, payload, seq) in pool.tasks.items() if seq >= pool.handed]
         self.queue.extendleft(reversed(prefetched))
-        message = f"{pool.describe()} was lost: {why}"
+        message = f"{pool.describe()} was {'released' if released else 'lost'}: {why}"
         log.error("%s; %d running tasks fail, %d prefetched go back to the queue", message, len(running), len(prefetched))
         self.counts["lost"] += len(running)
         if running:
             self._to_client(protocol.TasksFailed(ids=running, error="ManagerLost", message=message))
-        self._to_client(protocol.Event(kind="pool_lost", message=message, data={"manager": pool.info.manager_id,
-                                                                                "block_id": pool.info.block_id}))
+        kind = "pool_released" if released else "pool_lost"
+        data = {"manager": pool.info.manager_id, "block_id": pool.info.block_id}
+        self._to_client(protocol.Event(kind=kind, message=message, data=data))
 
     # -- shutdown -------------------------------------------------------------------
 

@@ -48,11 +48,14 @@ class SingleNodeLauncher(Launcher):
             # One copy: run it in the foreground, so signals and exit codes pass straight through.
             return f"export CORES=$(getconf _NPROCESSORS_ONLN)\n{command}\n"
         check = "[ $failed -eq 0 ]" if self.fail_on_any else f"[ $failed -lt {tasks_per_node} ]"
+        # The command may be several lines or a compound one ("a; b"): wrap it in a
+        # function so that "&" puts all of it, not only its last part, in the background.
         return (
             f"{self._debug()}export CORES=$(getconf _NPROCESSORS_ONLN)\n"
+            f"htex_cmd() {{\n{command}\n}}\n"
             f"pids=''\n"
             f"for i in $(seq 1 {tasks_per_node}); do\n"
-            f"  {command} &\n"
+            f"  htex_cmd &\n"
             f"  pids=\"$pids $!\"\n"
             f"done\n"
             f"failed=0\n"
@@ -61,14 +64,22 @@ class SingleNodeLauncher(Launcher):
         )
 
 
-def _script_launcher(wrap: str, command: str, debug: str) -> str:
+# The file the command is written to: unique per job (whatever the scheduler's job id
+# variable is) and per job shell ($$), since several blocks share one script_dir.
+# It is expanded by the job's shell on the block's first node, so the other nodes
+# get the same path (script_dir is on a shared file system).
+_CMD_FILE = "cmd_${SLURM_JOB_ID}${PBS_JOBID}${JOB_ID}${LSB_JOBID}${COBALT_JOBID}_$$.sh"
+
+
+def _script_launcher(wrap: str, command: str, debug: str, bash: str = "/bin/bash") -> str:
     # Write the command into a small script so that quoting survives srun/mpiexec/aprun.
     return (
-        f"{debug}cat << 'HTEX_EOF' > cmd_$SLURM_JOB_ID$PBS_JOBID$JOB_ID.sh\n"
+        f"{debug}CMD_FILE=\"$PWD/{_CMD_FILE}\"\n"
+        f"cat << 'HTEX_EOF' > \"$CMD_FILE\"\n"
         f"{command}\n"
         f"HTEX_EOF\n"
-        f"chmod a+x cmd_$SLURM_JOB_ID$PBS_JOBID$JOB_ID.sh\n"
-        f"{wrap} /bin/bash cmd_$SLURM_JOB_ID$PBS_JOBID$JOB_ID.sh\n"
+        f"chmod a+x \"$CMD_FILE\"\n"
+        f"{wrap} {bash} \"$CMD_FILE\"\n"
     )
 
 
@@ -135,7 +146,7 @@ class MpiRunLauncher(Launcher):
     def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         total = tasks_per_node * nodes_per_block
         wrap = f"mpirun -np {total} {self.overrides}".rstrip()
-        return _script_launcher(wrap, command, self._debug()).replace("/bin/bash cmd_", f"{self.bash_location} cmd_")
+        return _script_launcher(wrap, command, self._debug(), self.bash_location)
 
 
 class JsrunLauncher(Launcher):
@@ -161,7 +172,7 @@ class GnuParallelLauncher(Launcher):
         return (
             f"{script}\n"
             f"parallel --env _ --joblog joblog_$$ --sshloginfile {nodefile} -j {tasks_per_node} "
-            f"--halt never /bin/bash $PWD/cmd_$SLURM_JOB_ID$PBS_JOBID$JOB_ID.sh ::: $(seq 1 {total})\n"
+            f"--halt never /bin/bash \"$CMD_FILE\" ::: $(seq 1 {total})\n"
         )
 
 

@@ -53,6 +53,7 @@ log = logging.getLogger("htex.pool")
 
 EXIT_REJECTED = 3  # the interchange refused this pool (version mismatch, or declared lost)
 EXIT_NO_WORKERS = 4  # workers die before they start
+EXIT_INTERCHANGE_LOST = 5  # the interchange went silent (or was never reached)
 # A worker that dies this many times in a row before saying hello means workers cannot start here.
 MAX_START_FAILURES = 3
 # The most tasks one worker is handed at once, and how long a batch should take:
@@ -360,7 +361,10 @@ class Manager:
         now = time.monotonic()
         if now - self.last_heard > self.cfg.heartbeat_threshold:
             log.error("no word from the interchange for %.0f s: it is gone; stopping", now - self.last_heard)
+            print(f"htex pool: no word from the interchange at {self.cfg.task_url} for "
+                  f"{now - self.last_heard:.0f} s; stopping", file=sys.stderr)
             self.stopping = True
+            self.exit_code = EXIT_INTERCHANGE_LOST
         elif now - self.last_sent >= self.cfg.heartbeat_period:
             self._send(self.task_sock, protocol.Heartbeat())
 
