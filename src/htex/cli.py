@@ -1,0 +1,380 @@
+"""The ``htex`` command: start a pool by hand, and see what a running executor is doing.
+
+::
+
+    htex pool --run-dir runinfo/000/HighThroughputExecutor     # join a running executor (managed=False)
+    htex pool -a 10.0.0.5 -t 54001 -r 54002 --max_workers 8    # or give process_worker_pool's flags
+    htex status runinfo/000                                     # pools, blocks, tasks, rate
+    htex status runinfo/000 --watch 2                           # the same, redrawn every 2 s until Ctrl-C
+    htex status --address 10.0.0.5:54001 --cert-dir DIR         # without the run directory
+
+Both find the interchange through ``connection.json``, which the executor
+writes into ``run_dir/<label>/`` at start: addresses, worker ports and
+heartbeat settings.  An encrypted executor keeps its keys beside it, in
+``certs/``; both commands use them when they are there (they need the "pool"
+keys, so only someone who can read the run directory can connect).
+
+``htex status`` asks the interchange on its task port (a ``StatusRequest``,
+answered with a ``StatusReply``): it sees what the interchange sees.  It
+counts results, not outcomes (it never unpickles a result, so a task that
+raised counts as done), and it knows blocks only by the block ids its pools
+registered with (job ids are the executor's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+import zmq
+
+from . import __version__, protocol, security
+from .progress import format_line
+
+CONNECTION_FILE = "connection.json"
+
+
+class CliError(Exception):
+    """A problem to report in one line, without a traceback."""
+
+
+# ---------------------------------------------------------------------------
+# Finding the interchange
+# ---------------------------------------------------------------------------
+
+
+def find_connection(path: str) -> tuple[str, dict[str, Any]]:
+    """The label directory and its connection.json, from a run_dir/<label> or a run_dir with one label.
+
+    A run directory with several executors is ambiguous: the error lists them.
+    """
+    path = os.path.abspath(path)
+    direct = os.path.join(path, CONNECTION_FILE)
+    if os.path.isfile(direct):
+        return path, _read_json(direct)
+    if not os.path.isdir(path):
+        raise CliError(f"{path}: no such directory")
+    found = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, CONNECTION_FILE)))
+    if len(found) == 1:
+        label_dir = os.path.join(path, found[0])
+        return label_dir, _read_json(os.path.join(label_dir, CONNECTION_FILE))
+    if found:
+        choices = ", ".join(os.path.join(path, d) for d in found)
+        raise CliError(f"{path} holds several executors; name one: {choices}")
+    raise CliError(
+        f"no {CONNECTION_FILE} in {path} or its sub-directories: give run_dir/<label> of an executor "
+        "that has started (it writes the file at start)"
+    )
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            info: dict[str, Any] = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    return info
+
+
+def _cert_dir(label_dir: str, info: dict[str, Any]) -> str | None:
+    explicit = info.get("cert_dir")
+    if explicit:
+        return str(explicit)
+    certs = os.path.join(label_dir, "certs")
+    return certs if os.path.isdir(certs) else None
+
+
+def _pick_address(addresses: Sequence[str]) -> str:
+    # The executor lists every interface when pools may be remote; from this host, loopback answers if listed.
+    for a in addresses:
+        if a.startswith("127."):
+            return a
+    if not addresses:
+        raise CliError("connection.json lists no address")
+    return addresses[0]
+
+
+# ---------------------------------------------------------------------------
+# htex pool
+# ---------------------------------------------------------------------------
+
+
+def pool_argv(label_dir: str, info: dict[str, Any]) -> list[str]:
+    """process_worker_pool flags that connect to the executor described by connection.json."""
+    argv = [
+        "-a", ",".join(info["addresses"]),
+        "-t", str(info["task_port"]),
+        "-r", str(info["result_port"]),
+        "--hb_period", str(info.get("heartbeat_period", 30)),
+        "--hb_threshold", str(info.get("heartbeat_threshold", 120)),
+        "--logdir", label_dir,
+    ]
+    cert_dir = _cert_dir(label_dir, info)
+    if cert_dir:
+        argv.append(f"--cert_dir={cert_dir}")
+    return argv
+
+
+def cmd_pool(args: argparse.Namespace, rest: list[str]) -> int:
+    from . import process_worker_pool
+
+    argv = list(rest)
+    if args.run_dir:
+        try:
+            label_dir, info = find_connection(args.run_dir)
+            # The user's own flags come last: argparse keeps the last value, so they override the file.
+            argv = pool_argv(label_dir, info) + argv
+        except (CliError, KeyError) as exc:
+            raise CliError(f"htex pool: {exc}") from None
+        print(f"htex pool: joining {info.get('label', '?')} at {','.join(info['addresses'])}:{info['task_port']}; "
+              f"logs under {label_dir}", file=sys.stderr, flush=True)
+    return process_worker_pool.main(argv)
+
+
+# ---------------------------------------------------------------------------
+# htex status
+# ---------------------------------------------------------------------------
+
+
+class StatusClient:
+    """Asks one interchange for its status, over one connection kept for repeated samples."""
+
+    def __init__(self, host: str, port: int, cert_dir: str | None = None, timeout: float = 5.0) -> None:
+        self.where = f"{host}:{port}"
+        self.timeout = timeout
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if cert_dir:
+            # The interchange's worker ports let in only the run's "pool" key.
+            security.connect_as(self.sock, cert_dir, "pool")
+        self.sock.connect(f"tcp://{host}:{port}")
+
+    def sample(self) -> protocol.StatusReply:
+        self.sock.send_multipart(protocol.StatusRequest().encode())
+        deadline = time.monotonic() + self.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sock.poll(int(left * 1000) + 1):
+                break
+            msg = protocol.decode(self.sock.recv_multipart())
+            if isinstance(msg, protocol.StatusReply):
+                return msg
+            # Anything else (a stale reply type) is not ours to handle: wait for the answer.
+        raise CliError(
+            f"no answer from an interchange at {self.where} within {self.timeout:g} s: is the executor running, "
+            "and (if it is encrypted) are its keys given?"
+        )
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+    def __enter__(self) -> StatusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def blocks_of(managers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per block id: its managers, workers and running tasks (from the pools that registered)."""
+    blocks: dict[str, dict[str, Any]] = {}
+    for m in managers:
+        b = blocks.setdefault(str(m.get("block_id")), {"managers": [], "workers": 0, "tasks": 0})
+        b["managers"].append(m.get("manager"))
+        b["workers"] += int(m.get("worker_count", 0))
+        b["tasks"] += int(m.get("tasks", 0))
+    return blocks
+
+
+def rate_between(a: protocol.StatusReply, b: protocol.StatusReply) -> float | None:
+    """Tasks done per second between two samples, by the interchange's own clock (its uptime)."""
+    dt = float(b.stats.get("uptime", 0)) - float(a.stats.get("uptime", 0))
+    if dt <= 0:
+        return None
+    return (int(b.stats.get("done", 0)) - int(a.stats.get("done", 0))) / dt
+
+
+def summary(reply: protocol.StatusReply, rate: float | None) -> dict[str, Any]:
+    """What ``--json`` prints: the reply, the blocks derived from it, and the rate."""
+    return {"stats": reply.stats, "managers": reply.managers, "blocks": blocks_of(reply.managers), "rate": rate}
+
+
+def render(reply: protocol.StatusReply, rate: float | None, where: str, label: str = "") -> str:
+    s = reply.stats
+    lines = [
+        f"htex {__version__}  {label + '  ' if label else ''}interchange {where}  up {_duration(float(s.get('uptime', 0)))}",
+        f"tasks    {s.get('queued', 0)} queued  {s.get('running', 0)} running  {s.get('done', 0)} done  "
+        f"{s.get('lost', 0)} failed/lost  (received {s.get('received', 0)}, dispatched {s.get('dispatched', 0)})",
+        "rate     " + (f"{rate:.1f} tasks/s" if rate is not None else "-"),
+        "progress " + format_line(int(s.get("done", 0)) + int(s.get("lost", 0)), int(s.get("lost", 0)),
+                                  int(s.get("running", 0)), int(s.get("received", 0)) or None, rate),
+        "",
+        f"managers ({len(reply.managers)}, {s.get('workers', 0)} workers)",
+    ]
+    rows = [["MANAGER", "HOST", "BLOCK", "WORKERS", "RUNNING", "IDLE", "STATE", "HEARD"]]
+    for m in sorted(reply.managers, key=lambda m: (str(m.get("block_id")), str(m.get("manager")))):
+        idle = float(m.get("idle_duration", 0))
+        rows.append([
+            str(m.get("manager")), str(m.get("hostname")), str(m.get("block_id")), str(m.get("worker_count")),
+            str(m.get("tasks")), "-" if m.get("tasks") else _duration(idle),
+            "active" if m.get("active", True) else "held", f"{float(m.get('last_heartbeat', 0)):.0f}s ago",
+        ])
+    lines += _table(rows) if reply.managers else ["  (none connected)"]
+    blocks = blocks_of(reply.managers)
+    lines += ["", f"blocks ({len(blocks)}, by the block ids pools registered with)"]
+    brows = [["BLOCK", "MANAGERS", "WORKERS", "RUNNING"]]
+    for block, b in sorted(blocks.items()):
+        brows.append([block, str(len(b["managers"])), str(b["workers"]), str(b["tasks"])])
+    lines += _table(brows) if blocks else ["  (none)"]
+    return "\n".join(lines)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{seconds:.0f}s"
+
+
+def _status_target(args: argparse.Namespace) -> tuple[str, int, str | None, str]:
+    """(host, port, cert_dir, label) from --address/--cert-dir or from a run directory."""
+    if args.address:
+        host, _, port = args.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise CliError(f"--address wants HOST:PORT (the task port), got {args.address!r}")
+        return host, int(port), args.cert_dir, ""
+    if not args.target:
+        raise CliError("give a run directory (run_dir or run_dir/<label>) or --address HOST:PORT")
+    label_dir, info = find_connection(args.target)
+    try:
+        host, port = _pick_address(info["addresses"]), int(info["task_port"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CliError(f"{label_dir}/{CONNECTION_FILE} is incomplete: {exc}") from None
+    return host, port, args.cert_dir or _cert_dir(label_dir, info), str(info.get("label", ""))
+
+
+def cmd_status(args: argparse.Namespace, out: IO[str]) -> int:
+    host, port, cert_dir, label = _status_target(args)
+    where = f"{host}:{port}"
+    with StatusClient(host, port, cert_dir, args.timeout) as client:
+        if args.watch is None:
+            first = client.sample()
+            rate = None
+            last = first
+            if args.sample > 0:
+                time.sleep(args.sample)  # the rate needs a second sample some time later
+                last = client.sample()
+                rate = rate_between(first, last)
+            _emit(out, args, last, rate, where, label)
+            return 0
+        clear = out.isatty() and not args.json
+        previous: protocol.StatusReply | None = None
+        count = 0
+        try:
+            while True:
+                reply = client.sample()
+                rate = rate_between(previous, reply) if previous is not None else None
+                if clear:
+                    out.write("\x1b[H\x1b[2J")  # home and clear: redraw in place
+                elif count and not args.json:
+                    out.write("\n")  # a blank line between screens; JSON stays one object per line
+                _emit(out, args, reply, rate, where, label)
+                previous = reply
+                count += 1
+                if args.count and count >= args.count:
+                    return 0
+                time.sleep(args.watch)
+        except KeyboardInterrupt:
+            out.write("\n")
+            return 0
+
+
+def _emit(out: IO[str], args: argparse.Namespace, reply: protocol.StatusReply, rate: float | None,
+          where: str, label: str) -> None:
+    if args.json:
+        out.write(json.dumps(summary(reply, rate)) + "\n")
+    else:
+        out.write(render(reply, rate, where, label) + "\n")
+    out.flush()
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="htex",
+        description="htex: run Python functions at high throughput. Start worker pools by hand, "
+                    "and see what a running executor is doing.",
+    )
+    p.add_argument("--version", action="version", version=f"htex {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    pool = sub.add_parser(
+        "pool", allow_abbrev=False,
+        help="start a worker pool that joins a running executor",
+        description="Start a worker pool on this node that joins a running executor, for executors "
+                    "created with managed=False (you start the pools). With --run-dir, everything is "
+                    "read from the executor's connection.json; any other flag goes to process_worker_pool "
+                    "(see `process_worker_pool --help`: --max_workers, -c/--cores_per_worker, --block_id, "
+                    "-d, ...) and overrides what the file says.",
+        epilog="example: htex pool --run-dir runinfo/000/HighThroughputExecutor --max_workers 8",
+    )
+    pool.add_argument("--run-dir", metavar="DIR",
+                      help="the executor's run_dir/<label> (or a run_dir holding one executor)")
+
+    status = sub.add_parser(
+        "status", allow_abbrev=False,
+        help="show pools, blocks, tasks and the rate of a running executor",
+        description="Ask a running interchange what it is doing: its pools (managers) and their blocks, "
+                    "tasks queued, running, done and lost, and the rate of tasks done.",
+        epilog="examples: htex status runinfo/000   |   htex status runinfo/000/HighThroughputExecutor --watch 2",
+    )
+    status.add_argument("target", nargs="?", metavar="RUN_DIR",
+                        help="the executor's run_dir/<label>, or a run_dir holding one executor")
+    status.add_argument("--address", metavar="HOST:PORT", help="the interchange's task port, instead of RUN_DIR")
+    status.add_argument("--cert-dir", metavar="DIR", help="the run's keys (default: <label dir>/certs if present)")
+    status.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
+                        help="redraw every SECONDS (default 2) until Ctrl-C")
+    status.add_argument("--count", type=int, default=0, metavar="N", help="with --watch: stop after N refreshes")
+    status.add_argument("--sample", type=float, default=1.0, metavar="SECONDS",
+                        help="without --watch: seconds between the two samples the rate is measured from (0: no rate)")
+    status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="how long to wait for an answer")
+    status.add_argument("--json", action="store_true", help="print JSON (one object per refresh)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if args.command != "pool" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if args.command == "pool":
+            return cmd_pool(args, rest)
+        return cmd_status(args, sys.stdout)
+    except CliError as exc:
+        print(f"htex {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
