@@ -1,8 +1,10 @@
 """Shared test fixtures: every test that starts processes is checked for leaks.
 
-``no_leaks`` (autouse) records this process's children and every htex process
-on the machine before the test, and after it polls (with a deadline) until
-the new ones are gone; if any remain, the test fails and they are killed.
+``no_leaks`` (autouse) records this session's processes before the test (our
+descendants, and htex processes whose command line names this session's temp
+directory: pools a batch scheduler started), and after it polls (with a
+deadline) until the new ones are gone; if any remain, the test fails and they
+are killed.
 """
 
 from __future__ import annotations
@@ -12,56 +14,28 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psutil
 import pytest
+
+from support import SESSION_MARKS, alive, session_processes
 
 # Workers import the functions of tests/tasks.py by reference: let them find it.
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS, os.environ.get("PYTHONPATH")) if p)
 
-HTEX_MARKERS = ("htex.interchange", "htex.process_worker_pool", "htex.worker", "process_worker_pool")
 
-
-def _htex_processes() -> dict[int, str]:
-    found = {}
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if any(m in cmd for m in HTEX_MARKERS):
-            found[p.info["pid"]] = cmd
-    return found
-
-
-def _children() -> dict[int, str]:
-    out = {}
-    for p in psutil.Process().children(recursive=True):
-        try:
-            out[p.pid] = " ".join(p.cmdline())
-        except psutil.Error:
-            pass
-    return out
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something true; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+@pytest.fixture(scope="session", autouse=True)
+def _session_marks(tmp_path_factory: pytest.TempPathFactory) -> None:
+    SESSION_MARKS.append(str(tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    before = set(_htex_processes()) | set(_children())
+    before = set(session_processes())
     yield
     deadline = time.monotonic() + 10.0
     leaked: dict[int, str] = {}
     while time.monotonic() < deadline:
-        now = {**_htex_processes(), **_children()}
-        leaked = {pid: cmd for pid, cmd in now.items() if pid not in before and _alive(pid)}
+        leaked = {pid: cmd for pid, cmd in session_processes().items() if pid not in before and alive(pid)}
         if not leaked:
             return
         time.sleep(0.05)
@@ -71,13 +45,6 @@ def no_leaks() -> Iterator[None]:
         except OSError:
             pass
     pytest.fail(f"processes leaked by this test: {leaked}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 @pytest.fixture

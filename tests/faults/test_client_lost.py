@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import wait_for
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,8 +12,8 @@ import pytest
 from htex import InterchangeLost
 
 import tasks
-from conftest import wait_for
 from helpers import interchange_pid, pool_pids
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,8 +14,8 @@ import pytest
 from htex import LocalProvider, ManagerLost
 
 import tasks
-from conftest import wait_for
 from helpers import handed, pool_pids
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,7 +17,7 @@ import pytest
 from htex import LocalProvider
 
 import tasks
-from conftest import wait_for
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,7 +14,7 @@ import zmq
 from htex import VersionMismatch, protocol
 
 import tasks
-from conftest import wait_for
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

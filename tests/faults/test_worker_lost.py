@@ -11,8 +11,8 @@ import pytest
 from htex import WorkerLost
 
 import tasks
-from conftest import wait_for
 from helpers import handed, pool_pids, worker_pids
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

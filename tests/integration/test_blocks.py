@@ -13,7 +13,7 @@ import pytest
 from htex import JobState, LocalProvider, ManagerLost, ScaleOutFailed
 
 import tasks
-from conftest import wait_for
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
