@@ -8,9 +8,6 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "schedulers: not root or no apt-get: scheduler tests will be skipped (see ci/schedulers/README.md)"
   exit 0
 fi
-if [ ! -d /var/lib/apt/lists/partial ] || [ -z "$(ls /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ]; then
-  apt-get update -qq >/dev/null 2>&1 || echo "schedulers: apt-get update failed"
-fi
 failed=""
 for step in slurm-up.sh torque-wrappers.sh sge-up.sh condor-up.sh; do
   t0=$(date +%s)
