@@ -28,6 +28,7 @@ import re
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,11 @@ class ClusterProvider(ExecutionProvider):
         cmd_timeout: int,
         channel: Any = None,
         move_files: bool | None = None,
+        overrides: str | None = None,
     ) -> None:
+        if overrides is not None:  # Parsl's old name for scheduler_options
+            warnings.warn("'overrides' is deprecated: use 'scheduler_options'", DeprecationWarning, stacklevel=3)
+            scheduler_options = scheduler_options or overrides
         if not 0 <= min_blocks <= max_blocks:
             raise ConfigurationError(f"need 0 <= min_blocks ({min_blocks}) <= max_blocks ({max_blocks})")
         if nodes_per_block < 1:

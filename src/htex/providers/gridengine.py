@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-import warnings
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -98,9 +97,6 @@ class GridEngineProvider(ClusterProvider):
         label: str = "grid_engine",
         overrides: str | None = None,
     ) -> None:
-        if overrides is not None:
-            warnings.warn("'overrides' is deprecated: use 'scheduler_options'", DeprecationWarning, stacklevel=2)
-            scheduler_options = scheduler_options or overrides
         if nodes_per_block > 1 and not pe:
             raise ConfigurationError("Grid Engine spreads a job over several hosts only through a parallel "
                                      "environment: set pe= (one whose allocation_rule spans hosts)")
@@ -108,6 +104,7 @@ class GridEngineProvider(ClusterProvider):
             label=label, nodes_per_block=nodes_per_block, init_blocks=init_blocks, min_blocks=min_blocks,
             max_blocks=max_blocks, parallelism=parallelism, walltime=walltime, scheduler_options=scheduler_options,
             worker_init=worker_init, launcher=launcher, cmd_timeout=cmd_timeout, channel=channel, move_files=move_files,
+            overrides=overrides,
         )
         self.queue = queue
         self.pe = pe

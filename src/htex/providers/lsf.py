@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -81,15 +80,13 @@ class LSFProvider(ClusterProvider):
         label: str = "lsf",
         overrides: str | None = None,
     ) -> None:
-        if overrides is not None:
-            warnings.warn("'overrides' is deprecated: use 'scheduler_options'", DeprecationWarning, stacklevel=2)
-            scheduler_options = scheduler_options or overrides
         if not request_by_nodes and not (cores_per_block and cores_per_node):
             raise ConfigurationError("with request_by_nodes=False, LSF needs cores_per_block and cores_per_node")
         super().__init__(
             label=label, nodes_per_block=nodes_per_block, init_blocks=init_blocks, min_blocks=min_blocks,
             max_blocks=max_blocks, parallelism=parallelism, walltime=walltime, scheduler_options=scheduler_options,
             worker_init=worker_init, launcher=launcher, cmd_timeout=cmd_timeout, channel=channel, move_files=move_files,
+            overrides=overrides,
         )
         self.cores_per_block = cores_per_block
         self.cores_per_node = cores_per_node

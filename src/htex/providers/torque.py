@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from ..launchers import Launcher
@@ -75,13 +74,11 @@ class TorqueProvider(ClusterProvider):
         label: str = "torque",
         overrides: str | None = None,
     ) -> None:
-        if overrides is not None:
-            warnings.warn("'overrides' is deprecated: use 'scheduler_options'", DeprecationWarning, stacklevel=2)
-            scheduler_options = scheduler_options or overrides
         super().__init__(
             label=label, nodes_per_block=nodes_per_block, init_blocks=init_blocks, min_blocks=min_blocks,
             max_blocks=max_blocks, parallelism=parallelism, walltime=walltime, scheduler_options=scheduler_options,
             worker_init=worker_init, launcher=launcher, cmd_timeout=cmd_timeout, channel=channel, move_files=move_files,
+            overrides=overrides,
         )
         self.account = account
         self.queue = queue
