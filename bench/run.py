@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     available, skipped = backends.available()
     default = available
     if args.smoke and not args.backends:  # CI's check of htex: keep it fast; name others with --backends to include them
-        default = [b for b in available if b in ("htex", BASELINE)]
+        default = [b for b in available if b in ("htex", "htex-pf", BASELINE)]
         skipped.update({b: "not run with --smoke unless named in --backends" for b in available if b not in default})
     chosen = [b for b in (args.backends or default) if b in available]
     for b in args.backends or []:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"round {r + 1}/{run.rounds}")
         for key in rotate(run.workloads, r):
             for name in rotate(run.backends, r):
-                if name in ("htex", BASELINE) or r < args.extra_rounds:
+                if name in ("htex", "htex-pf", BASELINE) or r < args.extra_rounds:
                     run_one(run, WORKLOADS[key], name, sizes, run_root)
 
     if run.do_scale:

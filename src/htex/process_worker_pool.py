@@ -236,6 +236,8 @@ class Manager:
                 return
             msg = protocol.decode(frames)
             if isinstance(msg, protocol.Results):
+                if not msg.ids:
+                    continue  # nothing to account for (and nothing to divide by)
                 slot = self.workers[int(ident.bytes[1:])]
                 self._measure(slot, len(msg.ids))
                 del slot.tasks[: len(msg.ids)]  # results come back in the order tasks went out

@@ -77,13 +77,13 @@ class Worker:
         ids: list[int] = []
         results: list[protocol.Blob] = []
         last_sent = time.monotonic()
-        for task_id, key, payload in zip(batch.ids, batch.fn_keys, batch.payloads, strict=True):
+        last = len(batch.ids) - 1
+        for i, (task_id, key, payload) in enumerate(zip(batch.ids, batch.fn_keys, batch.payloads, strict=True)):
             results.append(self.run_one(key, protocol.as_buffer(payload)))
             ids.append(task_id)
-            if len(ids) < len(batch.ids) and time.monotonic() - last_sent > FLUSH_SECONDS:
+            if i == last or time.monotonic() - last_sent > FLUSH_SECONDS:
                 self._send(ids, results)
                 ids, results, last_sent = [], [], time.monotonic()
-        self._send(ids, results)
 
     def _send(self, ids: list[int], results: list[protocol.Blob]) -> None:
         self.sock.send_multipart(protocol.Results(protocol.u64_array(ids), results).encode(), copy=False)

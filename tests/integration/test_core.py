@@ -270,3 +270,16 @@ def test_shutdown_with_wait_lets_running_tasks_finish(make_executor: Any) -> Non
     fut = ex.submit(tasks.sleep_then, {}, 0.5, "done")
     ex.shutdown(wait=True)
     assert fut.result(timeout=0) == "done"
+
+
+def test_regression_long_tasks_after_short_ones_with_prefetch(make_executor: Any) -> None:
+    """Short tasks grow the pool's batches; long ones then flush partial results mid-batch.
+
+    A worker used to send an empty RESULTS after a flush that fell on a batch's
+    last task, and the pool died dividing by zero (found by bench/ W4).
+    """
+    ex = make_executor(max_workers=2, prefetch_capacity=256)
+    assert sum(f.result(timeout=30) for f in [ex.submit(tasks.add, {}, 1) for _ in range(2000)]) == 2000
+    futs = [ex.submit(tasks.sleep_then, {}, 0.006, i) for i in range(200)]  # each > FLUSH_SECONDS
+    assert [f.result(timeout=60) for f in futs] == list(range(200))
+    assert ex.stats()["lost"] == 0
