@@ -390,9 +390,7 @@ def render(run: Run, args: argparse.Namespace, elapsed: float, load0: tuple[floa
         notes.append(
             f"- **Not a quiet machine**: up to {nb.max_foreign_htex} htex processes that are not this run's, and "
             f"{len(nb.pytest_seen)} pytest process(es), were seen during the run (sampled every {nb.every:g} s). They "
-            "compete for the CPUs; and the test suite's leak check (tests/conftest.py) SIGKILLs every htex process "
-            "that appears on the machine during a test, this benchmark's included (an error 'interchange ... died: "
-            "killed by signal 9' is that)."
+            "compete for the CPUs: figures of such a run are noisier and lower."
         )
     elif nb is not None:
         notes.append(f"- No other htex or pytest process was seen during the run ({nb.samples} samples).")
