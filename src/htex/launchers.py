@@ -7,8 +7,6 @@ The result runs inside the block's job script, on its first node.
 
 from __future__ import annotations
 
-import shlex
-
 
 class Launcher:
     """Base: subclasses override ``__call__``."""
@@ -162,18 +160,28 @@ class JsrunLauncher(Launcher):
         return _script_launcher(wrap, command, self._debug())
 
 
+# The job's nodes, one per line, in $HTEX_HOSTS: each scheduler names them its own way.
+HOSTS_FILE = """HTEX_HOSTS="$PWD/hosts_${SLURM_JOB_ID}${PBS_JOBID}${JOB_ID}${LSB_JOBID}${COBALT_JOBID}_$$"
+if [ -n "${PBS_NODEFILE:-}" ]; then sort -u "$PBS_NODEFILE" > "$HTEX_HOSTS"
+elif [ -n "${SLURM_JOB_NODELIST:-}" ]; then scontrol show hostnames "$SLURM_JOB_NODELIST" > "$HTEX_HOSTS"
+elif [ -n "${PE_HOSTFILE:-}" ]; then awk '{print $1}' "$PE_HOSTFILE" > "$HTEX_HOSTS"
+elif [ -n "${LSB_HOSTS:-}" ]; then echo "$LSB_HOSTS" | tr ' ' '\\n' | sort -u > "$HTEX_HOSTS"
+else hostname > "$HTEX_HOSTS"
+fi
+"""
+
+
 class GnuParallelLauncher(Launcher):
-    """GNU parallel over the job's node file, over ssh: tasks_per_node copies per node."""
+    """GNU parallel over ssh to the job's nodes: tasks_per_node copies per node."""
 
     def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         total = tasks_per_node * nodes_per_block
-        script = _script_launcher("", command, self._debug()).rsplit("\n", 2)[0]
-        nodefile = "${PBS_NODEFILE:-${SLURM_NODEFILE:-${PE_HOSTFILE:-/dev/null}}}"
-        return (
-            f"{script}\n"
-            f"parallel --env _ --joblog joblog_$$ --sshloginfile {nodefile} -j {tasks_per_node} "
-            f"--halt never /bin/bash \"$CMD_FILE\" ::: $(seq 1 {total})\n"
+        run = (
+            f"parallel --env _ --joblog joblog_$$ --sshloginfile \"$HTEX_HOSTS\" -j {tasks_per_node} "
+            "--halt never"
         )
+        # The command file is run by parallel on each node, with the copy number as its argument.
+        return HOSTS_FILE + _script_launcher(run, command, self._debug()).rstrip("\n") + f" ::: $(seq 1 {total})\n"
 
 
 class WrappedLauncher(Launcher):
@@ -185,10 +193,6 @@ class WrappedLauncher(Launcher):
 
     def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         return f"{self.prepend} {command}"
-
-
-def quote(command: str) -> str:
-    return shlex.quote(command)
 
 
 __all__ = [

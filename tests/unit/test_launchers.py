@@ -7,6 +7,7 @@ since a launcher that renders but does not run is of no use.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import Any
 
@@ -133,6 +134,26 @@ def test_gnu_parallel_launcher() -> None:
     text = GnuParallelLauncher(debug=False)(CMD, 4, 2)
     last = text.rstrip("\n").splitlines()[-1]
     assert last.startswith("parallel ") and "-j 4" in last and last.endswith("::: $(seq 1 8)")
-    assert '/bin/bash "$CMD_FILE"' in last
+    assert '--sshloginfile "$HTEX_HOSTS"' in last and last.count("/bin/bash") == 1
     # the command file is written, but not run directly
     assert sum(1 for ln in text.splitlines() if "$CMD_FILE" in ln and "/bin/bash" in ln) == 1
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("env", "content"), [
+    ({"PE_HOSTFILE": "pe"}, "n1 4 all.q@n1 UNDEFINED\nn2 4 all.q@n2 UNDEFINED\n"),  # Grid Engine's format
+    ({"PBS_NODEFILE": "pbs"}, "n1\nn1\nn2\nn2\n"),  # one line per core
+    ({"LSB_HOSTS": "n1 n1 n2"}, None),
+])
+def test_gnu_parallel_host_list_from_each_scheduler(tmp_path: Any, env: dict[str, str], content: str | None) -> None:
+    from htex.launchers import HOSTS_FILE
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PBS_", "SLURM_", "PE_", "LSB_"))}
+    for key, value in env.items():
+        if content is not None:
+            (tmp_path / value).write_text(content)
+            value = str(tmp_path / value)
+        environ[key] = value
+    script = HOSTS_FILE + 'cat "$HTEX_HOSTS"\n'
+    out = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=environ, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["n1", "n2"]
