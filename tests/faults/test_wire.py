@@ -139,6 +139,17 @@ def test_encrypted_executor_runs_tasks_and_refuses_strangers(make_executor: Any)
         assert not plain.poll(1000) and not wrong.poll(1000)  # no answer: not even the handshake passed
         assert [m["manager"] for m in ex.connected_managers] != ["intruder"]
         assert len(ex.connected_managers) == 1
+        # Nor can a stranger submit: tasks sent to the executor's client port never reach the interchange.
+        received = ex.stats()["received"]
+        client_port = int(ex._sock.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
+        intruder = ctx.socket(zmq.DEALER)
+        intruder.setsockopt(zmq.LINGER, 0)
+        intruder.connect(f"tcp://127.0.0.1:{client_port}")
+        bogus = protocol.Tasks(array("Q", [999_999]), array("Q", [1]), [b"x"], {1: b"not a function"})
+        for _ in range(10):
+            intruder.send_multipart(bogus.encode())
+        assert ex.submit(tasks.add, {}, 1, 1).result(timeout=30) == 2
+        assert ex.stats()["received"] == received + 1  # ours only
     finally:
         ctx.destroy(linger=0)
 
