@@ -45,7 +45,7 @@ from typing import Any
 
 import zmq
 
-from . import errors, protocol, security, serialize
+from . import errors, protocol, security, serialize, shm
 from .errors import (
     ConfigurationError,
     ExecutorShutdown,
@@ -111,6 +111,7 @@ class HighThroughputExecutor:
         lost_task_retries: int = 0,
         max_outstanding: int | None = 100_000,
         max_idletime: float = 120.0,
+        shared_memory: bool | None = None,
     ) -> None:
         if max_workers_per_node is not None:
             max_workers = max_workers_per_node
@@ -150,6 +151,7 @@ class HighThroughputExecutor:
         self.lost_task_retries = lost_task_retries
         self.max_outstanding = max_outstanding
         self.max_idletime = max_idletime  # seconds a block may sit idle before it is scaled in
+        self.shared_memory = shared_memory  # None: on when every pool runs on this host; decided at start()
         self.cert_dir: str | None = None
         self._ipc_name: str | None = None
         self.hub_address: str | None = None  # monitoring hub: accepted, unused
@@ -163,6 +165,9 @@ class HighThroughputExecutor:
         self._room = threading.Condition(self._lock)  # submit() waits here when max_outstanding is reached
         self._waiting_for_room = 0
         self._retry: dict[int, tuple[int, bytes, int]] = {}  # task id -> (function key, payload, tries left)
+        self._arena: shm.Arena | None = None  # large arguments to pools on this host, see shm.py
+        self._leases: dict[int, shm.Lease] = {}  # task id -> its argument's place in the arena
+        self._next_trim = 0.0
         self._ids = itertools.count(1)
         self._block_ids = itertools.count(0)
         self._functions = serialize.FunctionRegistry()
@@ -207,6 +212,10 @@ class HighThroughputExecutor:
             raise RuntimeError("this executor was already started")
         if self.encrypted is None:
             self.encrypted = self._bind_address() != "127.0.0.1" and security.available()
+        if self.shared_memory is None:
+            self.shared_memory = not self.provider.remote and shm.supported()
+        _check(not self.shared_memory or shm.supported(), "shared_memory=True needs Linux (memfd)")
+        self._arena = shm.Arena() if self.shared_memory else None
         if self.encrypted and self.launch_cmd and "{cert_dir}" not in self.launch_cmd:
             raise ConfigurationError(
                 "the executor is encrypted but launch_cmd has no --cert_dir={cert_dir}: its pools could not "
@@ -414,7 +423,7 @@ class HighThroughputExecutor:
             raise TypeError(f"submit() needs a callable, got {type(func).__name__}")
         if not self._started:
             raise RuntimeError("call start() (or use `with HighThroughputExecutor(...) as ex`) before submit()")
-        payload = serialize.pack_args(args, kwargs)
+        payload, lease = self._pack_args(args, kwargs)
         fut: Future[Any] = Future()
         fut.set_running_or_notify_cancel()
         with self._lock:
@@ -427,6 +436,8 @@ class HighThroughputExecutor:
             task_id = next(self._ids)
             fut.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
             self.tasks[task_id] = fut
+            if lease is not None:
+                self._leases[task_id] = lease
             if self.lost_task_retries:
                 self._retry[task_id] = (key, payload, self.lost_task_retries)
             self._outbox.append((task_id, key, payload))
@@ -435,6 +446,20 @@ class HighThroughputExecutor:
         if wake:
             self._wake()
         return fut
+
+    def _pack_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, shm.Lease | None]:
+        """The task's payload, in-band or (large, for pools on this host) a reference to shared memory."""
+        if self._arena is not None:
+            split = serialize.pack_args_split(args, kwargs)
+            if split is not None and len(split[0]) + sum(b.raw().nbytes for b in split[1]) >= shm.THRESHOLD:
+                # Wait for room, but never on the I/O thread: only it frees room (a done-callback that submits).
+                on_io = threading.current_thread() is self._io_thread
+                placed = self._arena.put([split[0], *split[1]], wait=0.0 if on_io else shm.WAIT_SECONDS)
+                if placed is not None:  # else the arena stayed full: in-band works too
+                    return placed
+            elif split is not None and not split[1]:
+                return split[0], None  # small: this is the in-band payload already
+        return serialize.pack_args(args, kwargs), None
 
     def _wait_for_room(self) -> None:
         """Block (holding no lock while asleep) until fewer than max_outstanding tasks are in flight.
@@ -696,6 +721,8 @@ class HighThroughputExecutor:
             tasks.pop(tid, None)
             if self._retry:
                 self._retry.pop(tid, None)
+            if self._leases:
+                self._release(tid, lost=not ok and isinstance(value, errors.TaskLost))
             try:
                 if ok:
                     fut.set_result(value)
@@ -731,9 +758,15 @@ class HighThroughputExecutor:
                 continue
             fut = self.tasks.pop(tid, None)
             self._retry.pop(tid, None)
+            self._release(tid, lost=True)
             if fut is not None:
                 _fail(fut, exc)
         self._make_room()
+
+    def _release(self, tid: int, lost: bool) -> None:
+        lease = self._leases.pop(tid, None)
+        if lease is not None and self._arena is not None:
+            self._arena.release(lease, lost)
 
     def _on_event(self, event: protocol.Event) -> None:
         data = event.data
@@ -773,6 +806,9 @@ class HighThroughputExecutor:
             ))
         if now - self._ic_last_sent >= self.heartbeat_period:
             self._to_interchange(protocol.Heartbeat())
+        if self._arena is not None and now >= self._next_trim:
+            self._arena.trim()  # an idle executor gives its shared memory back
+            self._next_trim = now + 1.0
 
     # ------------------------------------------------------------------
     # blocks and scaling
@@ -1002,6 +1038,9 @@ class HighThroughputExecutor:
         for reply in list(self._replies.values()):
             _fail(reply, ExecutorShutdown("the executor was shut down"))
         self._sock.close(linger=0)
+        if self._arena is not None:
+            self._arena.close()  # workers that still map a segment keep it until they unmap it
+            self._leases.clear()
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()

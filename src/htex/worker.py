@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from . import protocol, serialize
+from . import protocol, serialize, shm
 from .errors import DeserializationError
 
 log = logging.getLogger("htex.worker")
@@ -48,6 +48,7 @@ class Worker:
     def __init__(self, url: str, rank: int) -> None:
         self.rank = rank
         self.functions: dict[int, Callable[..., Any] | DeserializationError] = {}
+        self.shared = shm.Reader()  # large arguments the client left in shared memory
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, b"w%d" % rank)
@@ -97,7 +98,7 @@ class Worker:
         if isinstance(fn, DeserializationError):
             return serialize.pack_exception(fn, "")
         try:
-            args, kwargs = serialize.unpack_args(payload)
+            args, kwargs = serialize.unpack_args(*self.shared.resolve(payload))
         except DeserializationError as exc:
             return serialize.pack_exception(exc, "")
         try:
