@@ -79,3 +79,19 @@ def count_and_fail(path: str) -> None:
 def pool_id_after(seconds: float) -> str:
     time.sleep(seconds)
     return os.environ["PARSL_WORKER_POOL_ID"]
+
+
+def digest(data: bytes, extra: bytes = b"", *, tag: str = "") -> str:
+    """A fingerprint of large arguments, so a test can tell they arrived whole and in order."""
+    import hashlib
+
+    return tag + hashlib.sha256(data + extra).hexdigest()
+
+
+def exit_once_then_digest(marker: str, data: bytes) -> str:
+    """Kill this worker the first time (the task is lost), return the digest when run again."""
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os._exit(9)
+    return digest(data)

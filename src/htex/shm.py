@@ -94,6 +94,7 @@ class Arena:
         self._current: _Segment | None = None
         self._segments: list[_Segment] = []
         self._closed = False
+        self.waiting = 0  # submit() calls waiting for room now (for tests and stats)
 
     def put(self, parts: Sequence[Buffer], wait: float = 0.0) -> tuple[bytes, Lease] | None:
         """Copy ``parts`` (a pickle stream, then its out-of-band buffers) into shared memory.
@@ -117,7 +118,11 @@ class Arena:
                 left = deadline - time.monotonic()
                 if left <= 0 or not any(s.live for s in self._segments):
                     return None
-                self._room.wait(left)
+                self.waiting += 1
+                try:
+                    self._room.wait(left)
+                finally:
+                    self.waiting -= 1
             offset = seg.used
             seg.used += need
             seg.live += 1
