@@ -59,11 +59,26 @@ def descendants(markers: Iterable[str] = ()) -> list[psutil.Process]:
     return list(procs.values())
 
 
+def cmdline(p: psutil.Process) -> str:
+    """The command line, or "" for a process that is gone or a zombie."""
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+# The stdlib's multiprocessing resource tracker (Dask starts one) serves the whole client
+# process and exits with it: not a leak of the backend that happened to start it.
+SHARED_HELPERS = ("multiprocessing.resource_tracker",)
+
+
 def snapshot(markers: Iterable[str] = ()) -> set[Seen]:
     out = set()
     for p in descendants(markers):
         try:
-            out.add(Seen(p.pid, p.create_time(), " ".join(p.cmdline())[:200]))
+            cmd = " ".join(p.cmdline())
+            if not any(h in cmd for h in SHARED_HELPERS):
+                out.add(Seen(p.pid, p.create_time(), cmd[:200]))
         except psutil.Error:
             pass
     return out

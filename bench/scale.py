@@ -71,7 +71,7 @@ def _cpu(p: psutil.Process) -> float:
 
 
 def _interchange() -> psutil.Process:
-    found = [p for p in proctree.descendants() if "htex.interchange" in " ".join(p.cmdline())]
+    found = [p for p in proctree.descendants() if "htex.interchange" in proctree.cmdline(p)]
     if len(found) != 1:
         raise RuntimeError(f"expected one interchange among this process's children, found {len(found)}")
     return found[0]

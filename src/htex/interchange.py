@@ -36,6 +36,7 @@ import random
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,7 @@ class Interchange:
         self.cfg = cfg
         self.ctx = zmq.Context()
         self.queue: deque[tuple[int, int, protocol.Blob]] = deque()
+        self.results_out: list[Sequence[protocol.Blob]] = []  # results read this turn, sent to the client after dispatch
         self.functions: dict[int, protocol.Blob] = {}
         self.pools: dict[bytes, _Pool] = {}
         self.with_room: dict[bytes, _Pool] = {}  # pools with free capacity, for a cheap dispatch
@@ -179,6 +181,7 @@ class Interchange:
                 if self.result_sock in events:
                     self._read_results()
                 self._dispatch()
+                self._forward_results()  # after dispatch: a freed worker gets its next task first
                 self._keep_time()
         finally:
             self._shutdown()
@@ -362,19 +365,25 @@ class Interchange:
             for tid in msg.ids:
                 pool.tasks.pop(tid, None)
             if all(known):
-                self.client.send_multipart(frames[1:], copy=False)  # forwarded as they came
+                self.results_out.append(frames[1:])  # forwarded as they came
             else:
                 keep = [i for i, k in enumerate(known) if k]
                 log.warning("%s sent %d results for tasks it does not hold", pool.describe(), len(known) - len(keep))
                 if keep:
                     ids = protocol.u64_array(msg.ids[i] for i in keep)
-                    self._to_client(protocol.Results(ids, [msg.payloads[i] for i in keep]))
-            self.client_last_sent = time.monotonic()
+                    self.results_out.append(protocol.Results(ids, [msg.payloads[i] for i in keep]).encode())
             self.counts["done"] += len(msg.ids)
             if not pool.tasks:
                 pool.last_busy = pool.last_heard
             if pool.free > 0:
                 self.with_room[identity] = pool
+
+    def _forward_results(self) -> None:
+        if self.results_out:
+            for frames in self.results_out:
+                self.client.send_multipart(frames, copy=False)
+            self.results_out = []
+            self.client_last_sent = time.monotonic()
 
     def _drop(self, identity: bytes, why: str) -> None:
         self.dropped += 1
