@@ -98,6 +98,7 @@ class Interchange:
         self.cfg = cfg
         self.ctx = zmq.Context()
         self.queue: deque[tuple[int, int, protocol.Blob]] = deque()
+        self.next_liveness_check = 0.0
         self.results_out: list[Sequence[protocol.Blob]] = []  # results read this turn, sent to the client after dispatch
         self.functions: dict[int, protocol.Blob] = {}
         self.pools: dict[bytes, _Pool] = {}
@@ -452,8 +453,12 @@ class Interchange:
             for identity in list(self.pools):
                 self._to_pool(identity, protocol.Heartbeat())
             self.pools_last_sent = now
-        for pool in [p for p in self.pools.values() if now - p.last_heard > self.cfg.heartbeat_threshold]:
-            self._lose_pool(pool, f"it sent nothing for {now - pool.last_heard:.0f} s (heartbeat_threshold)")
+        if now >= self.next_liveness_check:
+            # A scan of every pool: not on every turn of the loop, which with 1,000 pools would cost
+            # more than the messages themselves.  A second late on a threshold of minutes is nothing.
+            self.next_liveness_check = now + min(1.0, self.cfg.heartbeat_threshold / 10)
+            for pool in [p for p in self.pools.values() if now - p.last_heard > self.cfg.heartbeat_threshold]:
+                self._lose_pool(pool, f"it sent nothing for {now - pool.last_heard:.0f} s (heartbeat_threshold)")
 
     def _lose_pool(self, pool: _Pool, why: str, released: bool = False) -> None:
         del self.pools[pool.identity]
