@@ -3,12 +3,18 @@
 ::
 
     interchange  --TASKS-->  [task socket]    manager   --TASKS (1 each)-->  worker 0..N-1
-                 <--RESULTS- [result socket]  (this)    <--RESULTS---------  (ipc ROUTER)
+                 <--RESULTS- [result socket]  (this)    <--RESULTS---------  (a socketpair each)
 
 The manager's loop has four steps: read what the interchange sent, read what
 the workers sent, hand queued tasks to idle workers, then keep time
 (heartbeats, liveness).  It blocks on its sockets and on the workers' pidfds,
 so a worker's death wakes it at once; the only timeout is the next heartbeat.
+
+Each worker is linked to the manager by a Unix socketpair (framing.py says
+why not ZeroMQ).  The manager reads them without blocking, and writes a batch
+with a blocking send: it only ever writes to an idle worker, which is waiting
+in recv() and so drains the socket whatever the batch's size.  It cannot
+deadlock: a worker is idle only once its last result was read in full.
 
 Tasks go to an idle worker in batches: its share of the queue, at most
 WORKER_BATCH, so a deep queue of short tasks costs one message per batch on
@@ -46,8 +52,8 @@ from typing import Any
 import psutil
 import zmq
 
-from . import __version__, protocol, security, serialize
-from .errors import WorkerLost
+from . import __version__, framing, protocol, security, serialize
+from .errors import ProtocolError, WorkerLost
 
 log = logging.getLogger("htex.pool")
 
@@ -102,6 +108,8 @@ class _WorkerSlot:
     rank: int
     proc: subprocess.Popen[bytes] | None = None
     pidfd: int = -1
+    link: socket.socket | None = None  # our end of the socketpair; None once the worker is gone
+    decoder: framing.Decoder = field(default_factory=framing.Decoder)
     ready: bool = False
     tasks: list[int] = field(default_factory=list)  # handed to it, no result yet, in order
     sent_at: float = 0.0
@@ -120,6 +128,7 @@ class Manager:
         self.workers = [_WorkerSlot(rank) for rank in range(self.count)]
         self.idle: deque[int] = deque()
         self.by_pidfd: dict[int, _WorkerSlot] = {}
+        self.by_link: dict[int, _WorkerSlot] = {}  # fd of our end of a worker's socketpair
         self.done_ids: list[int] = []
         self.done_payloads: list[protocol.Blob] = []
         self.start_failures = 0
@@ -129,18 +138,11 @@ class Manager:
         self.exit_code = 0
         self.last_sent = 0.0
         self.last_heard = time.monotonic()
-        # Linux's abstract socket namespace: no file to clean up, even if this process is killed.
-        self.worker_url = f"ipc://@htex-pool-{cfg.manager_id}-{os.getpid()}"
 
         self.task_sock = self._dealer(cfg.task_url)
         self.result_sock = self._dealer(cfg.result_url)
-        self.worker_sock = self.ctx.socket(zmq.ROUTER)
-        self.worker_sock.setsockopt(zmq.LINGER, 0)
-        self.worker_sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker reuses its rank
-        self.worker_sock.bind(self.worker_url)
         self.poller = zmq.Poller()
         self.poller.register(self.task_sock, zmq.POLLIN)
-        self.poller.register(self.worker_sock, zmq.POLLIN)
 
     def _dealer(self, url: str) -> zmq.Socket[Any]:
         sock = self.ctx.socket(zmq.DEALER)
@@ -167,12 +169,15 @@ class Manager:
                 self._start_worker(slot)
             while not self.stopping:
                 events = dict(self.poller.poll(self._timeout_ms()))
+                # Look the fds up now: reaping closes fds and opens new ones, which may reuse their numbers.
+                readable = [self.by_link[fd] for fd in events if fd in self.by_link]
+                dead = [self.by_pidfd[fd] for fd in events if fd in self.by_pidfd]
                 if self.task_sock in events:
                     self._read_interchange()
-                if self.worker_sock in events:
-                    self._read_workers()
-                for fd in [fd for fd in events if isinstance(fd, int)]:
-                    self._reap(self.by_pidfd[fd])
+                for slot in readable:
+                    self._read_worker(slot)
+                for slot in dead:
+                    self._reap(slot)
                 self._dispatch()
                 self._flush_results()
                 self._keep_time()
@@ -228,31 +233,62 @@ class Manager:
 
     # -- step 2: the workers -------------------------------------------------
 
-    def _read_workers(self) -> None:
-        while True:
-            try:
-                ident, *frames = self.worker_sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            msg = protocol.decode(frames)
-            if isinstance(msg, protocol.Results):
-                if not msg.ids:
-                    continue  # nothing to account for (and nothing to divide by)
-                slot = self.workers[int(ident.bytes[1:])]
-                self._measure(slot, len(msg.ids))
-                del slot.tasks[: len(msg.ids)]  # results come back in the order tasks went out
-                for tid in msg.ids:
-                    self.handed.pop(tid, None)
-                if not slot.tasks:
-                    self.idle.append(slot.rank)
-                self.done_ids.extend(msg.ids)
-                self.done_payloads.extend(msg.payloads)
-            elif isinstance(msg, protocol.WorkerReady):
-                slot = self.workers[msg.rank]
-                slot.ready = True
-                self.start_failures = 0
+    def _read_worker(self, slot: _WorkerSlot) -> bool:
+        """Read once from a worker's link and act on every complete message; False if nothing more will come.
+
+        End of stream or a reset means the worker is exiting: its pidfd reports
+        that too, and _reap does the accounting, so here the link is just closed.
+        """
+        if slot.link is None:
+            return False
+        try:
+            n = slot.decoder.read(slot.link, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except ConnectionResetError:
+            n = 0
+        try:
+            for frames in slot.decoder.messages():
+                self._on_worker_message(slot, protocol.decode(frames))
+        except ProtocolError as exc:
+            # A stream cannot be resynchronised: stop the worker; _reap fails its task and replaces it.
+            log.error("worker %d sent garbage (%s); killing it", slot.rank, exc)
+            assert slot.proc is not None
+            slot.proc.kill()
+            n = 0
+        if n == 0:
+            self._drop_link(slot)
+        return n > 0
+
+    def _on_worker_message(self, slot: _WorkerSlot, msg: protocol.Message) -> None:
+        if isinstance(msg, protocol.Results):
+            if not msg.ids:
+                return  # nothing to account for (and nothing to divide by)
+            self._measure(slot, len(msg.ids))
+            del slot.tasks[: len(msg.ids)]  # results come back in the order tasks went out
+            for tid in msg.ids:
+                self.handed.pop(tid, None)
+            if not slot.tasks:
                 self.idle.append(slot.rank)
-                log.debug("worker %d ready (pid %d)", msg.rank, msg.pid)
+            self.done_ids.extend(msg.ids)
+            self.done_payloads.extend(msg.payloads)
+        elif isinstance(msg, protocol.WorkerReady):
+            slot.ready = True
+            self.start_failures = 0
+            self.idle.append(slot.rank)
+            log.debug("worker %d ready (pid %d)", slot.rank, msg.pid)
+
+    def _drop_link(self, slot: _WorkerSlot) -> None:
+        """Close our end of a worker's socketpair: the worker is gone or going, give it nothing more."""
+        if slot.link is None:
+            return
+        fd = slot.link.fileno()
+        self.poller.unregister(fd)  # before close: the fd number may be reused at once
+        del self.by_link[fd]
+        slot.link.close()
+        slot.link = None
+        if slot.rank in self.idle:
+            self.idle.remove(slot.rank)
 
     def _measure(self, slot: _WorkerSlot, n: int) -> None:
         """Keep a moving average of how long a task takes (send to result, per task)."""
@@ -269,11 +305,23 @@ class Manager:
             PARSL_WORKER_POOL_ID=self.cfg.manager_id,
             PARSL_WORKER_BLOCK_ID=self.cfg.block_id,
         )
-        cmd = [sys.executable, "-m", "htex.worker", "--url", self.worker_url, "--rank", str(slot.rank)]
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cmd = [sys.executable, "-m", "htex.worker", "--fd", str(theirs.fileno()), "--rank", str(slot.rank)]
         if self.cfg.debug:
             cmd += ["--debug", "--logfile", os.path.join(self.cfg.logdir, f"worker_{slot.rank}.log")]
-        slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        try:
+            slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            # Only the worker may hold its end: then its exit is an end of stream on ours.
+            theirs.close()
         slot.pidfd = os.pidfd_open(slot.proc.pid)
+        slot.link = ours
+        slot.decoder = framing.Decoder()
+        self.by_link[ours.fileno()] = slot
+        self.poller.register(ours.fileno(), zmq.POLLIN)
         slot.ready = False
         slot.tasks = []
         slot.functions = set()
@@ -284,6 +332,9 @@ class Manager:
         """A worker exited: fail its task with WorkerLost and start another in its place."""
         assert slot.proc is not None
         code = slot.proc.wait()
+        while self._read_worker(slot):  # what it sent before it died (results) still counts
+            pass
+        self._drop_link(slot)
         self.poller.unregister(slot.pidfd)
         del self.by_pidfd[slot.pidfd]
         os.close(slot.pidfd)
@@ -349,7 +400,12 @@ class Manager:
                 protocol.u64_array(slot.tasks), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions
             )
             slot.sent_at = time.monotonic()
-            self.worker_sock.send_multipart([b"w%d" % slot.rank, *msg.encode()], copy=False)
+            assert slot.link is not None  # a slot whose link is closed is never idle
+            try:
+                framing.send(slot.link, msg.encode())
+            except OSError as exc:  # it died (EPIPE, ECONNRESET): _reap fails or requeues the batch
+                log.info("worker %d is gone before its batch went out: %s", slot.rank, exc)
+                self._drop_link(slot)
 
     def _flush_results(self) -> None:
         if self.done_ids:
@@ -377,7 +433,7 @@ class Manager:
     # -- shutdown ----------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        """Stop workers (TERM, then KILL after a grace period), close sockets, remove the ipc dir."""
+        """Stop workers (TERM, then KILL after a grace period), close sockets."""
         self.stopping = True
         procs = [s.proc for s in self.workers if s.proc is not None and s.proc.poll() is None]
         for proc in procs:
@@ -393,6 +449,11 @@ class Manager:
             if slot.pidfd >= 0 and slot.pidfd in self.by_pidfd:
                 os.close(slot.pidfd)
         self.by_pidfd.clear()
+        for slot in self.workers:
+            if slot.link is not None:
+                slot.link.close()
+                slot.link = None
+        self.by_link.clear()
         for sock in (self.task_sock, self.result_sock):
             sock.setsockopt(zmq.LINGER, 500)
         self.ctx.destroy(linger=500)

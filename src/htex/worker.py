@@ -1,9 +1,10 @@
 """The worker: one process that runs tasks, one batch at a time.
 
-Started by the pool as ``python -m htex.worker``; talks to its pool over one
-DEALER socket on an ipc:// path.  Its loop: receive a TASKS batch, run each
-task, send one RESULTS batch back.  It has no timers and no threads: the pool
-watches it (through a pidfd) and the kernel kills it if the pool dies
+Started by the pool as ``python -m htex.worker --fd N``; talks to its pool over
+its end of a Unix socketpair, inherited as file descriptor N (see framing.py
+for why not ZeroMQ).  Its loop: receive a TASKS batch, run each task, send one
+RESULTS batch back.  It has no timers and no threads: reads and writes block,
+the pool watches it (through a pidfd) and the kernel kills it if the pool dies
 (PR_SET_PDEATHSIG), so it can never outlive its pool.
 
 Environment, as in Parsl: PARSL_WORKER_RANK, PARSL_WORKER_COUNT, PARSL_WORKER_POOL_ID
@@ -16,15 +17,15 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import zmq
-
-from . import protocol, serialize, shm
+from . import framing, protocol, serialize, shm
 from .errors import DeserializationError
 
 log = logging.getLogger("htex.worker")
@@ -45,28 +46,41 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 
 
 class Worker:
-    def __init__(self, url: str, rank: int) -> None:
+    def __init__(self, fd: int, rank: int) -> None:
         self.rank = rank
         self.functions: dict[int, Callable[..., Any] | DeserializationError] = {}
         self.shared = shm.Reader()  # large arguments the client left in shared memory
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, b"w%d" % rank)
-        self.sock.setsockopt(zmq.LINGER, 5000)  # results already sent must reach the pool
-        self.sock.connect(url)
+        # Blocking: this process has nothing else to do while it waits.  What sendmsg() has
+        # written is in the pool's receive buffer, so results survive this process exiting.
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=fd)
+        self.sock.setblocking(True)
+        # Inherited on purpose, but a program a task starts must not hold the link to the pool open.
+        self.sock.set_inheritable(False)
+        self.decoder = framing.Decoder()
+        self.inbox: deque[list[bytes | memoryview]] = deque()
 
     def run(self) -> None:
-        self.sock.send_multipart(protocol.WorkerReady(rank=self.rank, pid=os.getpid()).encode())
+        framing.send(self.sock, protocol.WorkerReady(rank=self.rank, pid=os.getpid()).encode())
         try:
-            while True:
-                msg = protocol.decode(self.sock.recv_multipart(copy=False))
+            while (frames := self._receive()) is not None:
+                msg = protocol.decode(frames)
                 if isinstance(msg, protocol.Tasks):
                     self.run_batch(msg)
                 elif isinstance(msg, protocol.Shutdown):
                     return
         finally:
             self.sock.close()
-            self.ctx.term()
+
+    def _receive(self) -> list[bytes | memoryview] | None:
+        """The next message from the pool; None if the pool closed its end (it is gone)."""
+        while not self.inbox:
+            try:
+                if self.decoder.read(self.sock) == 0:
+                    return None
+            except ConnectionResetError:
+                return None
+            self.inbox.extend(self.decoder.messages())
+        return self.inbox.popleft()
 
     def run_batch(self, batch: protocol.Tasks) -> None:
         """Run the tasks in order; send results when done, or every FLUSH_SECONDS if the batch runs long."""
@@ -87,7 +101,7 @@ class Worker:
                 ids, results, last_sent = [], [], time.monotonic()
 
     def _send(self, ids: list[int], results: list[protocol.Blob]) -> None:
-        self.sock.send_multipart(protocol.Results(protocol.u64_array(ids), results).encode(), copy=False)
+        framing.send(self.sock, protocol.Results(protocol.u64_array(ids), results).encode())
 
     def run_one(self, fn_key: int, payload: memoryview | bytes) -> bytes:
         fn = self.functions.get(fn_key)
@@ -112,7 +126,7 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m htex.worker")
-    parser.add_argument("--url", required=True, help="the pool's ipc:// address")
+    parser.add_argument("--fd", type=int, required=True, help="this worker's end of the socketpair to the pool")
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--logfile", default=None, help="debug log file (only with --debug)")
     parser.add_argument("--debug", action="store_true")
@@ -127,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
         )
         log.debug("worker rank %d started, pid %d", args.rank, os.getpid())
-    Worker(args.url, args.rank).run()
+    Worker(args.fd, args.rank).run()
     return 0
 
 

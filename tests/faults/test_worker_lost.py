@@ -42,6 +42,14 @@ def test_sigkill_of_a_busy_worker(make_executor: Any) -> None:
     assert worker not in worker_pids(pool)
 
 
+def test_garbage_from_a_worker_gets_it_replaced(make_executor: Any) -> None:
+    """The pool cannot find its place again in a corrupt stream: it kills the worker, and carries on."""
+    ex = make_executor(max_workers=1)
+    with pytest.raises(WorkerLost, match=r"killed by signal 9"):
+        ex.submit(tasks.scribble_on_pool_link, {}).result(timeout=20)
+    assert ex.submit(tasks.add, {}, 2, 3).result(timeout=20) == 5
+
+
 def test_lost_tasks_are_retried_when_asked(make_executor: Any, tmp_path: Any) -> None:
     ex = make_executor(max_workers=1, lost_task_retries=1)
     assert ex.submit(tasks.exit_once, {}, str(tmp_path / "m")).result(timeout=30) == "second try"
