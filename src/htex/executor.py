@@ -638,6 +638,8 @@ class HighThroughputExecutor:
     def _io_timeout_ms(self) -> int:
         now = time.monotonic()
         due = min(self._ic_last_sent + self.heartbeat_period, self._ic_last_heard + self.heartbeat_threshold)
+        if self._arena is not None and self._arena.in_use:
+            due = min(due, self._next_trim)  # so idle shared memory goes back within seconds
         return max(0, int((due - now) * 1000) + 1)
 
     def _send_outbox(self) -> None:

@@ -149,9 +149,9 @@ class Arena:
                 seg.used = _TOKEN  # start again at the front; its pages are warm
             self._room.notify_all()
 
-    def trim(self, idle: float = IDLE_SECONDS) -> None:
-        """Close segments unused for ``idle`` seconds (the executor's I/O thread calls this now and then)."""
-        cutoff = time.monotonic() - idle
+    def trim(self, idle: float | None = None) -> None:
+        """Close segments unused for ``idle`` seconds (default IDLE_SECONDS); the executor's I/O thread calls this."""
+        cutoff = time.monotonic() - (IDLE_SECONDS if idle is None else idle)
         with self._lock:
             for seg in [s for s in self._segments if s.live == 0 and s.last_used < cutoff]:
                 self._drop(seg)

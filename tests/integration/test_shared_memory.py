@@ -82,3 +82,13 @@ def test_a_killed_pool_fails_its_tasks_and_the_next_ones_still_arrive_whole(make
     # The block is replaced; new payloads go to another segment than the lost one.
     data = os.urandom(MB)
     assert ex.submit(tasks.digest, {}, data).result(timeout=60) == _sha(data)
+
+
+def test_an_idle_executor_gives_its_shared_memory_back(make_executor: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shm, "IDLE_SECONDS", 0.5)
+    ex = make_executor()
+    data = os.urandom(MB)
+    assert ex.submit(tasks.digest, {}, data).result(timeout=60) == _sha(data)
+    assert _memfds() >= 1
+    wait_for(lambda: _memfds() == 0, timeout=15, what="idle segments to be closed")
+    assert ex.submit(tasks.digest, {}, data).result(timeout=60) == _sha(data)  # and a new one opens on demand
