@@ -129,9 +129,12 @@ class Arena:
             seg.last_used = time.monotonic()
         # Outside the lock: the region is ours alone.
         at = offset
-        for part, size in zip([memoryview(header), *views], sizes, strict=True):
-            seg.view[at : at + size] = part
-            at += _aligned(size)
+        try:
+            for part, size in zip([memoryview(header), *views], sizes, strict=True):
+                seg.view[at : at + size] = part
+                at += _aligned(size)
+        except ValueError:  # close() ran meanwhile (a shutdown racing a submit): in-band, then
+            return None
         return _REF.pack(MAGIC, os.getpid(), seg.fd, offset, need, seg.token), Lease(seg)
 
     def release(self, lease: Lease, lost: bool = False) -> None:
