@@ -27,7 +27,7 @@ from htex.providers.condor import CondorProvider, parse_condor_af
 from htex.providers.gridengine import GridEngineProvider, parse_qacct, parse_qstat, sge_state
 from htex.providers.lsf import LSFProvider, parse_bjobs
 from htex.providers.pbspro import PBSProProvider, parse_qstat_json
-from htex.providers.slurm import SlurmProvider, parse_sacct, parse_squeue, slurm_state
+from htex.providers.slurm import SlurmProvider, parse_sacct, parse_scontrol_exit_codes, parse_squeue, slurm_state
 from htex.providers.torque import TorqueProvider, parse_torque_qstat
 
 # ------------------------------------------------------------------ helpers
@@ -198,6 +198,15 @@ def test_parse_sacct() -> None:
     }
     assert found["102"].exit_code == 3 and found["103"].exit_code == -15 and found["105"].exit_code is None
     assert "NonZeroExitCode" in found["102"].message
+
+
+def test_parse_scontrol_exit_codes() -> None:
+    out = (
+        "JobId=154 JobName=j.sh UserId=root(0) JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0 Comment=a=b\n"
+        "JobId=155 JobName=k JobState=CANCELLED ExitCode=0:9\n"
+        "JobId=156 JobState=PENDING ExitCode=\n"
+    )
+    assert parse_scontrol_exit_codes(out) == {"154": 3, "155": -9}
 
 
 def test_parse_squeue() -> None:

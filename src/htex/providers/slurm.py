@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+from dataclasses import replace
 from typing import Any
 
 from ..launchers import Launcher
@@ -66,6 +67,17 @@ def parse_sacct(stdout: str) -> dict[str, JobStatus]:
         message = f"sacct: {state}" + (f" ({reason})" if reason and reason != "None" else "")
         mapped = slurm_state(state, reason)
         found[job_id] = JobStatus(mapped, message, exit_code if mapped.terminal else None)
+    return found
+
+
+def parse_scontrol_exit_codes(stdout: str) -> dict[str, int]:
+    """Lines of ``scontrol show job -o`` (``Key=Value ...``, one job a line) -> exit code by job id."""
+    found: dict[str, int] = {}
+    for line in stdout.splitlines():
+        fields = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+        code, _, signal = fields.get("ExitCode", "").partition(":")
+        if fields.get("JobId") and code.isdigit() and signal.isdigit():
+            found[fields["JobId"]] = int(code) if int(signal) == 0 else -int(signal)
     return found
 
 
@@ -202,7 +214,23 @@ class SlurmProvider(ClusterProvider):
             if "Invalid job id" in proc.stderr:
                 return {}
             raise self._refused("squeue failed", proc)
-        return parse_squeue(proc.stdout)
+        found = parse_squeue(proc.stdout)
+        # squeue shows no exit code: for jobs it lists as ended, the controller still knows it.
+        ended = [j for j, st in found.items() if st.state.terminal]
+        if ended:
+            codes = self._exit_codes(ended)
+            for j in ended:
+                if j in codes:
+                    found[j] = replace(found[j], exit_code=codes[j])
+        return found
+
+    def _exit_codes(self, job_ids: list[str]) -> dict[str, int]:
+        codes: dict[str, int] = {}
+        for job_id in job_ids:  # scontrol takes one job id at a time
+            proc = self._run(["scontrol", "show", "job", "-o", job_id])
+            if proc.returncode == 0:  # else purged already: no code to add
+                codes.update(parse_scontrol_exit_codes(proc.stdout))
+        return codes
 
     def _cancelled_ok(self, proc: subprocess.CompletedProcess[str]) -> bool:
         # scancel exits 0 even when it refuses a job ("error: Kill job error on job id 9: Invalid job id")
