@@ -449,17 +449,19 @@ class HighThroughputExecutor:
 
     def _pack_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, shm.Lease | None]:
         """The task's payload, in-band or (large, for pools on this host) a reference to shared memory."""
-        if self._arena is not None:
-            split = serialize.pack_args_split(args, kwargs)
-            if split is not None and len(split[0]) + sum(b.raw().nbytes for b in split[1]) >= shm.THRESHOLD:
-                # Wait for room, but never on the I/O thread: only it frees room (a done-callback that submits).
-                on_io = threading.current_thread() is self._io_thread
-                placed = self._arena.put([split[0], *split[1]], wait=0.0 if on_io else shm.WAIT_SECONDS)
-                if placed is not None:  # else the arena stayed full: in-band works too
-                    return placed
-            elif split is not None and not split[1]:
-                return split[0], None  # small: this is the in-band payload already
-        return serialize.pack_args(args, kwargs), None
+        if self._arena is None:
+            return serialize.pack_args(args, kwargs), None
+        stream, buffers = serialize.pack_args_split(args, kwargs)
+        if not buffers and len(stream) < shm.THRESHOLD:
+            return stream, None  # small: in-band
+        # Wait for room, but never on the I/O thread: only it frees room (a done-callback that submits).
+        on_io = threading.current_thread() is self._io_thread
+        placed = self._arena.put([stream, *buffers], wait=0.0 if on_io else shm.WAIT_SECONDS)
+        if placed is not None:
+            return placed
+        # The arena stayed full: in-band, with the bytes inside the stream this time (a second pickling,
+        # only after a wait for room, which is when time matters least).
+        return (serialize.pack_args(args, kwargs) if buffers else stream), None
 
     def _wait_for_room(self) -> None:
         """Block (holding no lock while asleep) until fewer than max_outstanding tasks are in flight.

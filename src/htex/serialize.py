@@ -160,31 +160,29 @@ class _OutOfBand:
         return bytes, (self.buf,)
 
 
-def pack_args_split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, list[pickle.PickleBuffer]] | None:
-    """Pickle with large bytes arguments out-of-band: (stream, buffers); None if the plain path is needed."""
-    def swap(value: Any) -> Any:
-        if type(value) is bytes and len(value) >= OUT_OF_BAND_MIN:
-            stand_in = _OutOfBand(value)
-            ours.append(stand_in.buf)
-            return stand_in
-        return value
-
-    ours: list[pickle.PickleBuffer] = []
-    args = tuple(swap(a) for a in args)
-    kwargs = {k: swap(v) for k, v in kwargs.items()} if kwargs else kwargs
+def pack_args_split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle with large bytes arguments out-of-band: (stream, buffers); buffers is empty for most calls."""
+    if not any(_is_large_bytes(v) for v in (*args, *kwargs.values())):
+        return pack_args(args, kwargs), []  # the common case costs what pack_args costs
+    ours = [_OutOfBand(v) if _is_large_bytes(v) else v for v in args]
+    kw = {k: _OutOfBand(v) if _is_large_bytes(v) else v for k, v in kwargs.items()}
+    stand_ins = [v.buf for v in (*ours, *kw.values()) if isinstance(v, _OutOfBand)]
     buffers: list[pickle.PickleBuffer] = []
 
     def out_of_band(buf: pickle.PickleBuffer) -> bool:
-        if any(buf is b for b in ours):
+        if any(buf is b for b in stand_ins):
             buffers.append(buf)
             return False
         return True  # numpy arrays and the like stay in-band: on the worker they would alias shared memory
 
     try:
-        stream = pickle.dumps((args, kwargs), PROTOCOL, buffer_callback=out_of_band)
+        return pickle.dumps((tuple(ours), kw), PROTOCOL, buffer_callback=out_of_band), buffers
     except Exception:
-        return None  # cloudpickle or a clear error: pack_args does both
-    return stream, buffers
+        return pack_args(args, kwargs), []  # needs cloudpickle (or cannot be pickled): in-band
+
+
+def _is_large_bytes(value: Any) -> bool:
+    return type(value) is bytes and len(value) >= OUT_OF_BAND_MIN
 
 
 def _name_unpicklable(args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> str:
