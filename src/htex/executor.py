@@ -244,12 +244,19 @@ class HighThroughputExecutor:
             security.serve(self._sock, self.cert_dir)
         low, high = self.interchange_port_range
         port = self._sock.bind_to_random_port("tcp://127.0.0.1", low, high, 200)
+        self._client_port = port
+        client_url = f"tcp://127.0.0.1:{port}"
+        if sys.platform.startswith("linux"):
+            # The interchange always runs on this host: it connects over a UNIX socket in the abstract
+            # namespace, ~50 us cheaper per message than loopback TCP (the TCP port stays, as in Parsl).
+            client_url = f"ipc://@htex-{secrets.token_hex(8)}-client"
+            self._sock.bind(client_url)
         self._ic_identity = b"ic-" + secrets.token_hex(16).encode()
         # Pools on this host talk to the interchange over UNIX sockets (cheaper than TCP), named in
         # Linux's abstract namespace ("@..."): no file, so nothing is left behind even after SIGKILL.
         self._ipc_name = None if self.provider.remote else f"@htex-{secrets.token_hex(8)}"
         listeners = self._listen_for_pools()
-        self._spawn_interchange(f"tcp://127.0.0.1:{port}", listeners)
+        self._spawn_interchange(client_url, listeners)
         try:
             # The ports are ours already, so the first blocks start while the interchange boots.
             if self.managed:

@@ -58,7 +58,7 @@ def test_garbage_on_every_port_is_dropped_and_tasks_still_run(make_executor: Any
     ports = {
         "task": ex.worker_task_port,
         "result": ex.worker_result_port,
-        "client": int(ex._sock.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1]),
+        "client": ex._client_port,  # the interchange itself connects over ipc; this port stays open too
     }
     rng = random.Random(20261124)
     valid = _valid_messages()
@@ -75,7 +75,7 @@ def test_garbage_on_every_port_is_dropped_and_tasks_still_run(make_executor: Any
             for n in range(3000):
                 socks[n % len(socks)].send_multipart(_fuzz_frames(rng, valid))
             # Oversized and empty-identity-looking messages too.
-            socks[0].send_multipart([b"HX\x01\x0b", b"x" * (2 << 20)])
+            socks[0].send_multipart([bytes([*b"HX", protocol.PROTOCOL_VERSION, 0x0B]) + b"x" * (2 << 20)])
             for s in socks:
                 s.close()
         # the interchange is alive, nothing was registered, and tasks still run
@@ -141,13 +141,15 @@ def test_encrypted_executor_runs_tasks_and_refuses_strangers(make_executor: Any)
         assert len(ex.connected_managers) == 1
         # Nor can a stranger submit: tasks sent to the executor's client port never reach the interchange.
         received = ex.stats()["received"]
-        client_port = int(ex._sock.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
-        intruder = ctx.socket(zmq.DEALER)
-        intruder.setsockopt(zmq.LINGER, 0)
-        intruder.connect(f"tcp://127.0.0.1:{client_port}")
+        # Both endpoints: the TCP port and the UNIX socket the interchange itself uses (on Linux).
+        endpoints = {f"tcp://127.0.0.1:{ex._client_port}", ex._sock.getsockopt(zmq.LAST_ENDPOINT).decode()}
         bogus = protocol.Tasks(array("Q", [999_999]), array("Q", [1]), [b"x"], {1: b"not a function"})
-        for _ in range(10):
-            intruder.send_multipart(bogus.encode())
+        for endpoint in endpoints:
+            intruder = ctx.socket(zmq.DEALER)
+            intruder.setsockopt(zmq.LINGER, 0)
+            intruder.connect(endpoint)
+            for _ in range(10):
+                intruder.send_multipart(bogus.encode())
         assert ex.submit(tasks.add, {}, 1, 1).result(timeout=30) == 2
         assert ex.stats()["received"] == received + 1  # ours only
     finally:

@@ -36,21 +36,60 @@ def test_json_messages_round_trip() -> None:
     assert protocol.decode(cmd.encode()) == cmd
 
 
+def test_big_blobs_travel_as_frames_of_their_own_and_small_ones_packed() -> None:
+    big = b"B" * protocol.INLINE_MAX
+    msg = protocol.Tasks(protocol.u64_array([1, 2, 3]), protocol.u64_array([7, 7, 7]), [b"a", big, b"c"], {7: big + b"F"})
+    frames = msg.encode()
+    assert len(frames) == 3  # the packed frame, then the function and the big payload, in that order
+    assert frames[1] == big + b"F" and frames[2] is big
+    back = protocol.decode([zmq.Frame(f) for f in frames])
+    assert isinstance(back, protocol.Tasks)
+    assert [bytes(protocol.as_buffer(p)) for p in back.payloads] == [b"a", big, b"c"]
+    assert isinstance(back.payloads[1], zmq.Frame)  # forwarded as it came, never copied
+    assert bytes(protocol.as_buffer(back.functions[7])) == big + b"F"
+
+
+def test_functions_do_not_pin_the_frame_they_came_in() -> None:
+    back = protocol.decode(protocol.Tasks(protocol.u64_array([1]), protocol.u64_array([7]), [b"p"], {7: b"fn"}).encode())
+    assert isinstance(back, protocol.Tasks) and type(back.functions[7]) is bytes
+
+
+def test_progress_is_one_small_frame() -> None:
+    frames = protocol.Progress(handed=2**40).encode()
+    assert len(frames) == 1 and len(frames[0]) == 12
+    assert protocol.decode(frames) == protocol.Progress(handed=2**40)
+
+
+def _hdr(msg_type: int, version: int = protocol.PROTOCOL_VERSION) -> bytes:
+    return struct.pack("<2sBB", b"HX", version, msg_type)
+
+
+_BIG = b"x" * protocol.INLINE_MAX
+
+
 @pytest.mark.parametrize("frames", [
     [],
     [b""],
-    [b"XX\x01\x01"],
-    [b"HX\x09\x01"],  # another protocol version
-    [b"HX\x01\xff"],  # unknown type
-    [b"HX\x01\x01"],  # TASKS with no body
-    [b"HX\x01\x01", b"\x00" * 7, b"", b""],  # ids not a multiple of 8
-    [b"HX\x01\x01", b"\x00" * 8, b"", b""],  # one id, no function key, no payload
-    [b"HX\x01\x02", b"\x00" * 16, b"x"],  # two ids, one payload
-    [b"HX\x01\x16", b"not json"],
-    [b"HX\x01\x16", b"[1, 2]"],
-    [b"HX\x01\x16", b'{"manager_id": 5}'],
-    [b"HX\x01\x16", b'{"manager_id": "m", "block_id": "0", "hostname": "h", "pid": "1", "worker_count": 2,'
-                    b' "prefetch_capacity": 0, "htex_version": "x", "python_version": "y"}'],
+    [b"HX"],
+    [b"XX\x02\x01"],
+    [_hdr(1, version=9)],  # another protocol version
+    [_hdr(0xFF)],  # unknown type
+    [_hdr(1)],  # TASKS with no body
+    [_hdr(1) + struct.pack("<II", 1, 0)],  # one task announced, nothing follows
+    [_hdr(1) + struct.pack("<II", 2**31, 2**31)],  # absurd counts
+    [_hdr(1) + struct.pack("<II", 1, 0) + struct.pack("<QQI", 1, 7, 5) + b"abc"],  # payload shorter than its size
+    [_hdr(1) + struct.pack("<II", 1, 0) + struct.pack("<QQI", 1, 7, 1) + b"abc"],  # bytes left over
+    [_hdr(1) + struct.pack("<II", 1, 0) + struct.pack("<QQI", 1, 7, protocol.EXTERNAL)],  # the big frame is missing
+    [_hdr(1) + struct.pack("<II", 1, 0) + struct.pack("<QQI", 1, 7, 1) + b"a", _BIG],  # a frame nobody announced
+    [_hdr(2) + struct.pack("<I", 2) + struct.pack("<QQII", 1, 2, 1, 1) + b"x"],  # two results, one payload
+    [_hdr(25) + b"\x00" * 7],  # PROGRESS too short
+    [_hdr(25) + b"\x00" * 8, b""],  # PROGRESS with a stray frame
+    [_hdr(0x16) + b"not json"],
+    [_hdr(0x16) + b"[1, 2]"],
+    [_hdr(0x16) + b'{"manager_id": 5}'],
+    [_hdr(0x16) + b"{}", b"{}"],  # control messages are one frame
+    [_hdr(0x16) + b'{"manager_id": "m", "block_id": "0", "hostname": "h", "pid": "1", "worker_count": 2,'
+                  b' "prefetch_capacity": 0, "htex_version": "x", "python_version": "y"}'],
 ])
 def test_garbage_raises_protocol_error(frames: list[bytes]) -> None:
     with pytest.raises(ProtocolError):
@@ -58,8 +97,8 @@ def test_garbage_raises_protocol_error(frames: list[bytes]) -> None:
 
 
 def test_version_mismatch_message_names_both_versions() -> None:
-    with pytest.raises(ProtocolError, match=r"protocol version 9 from peer, this side speaks 1"):
-        protocol.decode([struct.pack("<2sBB", b"HX", 9, 11), b"{}"])
+    with pytest.raises(ProtocolError, match=rf"protocol version 9 from peer, this side speaks {protocol.PROTOCOL_VERSION}"):
+        protocol.decode([_hdr(11, version=9) + b"{}"])
 
 
 def test_random_bytes_never_raise_anything_but_protocol_error() -> None:
