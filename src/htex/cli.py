@@ -15,10 +15,11 @@ heartbeat settings.  An encrypted executor keeps its keys beside it, in
 keys, so only someone who can read the run directory can connect).
 
 ``htex status`` asks the interchange on its task port (a ``StatusRequest``,
-answered with a ``StatusReply``): it sees what the interchange sees.  It
-counts results, not outcomes (it never unpickles a result, so a task that
-raised counts as done), and it knows blocks only by the block ids its pools
-registered with (job ids are the executor's).
+answered with a ``StatusReply``): it sees what the interchange sees.  A
+task that raised counts as done, and is counted again as raised (the
+interchange reads a result's status byte; it never unpickles a result).  It
+knows blocks only by the block ids its pools registered with (job ids are
+the executor's).
 """
 
 from __future__ import annotations
@@ -209,7 +210,8 @@ def render(reply: protocol.StatusReply, rate: float | None, where: str, label: s
     s = reply.stats
     lines = [
         f"htex {__version__}  {label + '  ' if label else ''}interchange {where}  up {_duration(float(s.get('uptime', 0)))}",
-        f"tasks    {s.get('queued', 0)} queued  {s.get('running', 0)} running  {s.get('done', 0)} done  "
+        f"tasks    {s.get('queued', 0)} queued  {s.get('running', 0)} running  "
+        f"{s.get('done', 0)} done ({s.get('raised', 0)} raised)  "
         f"{s.get('lost', 0)} failed/lost  (received {s.get('received', 0)}, dispatched {s.get('dispatched', 0)})",
         "rate     " + (f"{rate:.1f} tasks/s" if rate is not None else "-"),
         "progress " + format_line(int(s.get("done", 0)) + int(s.get("lost", 0)), int(s.get("lost", 0)),

@@ -12,8 +12,9 @@ loop, ``run()``, has four named steps: read the client, read the pools, hand
 queued tasks to pools with free capacity, keep time.  It blocks on its
 sockets; the only timeouts are heartbeats and liveness checks.
 
-It never unpickles a task, function or result: those are opaque frames that
-it queues and forwards unchanged.  Anything from a peer that has not
+It never unpickles a task, function or result: those are opaque bytes that
+it queues and forwards (it reads only a result's first byte, to count tasks
+that raised).  Anything from a peer that has not
 registered is decoded only as far as the header and a small JSON body, and
 dropped (with a log line) unless it is a Probe or a Register.
 
@@ -110,7 +111,8 @@ class Interchange:
         self.parent = os.getppid()
         self.started = time.monotonic()
         self.dropped = 0
-        self.counts = {"received": 0, "dispatched": 0, "done": 0, "lost": 0, "functions_sent": 0}
+        # done counts results (raised included: "raised" says how many of them are exceptions)
+        self.counts = {"received": 0, "dispatched": 0, "done": 0, "raised": 0, "lost": 0, "functions_sent": 0}
 
         self.auth = security.authenticator(self.ctx, cfg.cert_dir, "pool") if cfg.cert_dir else None
         self.client = self.ctx.socket(zmq.DEALER)
@@ -374,6 +376,7 @@ class Interchange:
                     ids = protocol.u64_array(msg.ids[i] for i in keep)
                     self.results_out.append(protocol.Results(ids, [msg.payloads[i] for i in keep]).encode())
             self.counts["done"] += len(msg.ids)
+            self.counts["raised"] += sum(1 for p in msg.payloads if _raised(p))
             if not pool.tasks:
                 pool.last_busy = pool.last_heard
             if pool.free > 0:
@@ -487,6 +490,11 @@ class Interchange:
             self.auth.stop()
         self.ctx.destroy(linger=0)
         log.info("interchange stopped")
+
+
+def _raised(result: protocol.Blob) -> bool:
+    data = protocol.as_buffer(result)
+    return len(data) > 0 and data[0] == protocol.RESULT_RAISED
 
 
 def main(argv: list[str] | None = None) -> int:

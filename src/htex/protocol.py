@@ -59,6 +59,10 @@ EXTERNAL = 0xFFFFFFFF  # a size that means "this blob is the next frame of its o
 _N = struct.Struct("<I")
 _NF = struct.Struct("<II")
 _PROGRESS = struct.Struct("<Q")
+# The first byte of a result blob (``serialize`` writes it): lets the interchange count
+# tasks that raised without unpickling anything.
+RESULT_OK = 0
+RESULT_RAISED = 1
 
 # A frame as it travels: bytes we made, or a zmq.Frame we received and pass on untouched.
 Blob = bytes | memoryview | zmq.Frame

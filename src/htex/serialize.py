@@ -32,10 +32,11 @@ from .errors import (
     RemoteTraceback,
     SerializationError,
 )
+from .protocol import RESULT_OK, RESULT_RAISED
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-OK = 0
-RAISED = 1
+OK = RESULT_OK
+RAISED = RESULT_RAISED
 _OK = bytes([OK])
 _RAISED = bytes([RAISED])
 

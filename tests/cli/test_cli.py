@@ -71,7 +71,7 @@ def test_status_of_a_live_executor(make_executor: Any, capsys: Any) -> None:
     # The run directory (one executor under it) and run_dir/<label> both work.
     for target in (ex.run_dir, ex.logdir):
         data = status_json(capsys, target)
-        assert data["stats"]["done"] == 31 and data["stats"]["queued"] == 0
+        assert data["stats"]["done"] == 31 and data["stats"]["raised"] == 1 and data["stats"]["queued"] == 0
         [m] = data["managers"]
         assert (m["block_id"], m["worker_count"], m["tasks"]) == ("0", 2, 0)
         assert data["blocks"] == {"0": {"managers": [m["manager"]], "workers": 2, "tasks": 0}}
@@ -79,7 +79,7 @@ def test_status_of_a_live_executor(make_executor: Any, capsys: Any) -> None:
     assert cli.main(["status", ex.logdir, "--sample", "0"]) == 0
     text = capsys.readouterr().out
     manager = ex.connected_managers[0]["manager"]
-    assert "31 done" in text and "0 queued" in text and "failed/lost" in text
+    assert "31 done (1 raised)" in text and "0 queued" in text and "failed/lost" in text
     assert f"  {manager}  " in text  # the managers table
     assert "BLOCK  MANAGERS  WORKERS  RUNNING" in text
 
