@@ -67,12 +67,16 @@ class SingleNodeLauncher(Launcher):
 # It is expanded by the job's shell on the block's first node, so the other nodes
 # get the same path (script_dir is on a shared file system).
 _CMD_FILE = "cmd_${SLURM_JOB_ID}${PBS_JOBID}${JOB_ID}${LSB_JOBID}${COBALT_JOBID}_$$.sh"
+# Where such files go: the directory the job was submitted from, which the providers
+# make script_dir.  Most schedulers start the job there; PBS and Torque start it in
+# $HOME and say where it was submitted from in PBS_O_WORKDIR.
+_JOB_DIR = "${PBS_O_WORKDIR:-$PWD}"
 
 
 def _script_launcher(wrap: str, command: str, debug: str, bash: str = "/bin/bash") -> str:
     # Write the command into a small script so that quoting survives srun/mpiexec/aprun.
     return (
-        f"{debug}CMD_FILE=\"$PWD/{_CMD_FILE}\"\n"
+        f"{debug}CMD_FILE=\"{_JOB_DIR}/{_CMD_FILE}\"\n"
         f"cat << 'HTEX_EOF' > \"$CMD_FILE\"\n"
         f"{command}\n"
         f"HTEX_EOF\n"
@@ -161,7 +165,7 @@ class JsrunLauncher(Launcher):
 
 
 # The job's nodes, one per line, in $HTEX_HOSTS: each scheduler names them its own way.
-HOSTS_FILE = """HTEX_HOSTS="$PWD/hosts_${SLURM_JOB_ID}${PBS_JOBID}${JOB_ID}${LSB_JOBID}${COBALT_JOBID}_$$"
+HOSTS_FILE = """HTEX_HOSTS="${PBS_O_WORKDIR:-$PWD}/hosts_${SLURM_JOB_ID}${PBS_JOBID}${JOB_ID}${LSB_JOBID}${COBALT_JOBID}_$$"
 if [ -n "${PBS_NODEFILE:-}" ]; then sort -u "$PBS_NODEFILE" > "$HTEX_HOSTS"
 elif [ -n "${SLURM_JOB_NODELIST:-}" ]; then scontrol show hostnames "$SLURM_JOB_NODELIST" > "$HTEX_HOSTS"
 elif [ -n "${PE_HOSTFILE:-}" ]; then awk '{print $1}' "$PE_HOSTFILE" > "$HTEX_HOSTS"

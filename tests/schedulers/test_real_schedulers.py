@@ -8,6 +8,7 @@ ci/schedulers/ (see its README); a scheduler that is not up is skipped.
 
 from __future__ import annotations
 
+import glob
 import os
 
 import pytest
@@ -122,3 +123,25 @@ def test_slurm_held_job_is_held(slurm_jobs: Jobs) -> None:
     slurm_jobs.wait_state(p, job_id, {JobState.HELD}, timeout=20)
     assert p.cancel([job_id]) == [True]
     slurm_jobs.wait_state(p, job_id, {JobState.CANCELLED}, timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_launcher_files_go_beside_the_job_script_not_in_home(jobs: Jobs) -> None:
+    """SrunLauncher writes the command to a file: in script_dir, although PBS and Torque start jobs in $HOME.
+
+    The Torque wrappers here run jobs as Slurm does, in the directory qsub ran
+    in; ``cd ~`` in worker_init stands for a real Torque's start in $HOME.
+    PBS_O_WORKDIR (where qsub ran, which the provider makes script_dir) is set
+    as on a real Torque.
+    """
+    if jobs.sched.name != "torque":
+        pytest.skip(f"{jobs.sched.name}: jobs start where they were submitted; only PBS and Torque start them in $HOME")
+    home_before = set(glob.glob(os.path.expanduser("~/cmd_*")))
+    marker = os.path.join(jobs.script_dir, "marker")
+    p = jobs.provider(launcher=SrunLauncher(), worker_init="cd ~")
+    job_id = jobs.submit(p, f"echo ran in $PWD > {marker}")
+    jobs.wait_state(p, job_id, {JobState.COMPLETED})
+    with open(marker) as f:
+        assert f.read().strip() == f"ran in {os.path.expanduser('~')}"  # the job did run in $HOME
+    assert glob.glob(os.path.join(jobs.script_dir, "cmd_*.sh")), os.listdir(jobs.script_dir)
+    assert set(glob.glob(os.path.expanduser("~/cmd_*"))) == home_before
