@@ -463,10 +463,12 @@ def render_scale(res: scale.ScaleResult, s: scale.ScaleSizes) -> list[str]:
         lines.append(f"| {label}, {few} / {many:,} managers | {col(few, k)[0]} / {col(many, k)[0]} | | |")
     h = res.heartbeat
     if h:
-        hb_ok = h["ic_hb_pct"] < 5
+        # Measured at a short period, where the cost is large enough to measure; the target is
+        # about htex as configured, so it is judged on the figure scaled to the default period.
         lines += [
             f"| interchange CPU for heartbeats alone, {h['managers']:,.0f} idle managers, period {h['period']:.0f} s "
-            f"(% of a core, over {h['window']:.0f} s) | {h['ic_hb_pct']:.2f} | < 5 | {'yes' if hb_ok else '**no**'} |",
+            f"(% of a core, over {h['window']:.0f} s; {scale.DEFAULT_PERIOD / h['period']:.0f}x the default rate) | "
+            f"{h['ic_hb_pct']:.2f} | | |",
             f"| same, scaled to the default period ({scale.DEFAULT_PERIOD} s) | {h['ic_hb_pct_default']:.3f} | < 5 | "
             f"{'yes' if h['ic_hb_pct_default'] < 5 else '**no**'} |",
             f"| interchange CPU: idle with 0 managers / total with {h['managers']:,.0f} (% of a core) | "

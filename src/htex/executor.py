@@ -67,6 +67,9 @@ DEFAULT_LAUNCH_CMD = (
     "--nodes_per_block={nodes_per_block} --cert_dir={cert_dir} {pool_urls}"
 )
 _BATCH = 1024  # tasks per message to the interchange, at most
+# Bytes of payload per message, about: the interchange keeps a task's payload as a view of
+# the frame it came in, so one task still running keeps its whole message in memory.
+_BATCH_BYTES = 1 << 20
 _READY_TIMEOUT = 30.0  # seconds for the interchange to start
 
 
@@ -664,8 +667,7 @@ class HighThroughputExecutor:
             functions, self._outbox_functions = self._outbox_functions, {}
             control, self._outbox_control = self._outbox_control, []
             self._awake = False
-        for start in range(0, len(tasks), _BATCH):
-            chunk = tasks[start : start + _BATCH]
+        for chunk in _batches(tasks):
             msg = protocol.Tasks(
                 protocol.u64_array(t[0] for t in chunk),
                 protocol.u64_array(t[1] for t in chunk),
@@ -1110,6 +1112,18 @@ def _idle_blocks(live: list[str], managers: list[dict[str, Any]], max_idletime: 
         else:
             idle[block] = min(idle.get(block, math.inf), m["idle_duration"])
     return tuple(sorted((b for b in idle if b in live and b not in busy), key=lambda b: -idle[b]))
+
+
+def _batches(tasks: list[tuple[int, int, bytes]]) -> Iterator[list[tuple[int, int, bytes]]]:
+    """Cut the outbox into messages of at most _BATCH tasks and about _BATCH_BYTES of payload."""
+    start, size = 0, 0
+    for i, task in enumerate(tasks):
+        if i > start and (i - start >= _BATCH or size + len(task[2]) > _BATCH_BYTES):
+            yield tasks[start:i]
+            start, size = i, 0
+        size += len(task[2])
+    if start < len(tasks):
+        yield tasks[start:]
 
 
 def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:

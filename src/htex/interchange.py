@@ -299,10 +299,11 @@ class Interchange:
     def _read_pools(self) -> None:
         for _ in range(_DRAIN):
             try:
-                frames = self.task_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                # Small control messages only (MAXMSGSIZE): copying them costs less than zmq.Frame objects.
+                frames = self.task_sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            identity = frames[0].bytes
+            identity = frames[0]
             try:
                 msg = protocol.decode(frames[1:])
             except ProtocolError as exc:
@@ -465,10 +466,6 @@ class Interchange:
 
     def _keep_time(self) -> None:
         now = time.monotonic()
-        if os.getppid() != self.parent:
-            log.error("the client process is gone (parent changed); stopping")
-            self.stopping = True
-            return
         if now - self.client_last_heard > self.cfg.heartbeat_threshold:
             log.error("no word from the client for %.0f s; stopping", now - self.client_last_heard)
             self.stopping = True
@@ -480,9 +477,13 @@ class Interchange:
                 self._to_pool(identity, protocol.Heartbeat())
             self.pools_last_sent = now
         if now >= self.next_liveness_check:
-            # A scan of every pool: not on every turn of the loop, which with 1,000 pools would cost
-            # more than the messages themselves.  A second late on a threshold of minutes is nothing.
+            # Not on every turn of the loop: with 1,000 pools heartbeating, this scan (and even the
+            # getppid system call) would cost more than the messages.  A second late is nothing.
             self.next_liveness_check = now + min(1.0, self.cfg.heartbeat_threshold / 10)
+            if os.getppid() != self.parent:
+                log.error("the client process is gone (parent changed); stopping")
+                self.stopping = True
+                return
             for pool in [p for p in self.pools.values() if now - p.last_heard > self.cfg.heartbeat_threshold]:
                 self._lose_pool(pool, f"it sent nothing for {now - pool.last_heard:.0f} s (heartbeat_threshold)")
 

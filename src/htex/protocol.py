@@ -12,6 +12,7 @@ Bodies (integers little-endian)::
               frame); the packed blobs: the f functions, then the n tasks
     RESULTS   u32 n; u64 ids[n]; u32 sizes[n]; the packed result blobs
     PROGRESS  u64 handed
+    HEARTBEAT nothing
     others    one JSON object (control messages: small, and safe to parse from a
               peer that is not yet trusted)
 
@@ -269,7 +270,18 @@ class Ready(_Json):
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat(_Json):
+    """Header only: every peer sends one each heartbeat_period, so it is not JSON."""
+
     TYPE: ClassVar[int] = 11
+
+    def encode(self) -> list[Blob]:
+        return [_HEADERS[self.TYPE]]
+
+    @classmethod
+    def decode(cls, frames: Sequence[Blob]) -> Heartbeat:
+        if len(frames) != 1 or len(as_buffer(frames[0])) != _HEADER.size:
+            raise ProtocolError("HEARTBEAT message has a body")
+        return _HEARTBEAT
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +400,7 @@ _TYPES: dict[int, Any] = {
     )
 }
 _HEADERS = {t: _HEADER.pack(MAGIC, PROTOCOL_VERSION, t) for t in _TYPES}
+_HEARTBEAT = Heartbeat()
 
 
 def encode(msg: Message) -> list[Blob]:

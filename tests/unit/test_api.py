@@ -79,3 +79,18 @@ def test_max_workers_per_node_is_accepted() -> None:
 def test_bad_configuration_is_refused(kw: dict[str, object]) -> None:
     with pytest.raises(htex.ConfigurationError):
         htex.HighThroughputExecutor(**kw)  # type: ignore[arg-type]
+
+
+def test_outbox_is_cut_into_messages_by_count_and_by_bytes() -> None:
+    from htex import executor
+
+    small = [(i, 1, b"x" * 10) for i in range(2500)]
+    cut = list(executor._batches(small))
+    assert [len(c) for c in cut] == [executor._BATCH, executor._BATCH, 2500 - 2 * executor._BATCH]
+    big = [(i, 1, b"x" * (executor._BATCH_BYTES // 3)) for i in range(7)]
+    cut = list(executor._batches(big))
+    assert [len(c) for c in cut] == [3, 3, 1]
+    huge = [(0, 1, b"x" * (2 * executor._BATCH_BYTES)), (1, 1, b"y")]  # one task larger than the cap goes alone
+    assert [[t[0] for t in c] for c in executor._batches(huge)] == [[0], [1]]
+    assert [t for c in executor._batches(small + big) for t in c] == small + big  # all of them, in order
+    assert list(executor._batches([])) == []

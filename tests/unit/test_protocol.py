@@ -54,6 +54,12 @@ def test_functions_do_not_pin_the_frame_they_came_in() -> None:
     assert isinstance(back, protocol.Tasks) and type(back.functions[7]) is bytes
 
 
+def test_heartbeat_is_a_header_alone() -> None:
+    frames = protocol.Heartbeat().encode()
+    assert frames == [_hdr(11)]
+    assert protocol.decode(frames) == protocol.Heartbeat()
+
+
 def test_progress_is_one_small_frame() -> None:
     frames = protocol.Progress(handed=2**40).encode()
     assert len(frames) == 1 and len(frames[0]) == 12
@@ -82,6 +88,7 @@ _BIG = b"x" * protocol.INLINE_MAX
     [_hdr(1) + struct.pack("<II", 1, 0) + struct.pack("<QQI", 1, 7, protocol.EXTERNAL)],  # the big frame is missing
     [_hdr(1) + struct.pack("<II", 1, 0) + struct.pack("<QQI", 1, 7, 1) + b"a", _BIG],  # a frame nobody announced
     [_hdr(2) + struct.pack("<I", 2) + struct.pack("<QQII", 1, 2, 1, 1) + b"x"],  # two results, one payload
+    [_hdr(11) + b"{}"],  # HEARTBEAT is a header alone
     [_hdr(25) + b"\x00" * 7],  # PROGRESS too short
     [_hdr(25) + b"\x00" * 8, b""],  # PROGRESS with a stray frame
     [_hdr(0x16) + b"not json"],
