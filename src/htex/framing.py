@@ -39,12 +39,25 @@ _INITIAL = 64 * 1024
 _AHEAD = 64 * 1024 * 1024
 
 
-def send(sock: socket.socket, frames: Sequence[Blob]) -> None:
-    """Send one message on a blocking socket: the header and the frames in one sendmsg (no join copy)."""
+def pack(frames: Sequence[Blob]) -> list[bytes | memoryview]:
+    """The buffers of one message: its header, then views of its frames (nothing is copied)."""
     views = [memoryview(as_buffer(f)).cast("B") for f in frames]
-    bufs: list[bytes | memoryview] = [struct.pack(f"<I{len(views)}Q", len(views), *(len(v) for v in views)), *views]
+    return [struct.pack(f"<I{len(views)}Q", len(views), *(len(v) for v in views)), *views]
+
+
+def send_some(sock: socket.socket, bufs: list[bytes | memoryview], flags: int = 0) -> list[bytes | memoryview]:
+    """Send the buffers, in sendmsg calls of up to _IOV_MAX; return what is left (empty: all sent).
+
+    With ``socket.MSG_DONTWAIT`` it stops when the socket is full, and what is
+    left is to be sent when the socket is writable again; without, it blocks
+    until everything went.
+    """
+    bufs = list(bufs)
     while bufs:
-        sent = sock.sendmsg(bufs[:_IOV_MAX])
+        try:
+            sent = sock.sendmsg(bufs[:_IOV_MAX], [], flags)
+        except BlockingIOError:
+            return bufs
         # A large message may go in several calls: drop what went, resume mid-buffer.
         done = 0
         while done < len(bufs) and sent >= len(bufs[done]):
@@ -53,6 +66,12 @@ def send(sock: socket.socket, frames: Sequence[Blob]) -> None:
         del bufs[:done]
         if sent:
             bufs[0] = memoryview(bufs[0])[sent:]
+    return bufs
+
+
+def send(sock: socket.socket, frames: Sequence[Blob]) -> None:
+    """Send one message on a blocking socket: the header and the frames in one sendmsg (no join copy)."""
+    send_some(sock, pack(frames))
 
 
 class Decoder:

@@ -11,10 +11,11 @@ the workers sent, hand queued tasks to idle workers, then keep time
 so a worker's death wakes it at once; the only timeout is the next heartbeat.
 
 Each worker is linked to the manager by a Unix socketpair (framing.py says
-why not ZeroMQ).  The manager reads them without blocking, and writes a batch
-with a blocking send: it only ever writes to an idle worker, which is waiting
-in recv() and so drains the socket whatever the batch's size.  It cannot
-deadlock: a worker is idle only once its last result was read in full.
+why not ZeroMQ).  The manager reads and writes them without blocking: a
+batch the socket cannot take at once waits, and goes as the link becomes
+writable.  It only ever writes to an idle worker, which is waiting in recv()
+and drains the socket; but a worker that is stopped (SIGSTOP) or swapped out
+must not stop the pool and every other worker with it.
 
 Tasks go to an idle worker in batches: its share of the queue, at most
 WORKER_BATCH, so a deep queue of short tasks costs one message per batch on
@@ -114,6 +115,8 @@ class _WorkerSlot:
     tasks: list[int] = field(default_factory=list)  # handed to it, no result yet, in order
     sent_at: float = 0.0
     functions: set[int] = field(default_factory=set)
+    outgoing: list[bytes | memoryview] = field(default_factory=list)  # what the link did not take yet
+    polled: int = zmq.POLLIN  # the events its link is polled for (POLLOUT while outgoing waits)
 
 
 class Manager:
@@ -170,12 +173,15 @@ class Manager:
             while not self.stopping:
                 events = dict(self.poller.poll(self._timeout_ms()))
                 # Look the fds up now: reaping closes fds and opens new ones, which may reuse their numbers.
-                readable = [self.by_link[fd] for fd in events if fd in self.by_link]
+                readable = [self.by_link[fd] for fd, ev in events.items() if fd in self.by_link and ev & ~zmq.POLLOUT]
+                writable = [self.by_link[fd] for fd, ev in events.items() if fd in self.by_link and ev & zmq.POLLOUT]
                 dead = [self.by_pidfd[fd] for fd in events if fd in self.by_pidfd]
                 if self.task_sock in events:
                     self._read_interchange()
                 for slot in readable:
                     self._read_worker(slot)
+                for slot in writable:
+                    self._flush_link(slot)
                 for slot in dead:
                     self._reap(slot)
                 self._dispatch()
@@ -284,6 +290,7 @@ class Manager:
             return
         fd = slot.link.fileno()
         self.poller.unregister(fd)  # before close: the fd number may be reused at once
+        slot.outgoing = []
         del self.by_link[fd]
         slot.link.close()
         slot.link = None
@@ -322,6 +329,7 @@ class Manager:
         slot.decoder = framing.Decoder()
         self.by_link[ours.fileno()] = slot
         self.poller.register(ours.fileno(), zmq.POLLIN)
+        slot.polled = zmq.POLLIN
         slot.ready = False
         slot.tasks = []
         slot.functions = set()
@@ -400,12 +408,33 @@ class Manager:
                 protocol.u64_array(slot.tasks), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions
             )
             slot.sent_at = time.monotonic()
-            assert slot.link is not None  # a slot whose link is closed is never idle
-            try:
-                framing.send(slot.link, msg.encode())
-            except OSError as exc:  # it died (EPIPE, ECONNRESET): _reap fails or requeues the batch
-                log.info("worker %d is gone before its batch went out: %s", slot.rank, exc)
-                self._drop_link(slot)
+            self._to_worker(slot, msg.encode())
+
+    def _to_worker(self, slot: _WorkerSlot, frames: list[protocol.Blob]) -> None:
+        """Send without blocking: what the link cannot take now waits in slot.outgoing until it is writable.
+
+        A worker that does not read (stopped, or swapped out) must not stop the
+        pool: its batch waits, and every other worker goes on.
+        """
+        assert slot.link is not None  # a slot whose link is closed is never idle
+        waiting = bool(slot.outgoing)
+        slot.outgoing += framing.pack(frames)
+        if not waiting:  # else it goes behind what waits, when the link is writable
+            self._flush_link(slot)
+
+    def _flush_link(self, slot: _WorkerSlot) -> None:
+        if slot.link is None:
+            return
+        try:
+            slot.outgoing = framing.send_some(slot.link, slot.outgoing, socket.MSG_DONTWAIT)
+        except OSError as exc:  # it died (EPIPE, ECONNRESET): _reap fails or requeues the batch
+            log.info("worker %d is gone before its batch went out: %s", slot.rank, exc)
+            self._drop_link(slot)
+            return
+        want = zmq.POLLIN | zmq.POLLOUT if slot.outgoing else zmq.POLLIN
+        if want != slot.polled:
+            self.poller.modify(slot.link.fileno(), want)
+            slot.polled = want
 
     def _flush_results(self) -> None:
         if self.done_ids:

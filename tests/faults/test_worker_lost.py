@@ -1,11 +1,14 @@
-"""A worker process dies under a task: the task fails with WorkerLost, the pool carries on."""
+"""A worker process dies under a task: the task fails with WorkerLost, the pool carries on.  A worker that
+hangs holds only its own tasks."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from typing import Any
 
+import psutil
 import pytest
 
 from htex import WorkerLost
@@ -68,3 +71,22 @@ def test_retries_run_out(make_executor: Any, tmp_path: Any) -> None:
     with pytest.raises(WorkerLost):
         ex.submit(tasks.hard_exit, {}, 9).result(timeout=30)
     assert ex.submit(tasks.add, {}, 1).result(timeout=20) == 1
+
+
+def test_a_stopped_worker_holds_only_its_own_tasks(make_executor: Any) -> None:
+    """The pool never blocks on one worker's link: a batch bigger than the socket buffer, for a worker that is
+    stopped (SIGSTOP), waits for it while the other worker goes on; it arrives once the worker resumes."""
+    ex = make_executor(shared_memory=False, max_workers=2)
+    assert [f.result(timeout=30) for f in [ex.submit(tasks.echo, {}, i) for i in range(4)]] == list(range(4))
+    [pool] = pool_pids(ex)
+    frozen = worker_pids(pool)[0]
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        wait_for(lambda: psutil.Process(frozen).status() == psutil.STATUS_STOPPED, what="the worker to stop")
+        datas = [os.urandom((1 << 20) + i) for i in range(8)]  # each one far more than a socketpair holds
+        futs = [ex.submit(tasks.digest, {}, d) for d in datas]
+        wait_for(lambda: sum(f.done() for f in futs) >= 4, timeout=30, what="the other worker's tasks")
+        assert [m["pid"] for m in ex.connected_managers] == [pool]  # the pool kept its heartbeats
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert [f.result(timeout=30) for f in futs] == [hashlib.sha256(d).hexdigest() for d in datas]

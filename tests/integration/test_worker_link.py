@@ -23,3 +23,4 @@ def test_2mb_argument_and_result_cross_the_link_in_band(make_executor: Any) -> N
     datas = [os.urandom(2 * MB + i) for i in range(6)]
     futs = [ex.submit(tasks.echo, {}, d) for d in datas]
     assert [f.result(timeout=60) for f in futs] == datas
+

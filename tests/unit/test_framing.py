@@ -145,7 +145,7 @@ def test_partial_sends_resume_where_they_stopped() -> None:
             self.data = bytearray()
             self.calls = 0
 
-        def sendmsg(self, bufs: list[bytes | memoryview]) -> int:
+        def sendmsg(self, bufs: list[bytes | memoryview], ancdata: object = (), flags: int = 0) -> int:
             assert len(bufs) <= 1024
             self.calls += 1
             took = bytes(b"".join(bytes(x) for x in bufs)[:1000])  # at most 1000 bytes a call
@@ -157,6 +157,25 @@ def test_partial_sends_resume_where_they_stopped() -> None:
     framing.send(sock, frames)  # type: ignore[arg-type]
     assert sock.calls > 1
     assert bytes(sock.data) == _wire(frames)
+
+
+def test_a_full_socket_leaves_the_rest_for_later(pair: tuple[socket.socket, socket.socket]) -> None:
+    """send_some with MSG_DONTWAIT returns what the socket would not take; sent later, the message is whole."""
+    a, b = pair
+    frames = [b"head", os.urandom(3 << 20), b"tail"]  # far more than a socketpair buffers
+    left = framing.send_some(a, framing.pack(frames), socket.MSG_DONTWAIT)
+    assert left  # nobody reads b yet: it did not all go, and it did not block
+    dec = framing.Decoder()
+    got: list[list[bytes | memoryview]] = []
+    while not got:
+        if left:
+            left = framing.send_some(a, left, socket.MSG_DONTWAIT)
+        try:
+            dec.read(b, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        got = dec.messages()
+    assert [bytes(f) for f in got[0]] == frames and not left
 
 
 def test_end_of_stream_reads_zero(pair: tuple[socket.socket, socket.socket]) -> None:
