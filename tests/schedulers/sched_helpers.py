@@ -220,3 +220,8 @@ def _jobs(name: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator
 @pytest.fixture
 def slurm_jobs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Jobs]:
     yield from _jobs("slurm", tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def torque_jobs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Jobs]:
+    yield from _jobs("torque", tmp_path, monkeypatch)

@@ -126,7 +126,7 @@ def test_slurm_held_job_is_held(slurm_jobs: Jobs) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_launcher_files_go_beside_the_job_script_not_in_home(jobs: Jobs) -> None:
+def test_launcher_files_go_beside_the_job_script_not_in_home(torque_jobs: Jobs) -> None:
     """SrunLauncher writes the command to a file: in script_dir, although PBS and Torque start jobs in $HOME.
 
     The Torque wrappers here run jobs as Slurm does, in the directory qsub ran
@@ -134,8 +134,7 @@ def test_launcher_files_go_beside_the_job_script_not_in_home(jobs: Jobs) -> None
     PBS_O_WORKDIR (where qsub ran, which the provider makes script_dir) is set
     as on a real Torque.
     """
-    if jobs.sched.name != "torque":
-        pytest.skip(f"{jobs.sched.name}: jobs start where they were submitted; only PBS and Torque start them in $HOME")
+    jobs = torque_jobs
     home_before = set(glob.glob(os.path.expanduser("~/cmd_*")))
     marker = os.path.join(jobs.script_dir, "marker")
     p = jobs.provider(launcher=SrunLauncher(), worker_init="cd ~")
