@@ -479,10 +479,7 @@ class Manager:
                 os.close(slot.pidfd)
         self.by_pidfd.clear()
         for slot in self.workers:
-            if slot.link is not None:
-                slot.link.close()
-                slot.link = None
-        self.by_link.clear()
+            self._drop_link(slot)
         for sock in (self.task_sock, self.result_sock):
             sock.setsockopt(zmq.LINGER, 500)
         self.ctx.destroy(linger=500)

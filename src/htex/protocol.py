@@ -145,7 +145,7 @@ class _Unpacker:
 
 
 # ---------------------------------------------------------------------------
-# Hot-path messages: batches of opaque blobs
+# Binary messages: batches of opaque blobs, and the small ones every hand-off or period sends
 # ---------------------------------------------------------------------------
 
 
@@ -225,6 +225,22 @@ class Progress:
         return cls(_PROGRESS.unpack_from(data, _HEADER.size)[0])
 
 
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Header only: every peer sends one each heartbeat_period, so it is not JSON."""
+
+    TYPE: ClassVar[int] = 11
+
+    def encode(self) -> list[Blob]:
+        return [_HEADERS[self.TYPE]]
+
+    @classmethod
+    def decode(cls, frames: Sequence[Blob]) -> Heartbeat:
+        if len(frames) != 1 or len(as_buffer(frames[0])) != _HEADER.size:
+            raise ProtocolError("HEARTBEAT message has a body")
+        return _HEARTBEAT
+
+
 # ---------------------------------------------------------------------------
 # Control messages: one JSON frame each
 # ---------------------------------------------------------------------------
@@ -266,22 +282,6 @@ class Ready(_Json):
     task_port: int
     result_port: int
     pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat(_Json):
-    """Header only: every peer sends one each heartbeat_period, so it is not JSON."""
-
-    TYPE: ClassVar[int] = 11
-
-    def encode(self) -> list[Blob]:
-        return [_HEADERS[self.TYPE]]
-
-    @classmethod
-    def decode(cls, frames: Sequence[Blob]) -> Heartbeat:
-        if len(frames) != 1 or len(as_buffer(frames[0])) != _HEADER.size:
-            raise ProtocolError("HEARTBEAT message has a body")
-        return _HEARTBEAT
 
 
 @dataclass(frozen=True, slots=True)

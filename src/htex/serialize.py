@@ -35,10 +35,8 @@ from .errors import (
 from .protocol import RESULT_OK, RESULT_RAISED
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-OK = RESULT_OK
-RAISED = RESULT_RAISED
-_OK = bytes([OK])
-_RAISED = bytes([RAISED])
+_OK = bytes([RESULT_OK])
+_RAISED = bytes([RESULT_RAISED])
 
 
 def dumps(obj: Any) -> bytes:
@@ -263,7 +261,7 @@ def unpack_result(blob: bytes | memoryview) -> tuple[bool, Any]:
             f"the task's result could not be unpickled here ({type(exc).__name__}: {exc}); "
             "is the module that defines it importable in the client?"
         )
-    if status == OK:
+    if status == RESULT_OK:
         return True, value
     error, tb = value
     if tb and isinstance(error, BaseException):
