@@ -123,6 +123,25 @@ class HtexPrefetchBackend(HtexBackend):
         super().__init__(run_root, prefetch_capacity=256)
 
 
+class HtexTcpBackend(HtexBackend):
+    """Pools over loopback TCP (an ``address`` is given), plain: what a remote pool's path costs."""
+
+    name = "htex-tcp"
+    title = "htex TCP, plain (prefetch 256)"
+    encrypted = False
+
+    def __init__(self, run_root: str) -> None:
+        super().__init__(run_root, prefetch_capacity=256, address="127.0.0.1", encrypted=self.encrypted)
+
+
+class HtexCurveBackend(HtexTcpBackend):
+    """The same with CurveZMQ, the default for TCP: the price of encryption, beside the plain run."""
+
+    name = "htex-curve"
+    title = "htex TCP, CURVE (prefetch 256)"
+    encrypted = True
+
+
 class ProcessPoolBackend(Backend):
     name = "ppe"
     title = "ProcessPool(2)"
@@ -249,6 +268,8 @@ class RayBackend(Backend):
 ALL: dict[str, tuple[type[Backend], str | None]] = {
     "htex": (HtexBackend, None),
     "htex-pf": (HtexPrefetchBackend, None),
+    "htex-tcp": (HtexTcpBackend, None),
+    "htex-curve": (HtexCurveBackend, None),
     "ppe": (ProcessPoolBackend, None),
     "parsl": (ParslBackend, "parsl"),
     "dask": (DaskBackend, "distributed"),

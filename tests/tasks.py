@@ -39,6 +39,25 @@ def sleep_then(seconds: float, value: Any = None) -> Any:
     return value
 
 
+def mark_then_sleep(marker: str, seconds: float, value: Any = None) -> Any:
+    """Create ``marker`` (the test sees the task has started), then sleep."""
+    with open(marker, "a"):
+        pass
+    time.sleep(seconds)
+    return value
+
+
+def record_then(log: str, index: int, seconds: float) -> str:
+    """Append ``index`` to ``log`` (one write: atomic with O_APPEND), sleep, return the pool's id."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{index}\n".encode())
+    finally:
+        os.close(fd)
+    time.sleep(seconds)
+    return os.environ["PARSL_WORKER_POOL_ID"]
+
+
 def pid_after(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
@@ -103,3 +122,77 @@ def scribble_on_pool_link() -> None:
     fd = int(sys.argv[sys.argv.index("--fd") + 1])
     os.write(fd, b"\xff" * 16)
     time.sleep(60)
+
+
+# -- hostile tasks (tests/faults/test_hostile.py) -----------------------------
+
+
+class ExitOnUnpickle:
+    """Pickles fine in the worker; unpickling it in the client raises ``exc`` (SystemExit, ...)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> Any:
+        return (_raise, (self.exc,))
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def return_exit_on_unpickle(kind: str) -> Any:
+    return ExitOnUnpickle(SystemExit(3) if kind == "SystemExit" else KeyboardInterrupt())
+
+
+class InterruptOnPickle:
+    def __reduce__(self) -> Any:
+        raise KeyboardInterrupt("from __reduce__")
+
+
+def return_interrupt_on_pickle() -> Any:
+    return InterruptOnPickle()
+
+
+class StrRaises(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ raised")
+
+
+def raise_str_raises() -> None:
+    raise StrRaises()
+
+
+def worker_pid() -> int:
+    return os.getpid()
+
+
+def record_pid(log: str, index: int) -> int:
+    record_then(log, index, 0)
+    return os.getpid()
+
+
+def record_then_exit(log: str, index: int, code: int) -> None:
+    record_then(log, index, 0)
+    os._exit(code)
+
+
+def start_daemon() -> int:
+    """Start a daemon in a session of its own (double fork), as a careless task might; return its pid."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # a new session, then the daemon, then leave
+        os.setsid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.close(w)
+            time.sleep(600)
+            os._exit(0)
+        os.write(w, str(pid).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        daemon = int(f.read())
+    os.waitpid(child, 0)
+    return daemon

@@ -145,16 +145,17 @@ def cmd_pool(args: argparse.Namespace, rest: list[str]) -> int:
 class StatusClient:
     """Asks one interchange for its status, over one connection kept for repeated samples."""
 
-    def __init__(self, host: str, port: int, cert_dir: str | None = None, timeout: float = 5.0) -> None:
-        self.where = f"{host}:{port}"
+    def __init__(self, url: str, cert_dir: str | None = None, timeout: float = 5.0) -> None:
+        self.where = url
         self.timeout = timeout
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        if cert_dir:
-            # The interchange's worker ports let in only the run's "pool" key.
+        if cert_dir and url.startswith("tcp://"):
+            # The interchange's worker ports let in only the run's "pool" key (its UNIX sockets
+            # are guarded by their directory's permissions instead).
             security.connect_as(self.sock, cert_dir, "pool")
-        self.sock.connect(f"tcp://{host}:{port}")
+        self.sock.connect(url)
 
     def sample(self) -> protocol.StatusReply:
         self.sock.send_multipart(protocol.StatusRequest().encode())
@@ -251,27 +252,33 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def _status_target(args: argparse.Namespace) -> tuple[str, int, str | None, str]:
-    """(host, port, cert_dir, label) from --address/--cert-dir or from a run directory."""
+def _status_target(args: argparse.Namespace) -> tuple[str, str | None, str]:
+    """(url, cert_dir, label) from --address/--cert-dir or from a run directory."""
     if args.address:
         host, _, port = args.address.rpartition(":")
         if not host or not port.isdigit():
             raise CliError(f"--address wants HOST:PORT (the task port), got {args.address!r}")
-        return host, int(port), args.cert_dir, ""
+        return f"tcp://{host}:{port}", args.cert_dir, ""
     if not args.target:
         raise CliError("give a run directory (run_dir or run_dir/<label>) or --address HOST:PORT")
     label_dir, info = find_connection(args.target)
+    label = str(info.get("label", ""))
+    ipc = info.get("ipc_tasks")
+    if isinstance(ipc, str) and os.path.exists(ipc.removeprefix("ipc://")):
+        return ipc, None, label  # on the executor's host: its private UNIX socket
     try:
         host, port = _pick_address(info["addresses"]), int(info["task_port"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CliError(f"{label_dir}/{CONNECTION_FILE} is incomplete: {exc}") from None
-    return host, port, args.cert_dir or _cert_dir(label_dir, info), str(info.get("label", ""))
+    if not port:
+        raise CliError(f"the executor of {label_dir} listens on no TCP port; run htex status on its host")
+    return f"tcp://{host}:{port}", args.cert_dir or _cert_dir(label_dir, info), label
 
 
 def cmd_status(args: argparse.Namespace, out: IO[str]) -> int:
-    host, port, cert_dir, label = _status_target(args)
-    where = f"{host}:{port}"
-    with StatusClient(host, port, cert_dir, args.timeout) as client:
+    url, cert_dir, label = _status_target(args)
+    where = url.removeprefix("tcp://")
+    with StatusClient(url, cert_dir, args.timeout) as client:
         if args.watch is None:
             first = client.sample()
             rate = None

@@ -157,6 +157,7 @@ class HighThroughputExecutor:
         self.shared_memory = shared_memory  # None: on when every pool runs on this host; decided at start()
         self.cert_dir: str | None = None
         self._ipc_name: str | None = None
+        self._ipc_dir: str | None = None
         self.hub_address: str | None = None  # monitoring hub: accepted, unused
         self.hub_port: int | None = None
 
@@ -182,6 +183,7 @@ class HighThroughputExecutor:
         self._req_ids = itertools.count(1)
         self._bad: BaseException | None = None
         self._started = False
+        self._owner_pid = os.getpid()  # a forked child holds a copy of this object, not the executor
         self._shutting_down = False
         self._shutdown_done = threading.Event()
         self._io_stop = False
@@ -214,22 +216,19 @@ class HighThroughputExecutor:
         if self._started:
             raise RuntimeError("this executor was already started")
         if self.encrypted is None:
-            self.encrypted = self._bind_address() != "127.0.0.1" and security.available()
+            # Secure by default, as today's Parsl: every TCP socket is CURVE, wherever the pools run.
+            self.encrypted = security.available()
         if self.shared_memory is None:
             self.shared_memory = not self.provider.remote and shm.supported()
         _check(not self.shared_memory or shm.supported(), "shared_memory=True needs Linux (memfd)")
         self._arena = shm.Arena() if self.shared_memory else None
-        if self.encrypted and self.launch_cmd and "{cert_dir}" not in self.launch_cmd:
-            raise ConfigurationError(
-                "the executor is encrypted but launch_cmd has no --cert_dir={cert_dir}: its pools could not "
-                "connect. Add it, or pass encrypted=False on a trusted network"
-            )
         if self.managed:
             self.launch_command("0")  # raises ConfigurationError for an unknown placeholder
         self._started = True
         if not self.run_dir:
             self.run_dir = _next_run_dir("runinfo")
         os.makedirs(self.logdir, exist_ok=True)
+        os.chmod(self.logdir, 0o700)  # logs, submit scripts and keys: the run's user's alone
         if self.provider.script_dir is None:
             self.provider.script_dir = os.path.join(self.logdir, "submit_scripts")
         self.cert_dir = os.path.join(self.logdir, "certs") if self.encrypted else None
@@ -238,27 +237,21 @@ class HighThroughputExecutor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
+        # Every channel on this host is a UNIX socket in a directory only this user can enter (0700):
+        # the kernel keeps other users out, whether or not the run is encrypted.  (Abstract-namespace
+        # names, used before, let any local user connect.)
+        self._ipc_dir = security.private_dir()
         self._ctx = zmq.Context()
-        self._auth = security.authenticator(self._ctx, self.cert_dir, "interchange") if self.cert_dir else None
         self._sock = self._ctx.socket(zmq.ROUTER)
         for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 0), (zmq.ROUTER_MANDATORY, 1)):
             self._sock.setsockopt(opt, val)
-        if self.cert_dir:
-            security.serve(self._sock, self.cert_dir)
-        low, high = self.interchange_port_range
-        port = self._sock.bind_to_random_port("tcp://127.0.0.1", low, high, 200)
-        self._client_port = port
-        client_url = f"tcp://127.0.0.1:{port}"
-        if sys.platform.startswith("linux"):
-            # The interchange always runs on this host: it connects over a UNIX socket in the abstract
-            # namespace, ~50 us cheaper per message than loopback TCP (the TCP port stays, as in Parsl).
-            client_url = f"ipc://@htex-{secrets.token_hex(8)}-client"
-            self._sock.bind(client_url)
+        # The interchange always runs on this host; ~50 us cheaper per message than loopback TCP.
+        client_url = f"ipc://{self._ipc_dir}/client"
+        self._sock.bind(client_url)
         self._ic_identity = b"ic-" + secrets.token_hex(16).encode()
-        # Pools on this host talk to the interchange over UNIX sockets (cheaper than TCP), named in
-        # Linux's abstract namespace ("@..."): no file, so nothing is left behind even after SIGKILL.
-        self._ipc_name = None if self.provider.remote else f"@htex-{secrets.token_hex(8)}"
-        listeners = self._listen_for_pools()
+        # Pools on this host connect over UNIX sockets too (cheaper than TCP, and private).
+        self._ipc_name = None if self.provider.remote else f"{self._ipc_dir}/pools"
+        listeners = self._listen_for_pools() if self._needs_tcp() else []
         self._spawn_interchange(client_url, listeners)
         try:
             # The ports are ours already, so the first blocks start while the interchange boots.
@@ -282,6 +275,9 @@ class HighThroughputExecutor:
             self.shutdown(wait=False)
             raise
 
+    def _forked_copy(self) -> bool:
+        return os.getpid() != self._owner_pid
+
     def _bind_address(self) -> str:
         addrs = self._addresses()
         return "127.0.0.1" if all(a.startswith("127.") or a == "localhost" for a in addrs) else "*"
@@ -292,6 +288,18 @@ class HighThroughputExecutor:
         if not self.provider.remote:
             return ["127.0.0.1"]
         return _all_addresses()
+
+    def _needs_tcp(self) -> bool:
+        """Bind the worker ports?  Always when encrypted (CURVE guards them); without encryption only
+        when pools may need TCP: they may be remote, an address or launch_cmd was given, or they are
+        started by hand."""
+        need = bool(self.encrypted or self.provider.remote or self.address or self.launch_cmd or not self.managed)
+        if need and not self.encrypted:
+            log.warning(
+                "executor %s is not encrypted: anyone who can reach ports %s can register a pool and read tasks; "
+                "use encrypted=False only on a trusted network", self.label, self.worker_ports or self.worker_port_range,
+            )
+        return need
 
     def _listen_for_pools(self) -> list[socket.socket]:
         """Bind the task and result ports here, and hand the listening sockets to the interchange.
@@ -315,10 +323,11 @@ class HighThroughputExecutor:
 
     def _spawn_interchange(self, client_url: str, listeners: list[socket.socket]) -> None:
         config = {
+            "tcp": bool(listeners),
             "client_url": client_url,
             "client_identity": self._ic_identity.decode(),
             "bind_address": self._bind_address(),
-            "worker_ports": [self.worker_task_port, self.worker_result_port],
+            "worker_ports": [self.worker_task_port, self.worker_result_port] if listeners else None,
             "listen_fds": [s.fileno() for s in listeners],
             "heartbeat_period": self.heartbeat_period,
             "heartbeat_threshold": self.heartbeat_threshold,
@@ -331,11 +340,15 @@ class HighThroughputExecutor:
         try:
             with open(self._ic_stderr, "wb") as err:
                 self._interchange = subprocess.Popen(
-                    [sys.executable, "-m", "htex.interchange", json.dumps(config)],
-                    stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                    [sys.executable, "-m", "htex.interchange"],
+                    stdin=subprocess.PIPE, stdout=err, stderr=err,
                     pass_fds=[s.fileno() for s in listeners],
                     start_new_session=True,  # the terminal's Ctrl-C is ours; we stop it in order
                 )
+            # On stdin, not the command line: any local user can read /proc/<pid>/cmdline.
+            assert self._interchange.stdin is not None
+            with self._interchange.stdin as pipe:
+                pipe.write(json.dumps(config).encode())
         finally:
             for sock in listeners:
                 sock.close()  # the interchange holds them now
@@ -373,9 +386,8 @@ class HighThroughputExecutor:
         for fd in (self._ic_pidfd, self._wake_r, self._wake_w):
             os.close(fd)
         self._sock.close()
-        if self._auth is not None:
-            self._auth.stop()
         self._ctx.term()
+        security.remove_private_dir(self._ipc_dir)
         self._shutdown_done.set()
 
     def _interchange_exit(self) -> str:
@@ -400,6 +412,8 @@ class HighThroughputExecutor:
             "heartbeat_period": self.heartbeat_period,
             "heartbeat_threshold": self.heartbeat_threshold,
             "interchange_pid": self._interchange.pid if self._interchange else None,
+            "ipc_dir": self._ipc_dir,
+            "ipc_tasks": f"ipc://{self._ipc_name}-tasks" if self._ipc_name else None,
             "client_pid": os.getpid(),
         }
         path = os.path.join(self.logdir, "connection.json")
@@ -431,6 +445,11 @@ class HighThroughputExecutor:
             )
         if not callable(func):
             raise TypeError(f"submit() needs a callable, got {type(func).__name__}")
+        if self._forked_copy():
+            raise RuntimeError(
+                f"this executor belongs to process {self._owner_pid}; a forked child cannot submit to it "
+                "(create an executor in the child)"
+            )
         if not self._started:
             raise RuntimeError("call start() (or use `with HighThroughputExecutor(...) as ex`) before submit()")
         payload, lease = self._pack_args(args, kwargs)
@@ -643,7 +662,7 @@ class HighThroughputExecutor:
                     poller.unregister(self._ic_pidfd)
                 self._io_keep_time()
             self._send_outbox()  # the Shutdown message, if queued last
-        except Exception as exc:  # a bug here must not leave futures hanging
+        except BaseException as exc:  # a bug here must not leave futures hanging
             log.exception("the executor's I/O thread failed")
             self.set_bad_state_and_fail_all(errors.ExecutorBroken(f"htex's I/O thread failed: {exc!r} (please report this bug)"))
 
@@ -736,13 +755,7 @@ class HighThroughputExecutor:
                 self._retry.pop(tid, None)
             if self._leases:
                 self._release(tid, lost=not ok and isinstance(value, errors.TaskLost))
-            try:
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
-            except concurrent.futures.InvalidStateError:
-                pass
+            _settle(fut, ok, value)
         self._make_room()
 
     def _make_room(self) -> None:
@@ -835,14 +848,15 @@ class HighThroughputExecutor:
             "debug": "--debug" if self.worker_debug else "",
             "max_workers": "inf" if self.max_workers == math.inf else self.max_workers,
             "addresses": ",".join(addresses),
-            "task_port": self.worker_task_port,
-            "result_port": self.worker_result_port,
+            "task_port": self.worker_task_port or 0,  # 0: no TCP port (an unencrypted run on this host)
+            "result_port": self.worker_result_port or 0,
             "task_url": f"tcp://{addresses[0]}:{self.worker_task_port}",
             "result_url": f"tcp://{addresses[0]}:{self.worker_result_port}",
-            # The default launch_cmd's way in: ipc:// for pools on this host, else the addresses to probe.
+            # The default launch_cmd's way in: ipc:// for pools on this host (unless an address was
+            # given: pools in another network namespace, say), else the addresses to probe.
             "pool_urls": (
                 f"--task_url=ipc://{self._ipc_name}-tasks --result_url=ipc://{self._ipc_name}-results"
-                if self._ipc_name else ""
+                if self._ipc_name and not self.address else ""
             ),
             "prefetch_capacity": self.prefetch_capacity,
             "cores_per_worker": self.cores_per_worker,
@@ -869,6 +883,9 @@ class HighThroughputExecutor:
                 f"launch_cmd has an unknown placeholder {exc}; known ones: {sorted(self._launch_values(block_id))}"
             ) from None
         cmd = cmd.replace("{block_id}", block_id)  # Parsl-style templates escape it as {{block_id}}
+        if self.cert_dir and "{cert_dir}" not in template:
+            # A launch_cmd written before encryption (Parsl 1.0's): the pool finds the keys here.
+            cmd = f"export HTEX_CERT_DIR={shlex.quote(self.cert_dir)}; {cmd}"
         if self.working_dir:
             cmd = f"cd {shlex.quote(self.working_dir)} && {cmd}"
         return cmd
@@ -1020,6 +1037,15 @@ class HighThroughputExecutor:
 
         ``hub``, ``targets`` and ``block`` are accepted for Parsl compatibility.
         """
+        if self._forked_copy():
+            return  # a forked child's copy: the executor and its blocks are the parent's
+        on_our_thread = threading.current_thread() in (self._io_thread, self._watch_thread)
+        if wait and on_our_thread:
+            # As the stdlib's executors do: waiting here would wait for this very thread.
+            raise RuntimeError(
+                "shutdown(wait=True) was called from a done-callback (htex's I/O thread), which would wait for "
+                "itself; call shutdown(wait=False) there, or shut down from your own thread"
+            )
         with self._lock:
             first = self._started and not self._shutting_down
             self._shutting_down = True
@@ -1054,9 +1080,8 @@ class HighThroughputExecutor:
         if self._arena is not None:
             self._arena.close()  # workers that still map a segment keep it until they unmap it
             self._leases.clear()
-        if self._auth is not None:
-            self._auth.stop()
         self._ctx.term()
+        security.remove_private_dir(self._ipc_dir)
         for fd in (self._wake_r, self._wake_w, self._ic_pidfd):
             try:
                 os.close(fd)
@@ -1135,11 +1160,22 @@ def _chunks(iterable: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tup
         yield chunk
 
 
-def _fail(fut: Future[Any], exc: BaseException) -> None:
+def _settle(fut: Future[Any], ok: bool, value: Any) -> None:
+    """Complete a future.  Done-callbacks run here, on our thread: whatever they raise (even
+    SystemExit) is logged and goes no further, so one callback cannot stop every other future."""
     try:
-        fut.set_exception(exc)
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
     except concurrent.futures.InvalidStateError:
         pass
+    except BaseException:
+        log.exception("a done-callback raised; ignored (the future itself is done)")
+
+
+def _fail(fut: Future[Any], exc: BaseException) -> None:
+    _settle(fut, False, exc)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -1198,3 +1234,12 @@ def _shutdown_all() -> None:
             ex.shutdown(wait=False)
         except Exception:
             pass
+
+
+def _forget_executors_in_child() -> None:
+    # A forked child inherits the parent's executors (and this atexit hook) but none of its threads:
+    # it must not stop the parent's interchange and blocks when it exits.
+    _live_executors.clear()
+
+
+os.register_at_fork(after_in_child=_forget_executors_in_child)

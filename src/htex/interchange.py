@@ -7,7 +7,8 @@
         +-- client DEALER --- Interchange --- task ROUTER  (tasks out, registration, heartbeats)
                                           \\-- result ROUTER (results in)
 
-Started by the executor as ``python -m htex.interchange CONFIG_JSON``.  Its
+Started by the executor as ``python -m htex.interchange``, its configuration
+(JSON) on stdin: a command line is readable by every local user.  Its
 loop, ``run()``, has four named steps: read the client, read the pools, hand
 queued tasks to pools with free capacity, keep time.  It blocks on its
 sockets; the only timeouts are heartbeats and liveness checks.
@@ -18,12 +19,18 @@ that raised).  Anything from a peer that has not
 registered is decoded only as far as the header and a small JSON body, and
 dropped (with a log line) unless it is a Probe or a Register.
 
-A pool's capacity is its worker count plus its prefetch capacity.  Tasks go to
-a pool in order, and the pool hands them to its workers in order, after
-telling us how many it has handed out in all (Progress).  So when a pool is
-lost, the tasks it may have started are exactly those among the first
-``handed`` we sent it: they fail with ManagerLost; the rest surely never
-started and go back to the queue.  A task is never run twice.
+Who may connect: pools on this host reach us over UNIX sockets in the
+executor's private directory (0700: the kernel keeps other users out); pools
+elsewhere over TCP, with CURVE when the run is encrypted (the default): a ZAP
+handler lets in only the run's pool key.  A peer's identity is its own: with
+ROUTER_HANDOVER off, a second connection that claims a live pool's identity
+cannot take its place.
+
+A pool's capacity is its worker count plus its prefetch capacity.  When a pool
+is lost (silent for heartbeat_threshold, or its block's job ended), every task
+it held fails with ManagerLost, prefetched ones included: a pool cut off from
+us may well have started them, and a task must never run twice unless the
+user allowed retries (the executor resends within lost_task_retries).
 """
 
 from __future__ import annotations
@@ -48,13 +55,14 @@ from .errors import ProtocolError
 log = logging.getLogger("htex.interchange")
 
 _DRAIN = 256  # messages read from one socket before looking at the others (fairness)
-MAX_CONTROL_BYTES = 1 << 20  # the task socket only receives Probe, Register, Progress, Heartbeat
+MAX_CONTROL_BYTES = 1 << 20  # the task socket only receives Probe, Register, Heartbeat, StatusRequest
 
 
 @dataclass
 class InterchangeConfig:
     client_url: str
     client_identity: str
+    tcp: bool = True  # listen on TCP worker ports (else UNIX sockets only)
     bind_address: str = "127.0.0.1"
     worker_ports: tuple[int, int] | None = None
     worker_port_range: tuple[int, int] = (54000, 55000)
@@ -64,7 +72,7 @@ class InterchangeConfig:
     debug: bool = False
     cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
     listen_fds: list[int] | None = None  # listening sockets the executor bound for us (task, result)
-    ipc_name: str | None = None  # also listen on ipc://NAME-tasks and -results, for pools on this host
+    ipc_name: str | None = None  # also listen on ipc://NAME-tasks and -results (a private directory)
 
 
 @dataclass
@@ -76,10 +84,7 @@ class _Pool:
     capacity: int
     last_heard: float
     registered_at: float
-    # task id -> (function key, payload, sequence number of the task in what we sent this pool)
-    tasks: dict[int, tuple[int, protocol.Blob, int]] = field(default_factory=dict)
-    sent: int = 0  # tasks sent to this pool in all
-    handed: int = 0  # tasks the pool says it has handed to workers (Progress)
+    tasks: dict[int, int] = field(default_factory=dict)  # task id -> function key, sent and not done
     functions: set[int] = field(default_factory=set)
     held: bool = False
     last_busy: float = 0.0
@@ -118,18 +123,35 @@ class Interchange:
         # done counts results (raised included: "raised" says how many of them are exceptions)
         self.counts = {"received": 0, "dispatched": 0, "done": 0, "raised": 0, "lost": 0, "functions_sent": 0}
 
-        self.auth = security.authenticator(self.ctx, cfg.cert_dir, "pool") if cfg.cert_dir else None
-        self.client = self.ctx.socket(zmq.DEALER)
+        self.client = self.ctx.socket(zmq.DEALER)  # a UNIX socket in the client's private directory
         self.client.setsockopt(zmq.IDENTITY, cfg.client_identity.encode())
         self._unbounded(self.client)
-        if cfg.cert_dir:
-            security.connect_as(self.client, cfg.cert_dir, "interchange")
         self.client.connect(cfg.client_url)
 
         self.task_sock = self._router()
         # Only small control messages arrive here: refuse big ones before they are read.
         self.task_sock.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
         self.result_sock = self._router()
+        # UNIX sockets first, as plain ZeroMQ (their directory keeps strangers out); then TCP, with
+        # CURVE when encrypted.  libzmq takes the security options at bind time, per endpoint.
+        if cfg.ipc_name:
+            self.task_sock.bind(f"ipc://{cfg.ipc_name}-tasks")
+            self.result_sock.bind(f"ipc://{cfg.ipc_name}-results")
+        self.task_port = self.result_port = 0
+        self.auth = None
+        if cfg.tcp:
+            if cfg.cert_dir:
+                self.auth = security.authenticator(self.ctx, cfg.cert_dir, "pool")
+                security.serve(self.task_sock, cfg.cert_dir)
+                security.serve(self.result_sock, cfg.cert_dir)
+            self._bind_tcp()
+
+        self.poller = zmq.Poller()
+        for sock in (self.client, self.task_sock, self.result_sock):
+            self.poller.register(sock, zmq.POLLIN)
+
+    def _bind_tcp(self) -> None:
+        cfg = self.cfg
         address = f"tcp://{cfg.bind_address}"
         if cfg.worker_ports and cfg.listen_fds:
             # The executor bound these ports and passed us the sockets (ZMQ_USE_FD).
@@ -148,21 +170,13 @@ class Interchange:
             low, high = cfg.worker_port_range
             self.task_port = self.task_sock.bind_to_random_port(address, low, high, 200)
             self.result_port = self.result_sock.bind_to_random_port(address, low, high, 200)
-        if cfg.ipc_name:
-            self.task_sock.bind(f"ipc://{cfg.ipc_name}-tasks")
-            self.result_sock.bind(f"ipc://{cfg.ipc_name}-results")
-
-        self.poller = zmq.Poller()
-        for sock in (self.client, self.task_sock, self.result_sock):
-            self.poller.register(sock, zmq.POLLIN)
 
     def _router(self) -> zmq.Socket[Any]:
         sock = self.ctx.socket(zmq.ROUTER)
         self._unbounded(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished pool raises, not drops
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        if self.cfg.cert_dir:
-            security.serve(sock, self.cfg.cert_dir)
+        # No ROUTER_HANDOVER: with it, whoever connects with a live pool's identity takes over its
+        # connection (and its results); without it, the newcomer gets an identity of its own.
         return sock
 
     @staticmethod
@@ -273,7 +287,6 @@ class Interchange:
             "worker_count": pool.info.worker_count,
             "prefetch_capacity": pool.info.prefetch_capacity,
             "tasks": len(pool.tasks),
-            "handed": pool.handed,
             "active": not pool.held,
             "idle_duration": 0.0 if pool.tasks else now - pool.last_busy,
             "last_heartbeat": now - pool.last_heard,
@@ -312,9 +325,7 @@ class Interchange:
             pool = self.pools.get(identity)
             if pool is not None:
                 pool.last_heard = time.monotonic()
-            if isinstance(msg, protocol.Progress) and pool is not None:
-                pool.handed = max(pool.handed, msg.handed)
-            elif isinstance(msg, protocol.Probe):
+            if isinstance(msg, protocol.Probe):
                 self._to_pool(identity, protocol.ProbeReply())
             elif isinstance(msg, protocol.StatusRequest):
                 managers = [self._pool_info(p) for p in self.pools.values()]
@@ -456,9 +467,8 @@ class Interchange:
             return False
         pool.functions.update(functions)
         self.counts["functions_sent"] += len(functions)
-        for tid, key, payload in batch:
-            pool.tasks[tid] = (key, payload, pool.sent)
-            pool.sent += 1
+        for tid, key, _ in batch:
+            pool.tasks[tid] = key
         self.counts["dispatched"] += n
         return True
 
@@ -490,14 +500,14 @@ class Interchange:
     def _lose_pool(self, pool: _Pool, why: str, released: bool = False) -> None:
         del self.pools[pool.identity]
         self.with_room.pop(pool.identity, None)
-        running = [tid for tid, (_, _, seq) in pool.tasks.items() if seq < pool.handed]
-        prefetched = [(tid, key, payload) for tid, (key, payload, seq) in pool.tasks.items() if seq >= pool.handed]
-        self.queue.extendleft(reversed(prefetched))
+        # Every task it held may have started (a pool cut off from us runs its prefetched tasks):
+        # none goes back to the queue.  The executor resends them only within lost_task_retries.
+        held = list(pool.tasks)
         message = f"{pool.describe()} was {'released' if released else 'lost'}: {why}"
-        log.error("%s; %d running tasks fail, %d prefetched go back to the queue", message, len(running), len(prefetched))
-        self.counts["lost"] += len(running)
-        if running:
-            self._to_client(protocol.TasksFailed(ids=running, error="ManagerLost", message=message))
+        log.error("%s; the %d tasks it held fail", message, len(held))
+        self.counts["lost"] += len(held)
+        if held:
+            self._to_client(protocol.TasksFailed(ids=held, error="ManagerLost", message=message))
         kind = "pool_released" if released else "pool_lost"
         data = {"manager": pool.info.manager_id, "block_id": pool.info.block_id}
         self._to_client(protocol.Event(kind=kind, message=message, data=data))
@@ -523,7 +533,7 @@ def _raised(result: protocol.Blob) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    raw = json.loads(argv[0])
+    raw = json.loads(argv[0] if argv else sys.stdin.read())  # stdin: the executor's way
     for key in ("worker_ports", "worker_port_range"):
         if raw.get(key) is not None:
             raw[key] = tuple(raw[key])

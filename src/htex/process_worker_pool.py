@@ -23,11 +23,16 @@ every hop, and a shallow queue (long tasks) still spreads one task per worker.
 A worker sends its results when its batch is done, or sooner if the batch
 runs long (see worker.py).
 
-Batches are cut from the queue in arrival order, so the tasks handed to
-workers are always a prefix of what the interchange sent.  Before each
-hand-off the manager tells the interchange how many tasks it has handed out
-in all (Progress): if this pool is lost, the interchange fails those that may
-have started with ManagerLost and puts the others back in its queue.
+Exactly once, when a worker dies: before it starts a task (before it even
+unpickles the arguments) a worker writes the task's id into a word of shared
+memory that the pool reads when it reaps the worker.  So the pool knows which
+task was running (it fails with WorkerLost), which of the batch finished but
+had their results die with the worker (they ran: WorkerLost too, never run
+again), and which never started (back to the queue).
+
+The pool is a child subreaper: a process a task leaves behind, even in a
+session of its own (a daemon), becomes our child when its parent exits, and
+is stopped when the pool stops.
 
 Started by the provider as ``process_worker_pool`` (or ``python -m
 htex.process_worker_pool``) with the flags Parsl's pool takes.
@@ -38,6 +43,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import mmap
 import os
 import platform
 import signal
@@ -117,6 +123,10 @@ class _WorkerSlot:
     functions: set[int] = field(default_factory=set)
     outgoing: list[bytes | memoryview] = field(default_factory=list)  # what the link did not take yet
     polled: int = zmq.POLLIN  # the events its link is polled for (POLLOUT while outgoing waits)
+    started: mmap.mmap | None = None  # shared with the worker: the id of the task it started last
+
+    def started_task(self) -> int:
+        return protocol.STARTED.unpack_from(self.started)[0] if self.started is not None else 0
 
 
 class Manager:
@@ -135,7 +145,6 @@ class Manager:
         self.done_ids: list[int] = []
         self.done_payloads: list[protocol.Blob] = []
         self.start_failures = 0
-        self.handed_total = 0  # tasks handed to workers since start (re-handed ones count again)
         self.task_seconds = 0.0  # moving average; 0 = not known yet, so batches start at one task
         self.stopping = False
         self.exit_code = 0
@@ -153,7 +162,7 @@ class Manager:
         sock.setsockopt(zmq.LINGER, 2000)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
-        if self.cfg.cert_dir:
+        if self.cfg.cert_dir and url.startswith("tcp://"):  # UNIX sockets: their directory guards them
             security.connect_as(sock, self.cfg.cert_dir, "pool")
         sock.connect(url)
         return sock
@@ -161,6 +170,7 @@ class Manager:
     # -- the loop ---------------------------------------------------------
 
     def run(self) -> int:
+        become_subreaper()
         log.info(
             "manager %s (block %s) on %s: %d workers, prefetch %d, interchange %s",
             self.cfg.manager_id, self.cfg.block_id, socket.gethostname(), self.count,
@@ -313,17 +323,22 @@ class Manager:
             PARSL_WORKER_BLOCK_ID=self.cfg.block_id,
         )
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        cmd = [sys.executable, "-m", "htex.worker", "--fd", str(theirs.fileno()), "--rank", str(slot.rank)]
+        started_fd = os.memfd_create(f"htex-started-{slot.rank}")
+        os.ftruncate(started_fd, protocol.STARTED.size)
+        cmd = [sys.executable, "-m", "htex.worker", "--fd", str(theirs.fileno()), "--rank", str(slot.rank),
+               "--started-fd", str(started_fd)]
         if self.cfg.debug:
             cmd += ["--debug", "--logfile", os.path.join(self.cfg.logdir, f"worker_{slot.rank}.log")]
         try:
-            slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
+            slot.started = mmap.mmap(started_fd, protocol.STARTED.size)
+            slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), started_fd))
         except BaseException:
             ours.close()
             raise
         finally:
             # Only the worker may hold its end: then its exit is an end of stream on ours.
             theirs.close()
+            os.close(started_fd)  # the mapping stays
         slot.pidfd = os.pidfd_open(slot.proc.pid)
         slot.link = ours
         slot.decoder = framing.Decoder()
@@ -350,21 +365,12 @@ class Manager:
         if slot.rank in self.idle:
             self.idle.remove(slot.rank)
         if slot.tasks:
-            # The first task without a result was running; the rest of its batch never started.
-            running, unstarted = slot.tasks[0], slot.tasks[1:]
-            self.queue.extendleft(reversed([self.handed.pop(t) for t in unstarted]))
-            self.handed.pop(running, None)
-            err = WorkerLost(
-                f"worker {slot.rank} (pid {slot.proc.pid}) of pool {self.cfg.manager_id} on host "
-                f"{socket.gethostname()} {how} while running this task. This can be a crash in "
-                "native code, os._exit(), or the kernel's OOM killer; check the task's memory use",
-                rank=slot.rank, pool=self.cfg.manager_id, host=socket.gethostname(), exit_code=code,
-            )
-            self.done_ids.append(running)
-            self.done_payloads.append(serialize.pack_exception(err, ""))
-            log.warning("worker %d %s while running task %d", slot.rank, how, running)
+            self._account_for_dead_worker(slot, how, code)
         else:
             log.warning("worker %d %s", slot.rank, how)
+        if slot.started is not None:
+            slot.started.close()
+            slot.started = None
         if self.stopping:
             return
         if not slot.ready:
@@ -376,6 +382,30 @@ class Manager:
                 self.exit_code = EXIT_NO_WORKERS
                 return
         self._start_worker(slot)
+
+    def _account_for_dead_worker(self, slot: _WorkerSlot, how: str, code: int) -> None:
+        """Tasks of a dead worker's batch without a result: the one it ran and those before it fail
+        (they started: they must not run again), those after it go back to the queue (they never did).
+        """
+        started = slot.started_task()
+        ran = slot.tasks.index(started) + 1 if started in slot.tasks else 0
+        crashed, unstarted = slot.tasks[:ran], slot.tasks[ran:]
+        self.queue.extendleft(reversed([self.handed.pop(t) for t in unstarted]))
+        host = socket.gethostname()
+        assert slot.proc is not None
+        where = f"worker {slot.rank} (pid {slot.proc.pid}) of pool {self.cfg.manager_id} on host {host} {how}"
+        for tid in crashed:
+            self.handed.pop(tid, None)
+            if tid == started:
+                text = (f"{where} while running this task. This can be a crash in native code, os._exit(), "
+                        "or the kernel's OOM killer; check the task's memory use")
+            else:
+                text = f"{where} after this task finished but before its result was sent: the result is lost"
+            err = WorkerLost(text, rank=slot.rank, pool=self.cfg.manager_id, host=host, exit_code=code)
+            self.done_ids.append(tid)
+            self.done_payloads.append(serialize.pack_exception(err, ""))
+        log.warning("worker %d %s while running task %d; %d tasks of its batch go back to the queue",
+                    slot.rank, how, started, len(unstarted))
 
     # -- step 3: hand out tasks ---------------------------------------------
 
@@ -393,10 +423,6 @@ class Manager:
             batch = [self.queue.popleft() for _ in range(self._batch_size())]
             slot.tasks = [t[0] for t in batch]
             batches.append((slot, batch))
-        if not batches:
-            return
-        self.handed_total += sum(len(b) for _, b in batches)
-        self._send(self.task_sock, protocol.Progress(handed=self.handed_total))  # before, never after
         for slot, batch in batches:
             functions = {}
             for task in batch:
@@ -448,12 +474,24 @@ class Manager:
         now = time.monotonic()
         if now - self.last_heard > self.cfg.heartbeat_threshold:
             log.error("no word from the interchange for %.0f s: it is gone; stopping", now - self.last_heard)
+            hint = "" if self.cfg.cert_dir else " (if the executor is encrypted, give its keys: --cert_dir)"
             print(f"htex pool: no word from the interchange at {self.cfg.task_url} for "
-                  f"{now - self.last_heard:.0f} s; stopping", file=sys.stderr)
+                  f"{now - self.last_heard:.0f} s; stopping{hint}", file=sys.stderr)
             self.stopping = True
             self.exit_code = EXIT_INTERCHANGE_LOST
         elif now - self.last_sent >= self.cfg.heartbeat_period:
             self._send(self.task_sock, protocol.Heartbeat())
+            self._reap_orphans()
+
+    def _reap_orphans(self) -> None:
+        """Collect processes that tasks left behind and that have exited since (we are their subreaper)."""
+        workers = {s.proc.pid for s in self.workers if s.proc is not None}
+        for child in psutil.Process().children():
+            if child.pid not in workers:
+                try:
+                    os.waitpid(child.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
 
     def _send(self, sock: zmq.Socket[Any], msg: protocol.Message) -> None:
         sock.send_multipart(msg.encode(), copy=False)
@@ -474,6 +512,7 @@ class Manager:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        stop_descendants()  # what tasks started and left running, daemons included
         for slot in self.workers:
             if slot.pidfd >= 0 and slot.pidfd in self.by_pidfd:
                 os.close(slot.pidfd)
@@ -484,6 +523,39 @@ class Manager:
             sock.setsockopt(zmq.LINGER, 500)
         self.ctx.destroy(linger=500)
         log.info("manager %s stopped", self.cfg.manager_id)
+
+
+def become_subreaper() -> None:
+    """Processes orphaned below us (a task's daemon, even in a new session) become our children."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_child_subreaper = 36
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def stop_descendants(grace: float = 2.0) -> None:
+    """TERM every process below this one, wait up to ``grace`` s, KILL the rest, and reap our children."""
+    procs = psutil.Process().children(recursive=True)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _signame(num: int) -> str:
@@ -529,7 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=int, default=10, help="accepted for Parsl compatibility; htex never polls")
     p.add_argument("--nodes_per_block", type=int, default=1, help="accepted for Parsl compatibility")
     p.add_argument("-l", "--logdir", default="process_worker_pool_logs")
-    p.add_argument("--cert_dir", default=None, help="the run's CurveZMQ keys (encrypted executors)")
+    p.add_argument("--cert_dir", default=None,
+                   help="the run's CurveZMQ keys (encrypted executors); default: $HTEX_CERT_DIR")
     return p
 
 
@@ -622,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_threshold=args.hb_threshold,
         logdir=logdir,
         debug=args.debug,
-        cert_dir=args.cert_dir or None,
+        cert_dir=args.cert_dir or os.environ.get("HTEX_CERT_DIR") or None,
     )
     try:
         return Manager(cfg).run()

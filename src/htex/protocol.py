@@ -11,7 +11,6 @@ Bodies (integers little-endian)::
               this message carries; u32 sizes[f + n] (EXTERNAL: the blob is the next
               frame); the packed blobs: the f functions, then the n tasks
     RESULTS   u32 n; u64 ids[n]; u32 sizes[n]; the packed result blobs
-    PROGRESS  u64 handed
     HEARTBEAT nothing
     others    one JSON object (control messages: small, and safe to parse from a
               peer that is not yet trusted)
@@ -29,9 +28,9 @@ Who sends what::
 
     executor  -> interchange   Tasks, Command, Heartbeat, Shutdown
     interchange -> executor    Ready, Results, TasksFailed, Reply, Event, Heartbeat
-    pool      -> interchange   Probe, Register, Progress, Results, Heartbeat
+    pool      -> interchange   Probe, Register, Results, Heartbeat
     interchange -> pool        ProbeReply, Registered, Rejected, Tasks, Heartbeat, Shutdown
-    anyone    -> interchange   StatusRequest (answered with StatusReply; `htex status`)
+    key holder -> interchange  StatusRequest (answered with StatusReply; `htex status`)
     worker    -> pool          WorkerReady, Results
     pool      -> worker        Tasks, Shutdown
 """
@@ -50,7 +49,7 @@ import zmq
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAGIC = b"HX"
 _HEADER = struct.Struct("<2sBB")
 # Blobs smaller than this are copied into the packed frame; pyzmq copies anything
@@ -59,11 +58,13 @@ INLINE_MAX = 64 * 1024
 EXTERNAL = 0xFFFFFFFF  # a size that means "this blob is the next frame of its own"
 _N = struct.Struct("<I")
 _NF = struct.Struct("<II")
-_PROGRESS = struct.Struct("<Q")
 # The first byte of a result blob (``serialize`` writes it): lets the interchange count
 # tasks that raised without unpickling anything.
 RESULT_OK = 0
 RESULT_RAISED = 1
+# The word of memory a worker shares with its pool: the id of the task it started last
+# (written before the task runs; see worker.py).
+STARTED = struct.Struct("<Q")
 
 # A frame as it travels: bytes we made, or a zmq.Frame we received and pass on untouched.
 Blob = bytes | memoryview | zmq.Frame
@@ -200,29 +201,6 @@ class Results:
         (n,) = u.counts(_N, 8 + 4)
         ids = u.ints("Q", n)
         return cls(ids, u.blobs(u.ints("I", n)))
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """Pool -> interchange, before it hands tasks to workers: how many it has handed out in all.
-
-    Sent before the hand-off, so the interchange always knows an upper bound of
-    the tasks that may have started (see interchange.py: losing a pool).  Sent
-    for every hand-off, so it is binary, not JSON.
-    """
-
-    TYPE: ClassVar[int] = 25
-    handed: int
-
-    def encode(self) -> list[Blob]:
-        return [_HEADERS[self.TYPE] + _PROGRESS.pack(self.handed)]
-
-    @classmethod
-    def decode(cls, frames: Sequence[Blob]) -> Progress:
-        data = as_buffer(frames[0])
-        if len(frames) != 1 or len(data) != _HEADER.size + _PROGRESS.size:
-            raise ProtocolError("PROGRESS message has the wrong size")
-        return cls(_PROGRESS.unpack_from(data, _HEADER.size)[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +344,7 @@ class Rejected(_Json):
 
 @dataclass(frozen=True, slots=True)
 class StatusRequest(_Json):
-    """Anyone -> interchange, on the task port: what is going on?  (``htex status``)"""
+    """A holder of the run's keys (or of its private directory) -> interchange: what is going on?"""
 
     TYPE: ClassVar[int] = 26
 
@@ -389,14 +367,14 @@ class WorkerReady(_Json):
 
 Message = (
     Tasks | Results | Ready | Heartbeat | Shutdown | Command | Reply | TasksFailed | Event
-    | Probe | ProbeReply | Register | Registered | Rejected | Progress | StatusRequest | StatusReply | WorkerReady
+    | Probe | ProbeReply | Register | Registered | Rejected | StatusRequest | StatusReply | WorkerReady
 )
 
 _TYPES: dict[int, Any] = {
     cls.TYPE: cls
     for cls in (
         Tasks, Results, Ready, Heartbeat, Shutdown, Command, Reply, TasksFailed, Event,
-        Probe, ProbeReply, Register, Registered, Rejected, Progress, StatusRequest, StatusReply, WorkerReady,
+        Probe, ProbeReply, Register, Registered, Rejected, StatusRequest, StatusReply, WorkerReady,
     )
 }
 _HEADERS = {t: _HEADER.pack(MAGIC, PROTOCOL_VERSION, t) for t in _TYPES}

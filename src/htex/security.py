@@ -15,6 +15,8 @@ that cannot read the run directory can neither register a pool nor submit.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import zmq
@@ -24,6 +26,16 @@ ROLES = ("server", "interchange", "pool")
 
 def available() -> bool:
     return bool(zmq.has("curve"))
+
+
+def private_dir() -> str:
+    """A new directory only this user can enter (0700), short enough for UNIX socket paths (108 bytes)."""
+    return tempfile.mkdtemp(prefix="htex-")
+
+
+def remove_private_dir(path: str | None) -> None:
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def make_keys(cert_dir: str) -> None:

@@ -7,7 +7,10 @@ and crosses the wire once per pool (the interchange remembers which pool has
 which key) and once per worker.
 
 Arguments and results try the C pickler first (fast) and fall back to
-cloudpickle only for what it cannot do (lambdas as arguments, ...).
+cloudpickle for what it cannot do (lambdas as arguments, ...) and for what it
+would pickle by a reference the worker cannot follow: a function or class of
+the client's ``__main__`` (``map(fn, chunksize=10)`` passes ``fn`` as an
+argument), which cloudpickle sends by value.
 
 A result blob starts with one status byte::
 
@@ -40,12 +43,41 @@ _RAISED = bytes([RESULT_RAISED])
 
 
 def dumps(obj: Any) -> bytes:
-    """Pickle with the C pickler, falling back to cloudpickle for what it refuses."""
+    """Pickle with the C pickler, falling back to cloudpickle for what it refuses or would send by
+    a reference into ``__main__`` (the bytes say so; a false alarm only costs the slower pickler)."""
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        blob = pickle.dumps(obj, PROTOCOL)
     except Exception:
-        blob: bytes = cloudpickle.dumps(obj, PROTOCOL)
-        return blob
+        blob = None
+    if blob is None or _MAIN in blob:
+        blob = cloudpickle.dumps(obj, PROTOCOL)
+    return blob
+
+
+_MAIN = b"__main__"
+
+
+def format_traceback(exc: BaseException, skip: int = 0) -> str:
+    """The traceback text of ``exc`` without its first ``skip`` frames; never raises (a hostile
+    ``__str__`` gets a stand-in)."""
+    tb = exc.__traceback__
+    for _ in range(skip):
+        tb = tb.tb_next if tb is not None else None
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, tb))
+    except BaseException:
+        return f"{_type_name(exc)} (its traceback could not be formatted)"
+
+
+def _type_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _safe_str(obj: Any) -> str:
+    try:
+        return str(obj)
+    except BaseException:
+        return f"<{_type_name(obj)} whose str() raised>"
 
 
 # ---------------------------------------------------------------------------
@@ -127,14 +159,16 @@ class FunctionRegistry:
 
 def pack_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     try:
-        return pickle.dumps((args, kwargs), PROTOCOL)
+        blob = pickle.dumps((args, kwargs), PROTOCOL)
+        if _MAIN not in blob:
+            return blob
     except Exception:
         pass
     try:
-        blob: bytes = cloudpickle.dumps((args, kwargs), PROTOCOL)
+        by_value: bytes = cloudpickle.dumps((args, kwargs), PROTOCOL)
     except Exception as exc:
         raise SerializationError(_name_unpicklable(args, kwargs, exc)) from exc
-    return blob
+    return by_value
 
 
 # Arguments bound for shared memory (see shm.py): large ``bytes`` leave the pickle
@@ -175,7 +209,10 @@ def pack_args_split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[byte
         return True  # numpy arrays and the like stay in-band: on the worker they would alias shared memory
 
     try:
-        return pickle.dumps((tuple(ours), kw), PROTOCOL, buffer_callback=out_of_band), buffers
+        stream = pickle.dumps((tuple(ours), kw), PROTOCOL, buffer_callback=out_of_band)
+        if _MAIN in stream:
+            return pack_args(args, kwargs), []  # by value, with cloudpickle: in-band
+        return stream, buffers
     except Exception:
         return pack_args(args, kwargs), []  # needs cloudpickle (or cannot be pickled): in-band
 
@@ -224,12 +261,14 @@ def unpack_args(
 
 
 def pack_result(value: Any) -> bytes:
+    """Never raises: whatever pickling the value raises (even KeyboardInterrupt from a
+    ``__reduce__``) becomes a SerializationError for this task alone."""
     try:
         return _OK + dumps(value)
-    except Exception as exc:
+    except BaseException as exc:
         err = SerializationError(
             f"the task's result ({type(value).__name__}) cannot be pickled: "
-            f"{type(exc).__name__}: {exc}. Return something picklable"
+            f"{type(exc).__name__}: {_safe_str(exc)}. Return something picklable"
         )
         return pack_exception(err, "")
 
@@ -237,16 +276,15 @@ def pack_result(value: Any) -> bytes:
 def pack_exception(exc: BaseException, tb: str | None = None) -> bytes:
     """Pickle an exception with its traceback text; never fails."""
     if tb is None:
-        tb = "".join(traceback.format_exception(exc))
+        tb = format_traceback(exc)
     try:
         blob = dumps((exc, tb))
         pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt: find out here
         return _RAISED + blob
-    except Exception:
+    except BaseException:
         stand_in = RemoteError(
-            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
-            "(the exception could not be pickled, so this stands in for it)",
-            exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            f"{_type_name(exc)}: {_safe_str(exc)} (the exception could not be pickled, so this stands in for it)",
+            exception_type=_type_name(exc),
         )
         return _RAISED + pickle.dumps((stand_in, tb), PROTOCOL)
 
@@ -256,9 +294,9 @@ def unpack_result(blob: bytes | memoryview) -> tuple[bool, Any]:
     status = blob[0]
     try:
         value = pickle.loads(memoryview(blob)[1:])
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit from a hostile __reduce__ too: it fails this future only
         return False, DeserializationError(
-            f"the task's result could not be unpickled here ({type(exc).__name__}: {exc}); "
+            f"the task's result could not be unpickled here ({type(exc).__name__}: {_safe_str(exc)}); "
             "is the module that defines it importable in the client?"
         )
     if status == RESULT_OK:

@@ -7,6 +7,15 @@ RESULTS batch back.  It has no timers and no threads: reads and writes block,
 the pool watches it (through a pidfd) and the kernel kills it if the pool dies
 (PR_SET_PDEATHSIG), so it can never outlive its pool.
 
+Before each task (before its arguments are even unpickled) the worker writes
+the task's id into a word of memory it shares with the pool (``--started-fd``,
+a memfd): if the worker dies, the pool knows which task it was running, and
+that the tasks after it in the batch never started.
+
+Nothing a task does or returns may kill the worker: every BaseException it
+raises, or that pickling its result or its exception raises, becomes that
+task's error.
+
 Environment, as in Parsl: PARSL_WORKER_RANK, PARSL_WORKER_COUNT, PARSL_WORKER_POOL_ID
 (set by the pool before this process starts).
 """
@@ -15,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import mmap
 import os
 import signal
 import socket
 import sys
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -46,8 +55,11 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 
 
 class Worker:
-    def __init__(self, fd: int, rank: int) -> None:
+    def __init__(self, fd: int, rank: int, started_fd: int | None = None) -> None:
         self.rank = rank
+        self.started = mmap.mmap(started_fd, protocol.STARTED.size) if started_fd is not None else None
+        if started_fd is not None:
+            os.close(started_fd)  # the mapping stays; a program a task starts must not inherit the fd
         self.functions: dict[int, Callable[..., Any] | DeserializationError] = {}
         self.shared = shm.Reader()  # large arguments the client left in shared memory
         # Blocking: this process has nothing else to do while it waits.  What sendmsg() has
@@ -93,7 +105,10 @@ class Worker:
         results: list[protocol.Blob] = []
         last_sent = time.monotonic()
         last = len(batch.ids) - 1
+        started = self.started
         for i, (task_id, key, payload) in enumerate(zip(batch.ids, batch.fn_keys, batch.payloads, strict=True)):
+            if started is not None:
+                protocol.STARTED.pack_into(started, 0, task_id)  # before anything of the task runs
             results.append(self.run_one(key, protocol.as_buffer(payload)))
             ids.append(task_id)
             if i == last or time.monotonic() - last_sent > FLUSH_SECONDS:
@@ -119,8 +134,7 @@ class Worker:
             value = fn(*args, **kwargs)
         except BaseException as exc:
             # Drop this frame from the traceback: the user's code starts one level down.
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None))
-            return serialize.pack_exception(exc, tb)
+            return serialize.pack_exception(exc, serialize.format_traceback(exc, skip=1))
         return serialize.pack_result(value)
 
 
@@ -128,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m htex.worker")
     parser.add_argument("--fd", type=int, required=True, help="this worker's end of the socketpair to the pool")
     parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--started-fd", type=int, default=None, help="a memfd shared with the pool (see above)")
     parser.add_argument("--logfile", default=None, help="debug log file (only with --debug)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
@@ -141,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
         )
         log.debug("worker rank %d started, pid %d", args.rank, os.getpid())
-    Worker(args.fd, args.rank).run()
+    Worker(args.fd, args.rank, args.started_fd).run()
     return 0
 
 

@@ -86,7 +86,7 @@ def test_status_of_a_live_executor(make_executor: Any, capsys: Any) -> None:
 
 def test_status_rate_from_two_samples(make_executor: Any) -> None:
     ex = make_executor(max_workers=2)
-    with cli.StatusClient("127.0.0.1", ex.worker_task_port) as client:
+    with cli.StatusClient(f"tcp://127.0.0.1:{ex.worker_task_port}", ex.cert_dir) as client:
         first = client.sample()
         for f in [ex.submit(noop, {}) for _ in range(200)]:
             f.result(20)
@@ -207,6 +207,7 @@ def test_pool_with_its_own_flags_ends_with_the_executor(make_executor: Any) -> N
     pool = subprocess.Popen([
         *HTEX, "pool", "-a", "127.0.0.1", "-t", str(ex.worker_task_port), "-r", str(ex.worker_result_port),
         "--hb_period", "1", "--hb_threshold", "4", "--max_workers", "1", "--logdir", ex.logdir,
+        "--cert_dir", ex.cert_dir,  # encrypted by default: without the keys it could not get in
     ])
     try:
         until(lambda: ex.connected_managers, what="the pool to register")

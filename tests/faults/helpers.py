@@ -20,6 +20,6 @@ def interchange_pid(ex: Any) -> int:
     return pid
 
 
-def handed(ex: Any) -> int:
-    """Tasks the pools have handed to their workers (so they may have started)."""
-    return sum(m["handed"] for m in ex.connected_managers)
+def held(ex: Any) -> int:
+    """Tasks the interchange has sent to pools and has no result for: they fail if their pool is lost."""
+    return sum(m["tasks"] for m in ex.connected_managers)

@@ -14,7 +14,7 @@ import pytest
 from htex import WorkerLost
 
 import tasks
-from helpers import handed, pool_pids, worker_pids
+from helpers import pool_pids, worker_pids
 from support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,12 +32,13 @@ def test_os_exit_in_a_task(make_executor: Any) -> None:
     assert ex.submit(tasks.add, {}, 1, 2).result(timeout=20) == 3
 
 
-def test_sigkill_of_a_busy_worker(make_executor: Any) -> None:
+def test_sigkill_of_a_busy_worker(make_executor: Any, tmp_path: Any) -> None:
     ex = make_executor(max_workers=1)
-    fut = ex.submit(tasks.sleep_then, {}, 30)
+    marker = tmp_path / "started"
+    fut = ex.submit(tasks.mark_then_sleep, {}, str(marker), 30)
     pool = wait_for(lambda: pool_pids(ex), what="the pool")[0]
     (worker,) = wait_for(lambda: worker_pids(pool), what="the worker")
-    wait_for(lambda: handed(ex) == 1, what="the task to reach a worker")
+    wait_for(marker.exists, what="the task to start")
     os.kill(worker, signal.SIGKILL)
     with pytest.raises(WorkerLost, match=r"killed by signal 9 \(SIGKILL\)"):
         fut.result(timeout=20)

@@ -50,7 +50,7 @@ def test_a_job_ended_from_outside_is_noticed_and_replaced(make_executor: Any) ->
     ex = make_executor(max_workers=1, heartbeat_period=5, heartbeat_threshold=30,
                        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
     fut = ex.submit(tasks.sleep_then, {}, 60)
-    wait_for(lambda: sum(m["handed"] for m in ex.connected_managers) == 1, what="the task to start")
+    wait_for(lambda: sum(m["tasks"] for m in ex.connected_managers) == 1, what="the task to start")
     (job,) = ex.blocks.values()
     t0 = time.monotonic()
     os.killpg(int(job), signal.SIGKILL)  # as `scancel` would

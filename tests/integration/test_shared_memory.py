@@ -75,7 +75,7 @@ def test_a_killed_pool_fails_its_tasks_and_the_next_ones_still_arrive_whole(make
     ex = make_executor(max_workers=1)
     (pool,) = wait_for(lambda: [m["pid"] for m in ex.connected_managers], what="the pool")
     doomed = ex.submit(tasks.sleep_then, {}, 60, os.urandom(MB))
-    wait_for(lambda: sum(m["handed"] for m in ex.connected_managers) == 1, what="the task to reach a worker")
+    wait_for(lambda: sum(m["tasks"] for m in ex.connected_managers) == 1, what="the task to reach a worker")
     os.kill(pool, signal.SIGKILL)
     with pytest.raises(ManagerLost):
         doomed.result(timeout=ex.heartbeat_threshold + 10)

@@ -100,7 +100,7 @@ def test_a_job_cancelled_from_outside_is_noticed_and_replaced(sched: Any) -> Non
     ex = _executor(sched, init_blocks=1, min_blocks=1, max_blocks=1)
     try:
         fut = ex.submit(tasks.sleep_then, {}, 120)
-        wait_for(lambda: sum(m["handed"] for m in ex.connected_managers) == 1, timeout=60, what="the task to start")
+        wait_for(lambda: sum(m["tasks"] for m in ex.connected_managers) == 1, timeout=60, what="the task to start")
         (job,) = ex.blocks.values()
         run(*CANCEL[s.name], job)
         with pytest.raises(ManagerLost):

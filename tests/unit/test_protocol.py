@@ -60,12 +60,6 @@ def test_heartbeat_is_a_header_alone() -> None:
     assert protocol.decode(frames) == protocol.Heartbeat()
 
 
-def test_progress_is_one_small_frame() -> None:
-    frames = protocol.Progress(handed=2**40).encode()
-    assert len(frames) == 1 and len(frames[0]) == 12
-    assert protocol.decode(frames) == protocol.Progress(handed=2**40)
-
-
 def _hdr(msg_type: int, version: int = protocol.PROTOCOL_VERSION) -> bytes:
     return struct.pack("<2sBB", b"HX", version, msg_type)
 
