@@ -227,8 +227,7 @@ class HighThroughputExecutor:
         self._started = True
         if not self.run_dir:
             self.run_dir = _next_run_dir("runinfo")
-        os.makedirs(self.logdir, exist_ok=True)
-        os.chmod(self.logdir, 0o700)  # logs, submit scripts and keys: the run's user's alone
+        os.makedirs(self.logdir, mode=0o700, exist_ok=True)  # logs, scripts, keys: the run's user's alone
         if self.provider.script_dir is None:
             self.provider.script_dir = os.path.join(self.logdir, "submit_scripts")
         self.cert_dir = os.path.join(self.logdir, "certs") if self.encrypted else None

@@ -71,6 +71,9 @@ def _executor(sched: Any, **provider_options: Any) -> HighThroughputExecutor:
     ex = HighThroughputExecutor(
         label=f"on-{s.name}", provider=provider, address="127.0.0.1", max_workers=1, run_dir=run_dir,
         heartbeat_period=1, heartbeat_threshold=6, max_idletime=2.0,
+        # HTCondor runs root's jobs as condorci here, who cannot read root's keys (0600); on a real
+        # pool jobs run as the submitting user. The other schedulers run them as root: encrypted.
+        encrypted=s.name != "condor",
     )
     ex.start()
     return ex
