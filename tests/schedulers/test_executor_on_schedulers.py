@@ -157,7 +157,11 @@ def test_blocks_held_by_the_scheduler_fail_with_its_reason(tmp_path: Any) -> Non
     SESSION_MARKS.append(run_dir)
     original = s.provider_class.status_polling_interval
     s.provider_class.status_polling_interval = property(lambda self: 1.0)  # type: ignore[method-assign,assignment]
-    ex = HighThroughputExecutor(label="held", provider=s.provider_class(init_blocks=1, max_blocks=1, walltime="00:10:00"),
+    provider = s.provider_class(init_blocks=1, max_blocks=1, walltime="00:10:00")
+    # Scripts beside the label's directory (that one is 0700: condor_submit could not even see them).
+    provider.script_dir = os.path.join(run_dir, "submit_scripts")
+    os.makedirs(provider.script_dir, mode=0o755)
+    ex = HighThroughputExecutor(label="held", provider=provider,
                                 address="127.0.0.1", run_dir=run_dir, heartbeat_period=1, heartbeat_threshold=6)
     try:
         ex.start()
