@@ -103,3 +103,15 @@ def scribble_on_pool_link() -> None:
     fd = int(sys.argv[sys.argv.index("--fd") + 1])
     os.write(fd, b"\xff" * 16)
     time.sleep(60)
+
+
+def append_then_sleep(path: str, index: int, seconds: float) -> int:
+    """Record that task ``index`` started (one O_APPEND write: atomic), then work ``seconds``; return ``index``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{index}\n".encode())
+    finally:
+        os.close(fd)
+    if seconds > 0:
+        time.sleep(seconds)
+    return index
