@@ -196,3 +196,15 @@ def start_daemon() -> int:
         daemon = int(f.read())
     os.waitpid(child, 0)
     return daemon
+
+
+def append_then_sleep(path: str, index: int, seconds: float) -> int:
+    """Record that task ``index`` started (one O_APPEND write: atomic), then work ``seconds``; return ``index``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{index}\n".encode())
+    finally:
+        os.close(fd)
+    if seconds > 0:
+        time.sleep(seconds)
+    return index
