@@ -1,8 +1,9 @@
 """htex: run Python functions at high throughput, from a laptop to thousands of nodes.
 
-The public names below are imported lazily (PEP 562): a worker or a pool that
-runs ``python -m htex.worker`` pays only for the modules it uses, which keeps
-start-up fast and idle memory small.
+The public names are those in the ``__all__`` of the modules in ``_PUBLIC``;
+each is written once, there.  They are imported lazily (PEP 562): a worker or
+a pool that runs ``python -m htex.worker`` never touches them, which keeps its
+start-up fast and its idle memory small.
 """
 
 from __future__ import annotations
@@ -12,84 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_ERRORS = [
-    "ConfigurationError", "DeserializationError", "ExecutorBroken", "ExecutorShutdown", "HtexError",
-    "InterchangeLost", "InvalidResourceSpecification", "ManagerLost", "ProtocolError", "ProviderError",
-    "RemoteError", "RemoteTraceback", "ScaleOutFailed", "SerializationError", "TaskLost", "VersionMismatch",
-    "WorkerLost",
-]
-_LAUNCHERS = [
-    "AprunLauncher", "GnuParallelLauncher", "JsrunLauncher", "Launcher", "MpiExecLauncher", "MpiRunLauncher",
-    "SimpleLauncher", "SingleNodeLauncher", "SrunLauncher", "SrunMPILauncher", "WrappedLauncher",
-]
-_WHERE: dict[str, str] = {
-    **{name: "htex.errors" for name in _ERRORS},
-    **{name: "htex.launchers" for name in _LAUNCHERS},
-    "HighThroughputExecutor": "htex.executor",
-    "StdlibView": "htex.executor",
-    "ExecutionProvider": "htex.providers",
-    "JobState": "htex.providers",
-    "JobStatus": "htex.providers",
-    "LocalProvider": "htex.providers",
-    "ClusterProvider": "htex.providers",
-    "CobaltProvider": "htex.providers",
-    "CondorProvider": "htex.providers",
-    "GridEngineProvider": "htex.providers",
-    "LSFProvider": "htex.providers",
-    "PBSProProvider": "htex.providers",
-    "SlurmProvider": "htex.providers",
-    "TorqueProvider": "htex.providers",
-}
+_PUBLIC = ("htex.errors", "htex.executor", "htex.launchers", "htex.providers")
+_where: dict[str, str] = {}
 
-__all__ = [
-    "AprunLauncher",
-    "ClusterProvider",
-    "CobaltProvider",
-    "CondorProvider",
-    "ConfigurationError",
-    "DeserializationError",
-    "ExecutionProvider",
-    "ExecutorBroken",
-    "ExecutorShutdown",
-    "GnuParallelLauncher",
-    "GridEngineProvider",
-    "HighThroughputExecutor",
-    "HtexError",
-    "InterchangeLost",
-    "InvalidResourceSpecification",
-    "JobState",
-    "JobStatus",
-    "JsrunLauncher",
-    "LSFProvider",
-    "Launcher",
-    "LocalProvider",
-    "ManagerLost",
-    "MpiExecLauncher",
-    "MpiRunLauncher",
-    "PBSProProvider",
-    "ProtocolError",
-    "ProviderError",
-    "RemoteError",
-    "RemoteTraceback",
-    "ScaleOutFailed",
-    "SerializationError",
-    "SimpleLauncher",
-    "SingleNodeLauncher",
-    "SlurmProvider",
-    "SrunLauncher",
-    "SrunMPILauncher",
-    "StdlibView",
-    "TaskLost",
-    "TorqueProvider",
-    "VersionMismatch",
-    "WorkerLost",
-    "WrappedLauncher",
-    "__version__",
-]
+
+def _public() -> dict[str, str]:
+    """Public name -> the module that defines it (imports the modules once)."""
+    if not _where:
+        for module in _PUBLIC:
+            _where.update(dict.fromkeys(importlib.import_module(module).__all__, module))
+    return _where
 
 
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
+    if name == "__all__":
+        return sorted([*_public(), "__version__"])
+    module = _public().get(name)
     if module is None:
         raise AttributeError(f"module 'htex' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
@@ -98,54 +37,11 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return sorted([*_public(), "__version__"])
 
 
-if TYPE_CHECKING:
-    from .errors import (
-        ConfigurationError,
-        DeserializationError,
-        ExecutorBroken,
-        ExecutorShutdown,
-        HtexError,
-        InterchangeLost,
-        InvalidResourceSpecification,
-        ManagerLost,
-        ProtocolError,
-        ProviderError,
-        RemoteError,
-        RemoteTraceback,
-        ScaleOutFailed,
-        SerializationError,
-        TaskLost,
-        VersionMismatch,
-        WorkerLost,
-    )
-    from .executor import HighThroughputExecutor, StdlibView
-    from .launchers import (
-        AprunLauncher,
-        GnuParallelLauncher,
-        JsrunLauncher,
-        Launcher,
-        MpiExecLauncher,
-        MpiRunLauncher,
-        SimpleLauncher,
-        SingleNodeLauncher,
-        SrunLauncher,
-        SrunMPILauncher,
-        WrappedLauncher,
-    )
-    from .providers import (
-        ClusterProvider,
-        CobaltProvider,
-        CondorProvider,
-        ExecutionProvider,
-        GridEngineProvider,
-        JobState,
-        JobStatus,
-        LocalProvider,
-        LSFProvider,
-        PBSProProvider,
-        SlurmProvider,
-        TorqueProvider,
-    )
+if TYPE_CHECKING:  # for type checkers and editors: the same modules, by their __all__
+    from .errors import *  # noqa: F403
+    from .executor import *  # noqa: F403
+    from .launchers import *  # noqa: F403
+    from .providers import *  # noqa: F403

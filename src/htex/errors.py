@@ -1,6 +1,7 @@
 """Every exception htex raises, in one place.
 
-The tree, grouped by who is at fault (after trio and httpx)::
+The tree, grouped by who is at fault (after trio and httpx): your code or
+configuration, the environment (a lost process, a scheduler), or htex itself::
 
     HtexError
     ├── ConfigurationError (ValueError)        your configuration is wrong
@@ -13,10 +14,12 @@ The tree, grouped by who is at fault (after trio and httpx)::
     ├── TaskLost                               the task's process went away under it
     │   ├── WorkerLost                         a worker process died while running the task
     │   └── ManagerLost                        a whole pool (node) died or went silent
+    ├── ExecutorShutdown                       your shutdown() ended the task before it finished
     ├── ExecutorBroken (concurrent.futures.BrokenExecutor)
     │   │                                      the executor can run nothing more
-    │   ├── InterchangeLost                    the interchange process died or went silent
-    │   └── ExecutorShutdown                   shutdown() ended the task before it finished
+    │   └── InterchangeLost                    the interchange process died or went silent
+    ├── CommandFailed                          the interchange could not carry out a control request
+    ├── InternalError                          a bug in htex: please report it
     ├── ProtocolError                          a message on the wire is malformed or of another version
     │   └── VersionMismatch                    a pool of another htex/Python version tried to register
     └── ProviderError                          a batch scheduler refused or failed a command
@@ -93,8 +96,17 @@ class InterchangeLost(ExecutorBroken):
     """The interchange process exited or stopped answering heartbeats."""
 
 
-class ExecutorShutdown(ExecutorBroken):
-    """The executor was shut down before the task finished."""
+class ExecutorShutdown(HtexError):
+    """The executor was shut down (by you) before the task finished.  Not an ExecutorBroken: your
+    own shutdown() is no failure of the environment, and ``except BrokenExecutor`` should not catch it."""
+
+
+class CommandFailed(HtexError):
+    """The interchange could not carry out a control request (hold a pool, drop a block, ...)."""
+
+
+class InternalError(HtexError):
+    """A bug in htex: something that must not happen did.  Please report it with the message."""
 
 
 class ProtocolError(HtexError):
@@ -125,12 +137,14 @@ class RemoteTraceback(Exception):
 
 
 __all__ = [
+    "CommandFailed",
     "ConfigurationError",
     "DeserializationError",
     "ExecutorBroken",
     "ExecutorShutdown",
     "HtexError",
     "InterchangeLost",
+    "InternalError",
     "InvalidResourceSpecification",
     "ManagerLost",
     "ProtocolError",

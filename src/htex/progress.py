@@ -20,7 +20,6 @@ whose output goes to a file or a pipe stays clean; ``enabled=True`` forces it,
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import os
 import sys
 import threading
@@ -29,6 +28,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import IO, Any
+
+from .mapping import map_in_order, run_chunk
 
 __all__ = ["Progress", "as_completed", "format_line", "map", "wait"]
 
@@ -185,11 +186,6 @@ def as_completed(futures: Iterable[Future[Any]], timeout: float | None = None, *
         yield from concurrent.futures.as_completed(futures, timeout)
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
-    # Module level in an installed module: workers import it by name.
-    return [fn(*args) for args in chunk]
-
-
 def map(executor: Any, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
         chunksize: int = 1, **options: Any) -> Iterator[Any]:
     """Like ``executor.map(fn, *iterables)``, results in order, with a progress line counted in items.
@@ -198,35 +194,27 @@ def map(executor: Any, fn: Callable[..., Any], *iterables: Iterable[Any], timeou
     or any ``concurrent.futures.Executor``.  All tasks are submitted at once, as
     ``Executor.map`` does.
     """
-    if chunksize < 1:
-        raise ValueError("chunksize must be >= 1")
     submit = _submitter(executor)
-    end = None if timeout is None else time.monotonic() + timeout
-    args = zip(*iterables, strict=False)
-    if chunksize == 1:
-        jobs = [(submit(fn, *a), 1) for a in args]
-    else:
-        jobs = []
-        while chunk := list(itertools.islice(args, chunksize)):
-            jobs.append((submit(_run_chunk, fn, chunk), len(chunk)))
-    bar = Progress(sum(w for _, w in jobs), **options)
-    for fut, weight in jobs:
-        bar.add(fut, weight)
+    bar = Progress(None, **options)
 
-    def results() -> Iterator[Any]:
+    def counted(f: Callable[..., Any], *args: Any) -> Future[Any]:
+        return bar.add(submit(f, *args), len(args[1]) if f is run_chunk else 1)  # a chunk counts its calls
+
+    try:
+        results = map_in_order(counted, fn, iterables, timeout, chunksize)
+    except BaseException:
+        bar.close()
+        raise
+    bar.total = bar.added  # every task is submitted now
+
+    def closing() -> Iterator[Any]:
         try:
-            for fut, _ in jobs:
-                left = None if end is None else end - time.monotonic()
-                if chunksize == 1:
-                    yield fut.result(left)
-                else:
-                    yield from fut.result(left)
+            yield from results
         finally:
             bar.close()
-            for fut, _ in jobs:
-                fut.cancel()
+            results.close()
 
-    return results()
+    return closing()
 
 
 def _submitter(executor: Any) -> Callable[..., Future[Any]]:

@@ -60,7 +60,7 @@ def test_garbage_on_every_port_is_dropped_and_tasks_still_run(make_executor: Any
         "task": f"tcp://127.0.0.1:{ex.worker_task_port}",
         "result": f"tcp://127.0.0.1:{ex.worker_result_port}",
         "task-ipc": f"ipc://{ex._ipc_name}-tasks",
-        "client": ex._sock.getsockopt(zmq.LAST_ENDPOINT).decode(),  # the executor's own UNIX socket
+        "client": ex._client.url,  # the executor's own UNIX socket
     }
     rng = random.Random(20261124)
     valid = _valid_messages()
@@ -145,7 +145,7 @@ def test_encrypted_executor_runs_tasks_and_refuses_strangers(make_executor: Any)
         received = ex.stats()["received"]
         # The executor's UNIX socket (its only endpoint): here the test holds the directory's key (it
         # runs as the same user); tests/security shows another user cannot even connect.
-        endpoints = {ex._sock.getsockopt(zmq.LAST_ENDPOINT).decode()}
+        endpoints = {ex._client.url}
         bogus = protocol.Tasks(array("Q", [999_999]), array("Q", [1]), [b"x"], {1: b"not a function"})
         for endpoint in endpoints:
             intruder = ctx.socket(zmq.DEALER)

@@ -39,7 +39,8 @@ def test_large_arguments_arrive_whole_through_shared_memory(make_executor: Any) 
     datas = [os.urandom(MB + i) for i in range(8)]
     futs = [ex.submit(tasks.digest, {}, d, extra=d[:100_000], tag=str(i)) for i, d in enumerate(datas)]
     assert [f.result(timeout=60) for f in futs] == [str(i) + _sha(d, d[:100_000]) for i, d in enumerate(datas)]
-    assert ex._arena.in_use >= 1 and not ex._leases  # it went through the arena, and every lease ended
+    # it went through the arena, and every lease ended
+    assert ex._inflight.arena.in_use >= 1 and not any(t.lease for t in ex._inflight._tasks.values())
     assert ex.submit(tasks.add, {}, 1, 2).result(timeout=30) == 3  # small ones stay in-band
     ex.shutdown()
     assert _memfds() == 0
@@ -51,14 +52,14 @@ def test_more_than_the_arena_holds_streams_through_it(make_executor: Any) -> Non
     data = os.urandom(MB)
     futs = [ex.submit(tasks.digest, {}, data, extra=b"%d" % i) for i in range(150)]
     assert [f.result(timeout=80) for f in futs] == [_sha(data, b"%d" % i) for i in range(150)]
-    assert sum(s.size for s in ex._arena._segments) <= shm.LIMIT_BYTES
+    assert sum(s.size for s in ex._inflight.arena._segments) <= shm.LIMIT_BYTES
 
 
 def test_in_band_when_turned_off(make_executor: Any) -> None:
     ex = make_executor(shared_memory=False)
     data = os.urandom(2 * MB)
     assert ex.submit(tasks.digest, {}, data).result(timeout=60) == _sha(data)
-    assert ex._arena is None and _memfds() == 0
+    assert ex._inflight.arena is None and _memfds() == 0
 
 
 def test_a_lost_task_is_sent_again_from_shared_memory(make_executor: Any) -> None:

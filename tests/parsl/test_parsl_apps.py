@@ -170,7 +170,7 @@ def test_cleanup_and_several_dfks_in_a_row(load_dfk: Any) -> None:
         assert add(i, 1).result() == i + 1
         parsl.dfk().cleanup()
         # cleanup() shut htex down: no interchange or pool left (no_leaks checks processes too).
-        assert ex.htex._interchange.poll() is not None
+        assert ex.htex._interchange.proc.poll() is not None
         with pytest.raises(RuntimeError, match="after shutdown"):
             ex.submit(print, {})
         with pytest.raises(parsl.errors.NoDataFlowKernelError):

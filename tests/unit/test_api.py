@@ -82,15 +82,32 @@ def test_bad_configuration_is_refused(kw: dict[str, object]) -> None:
 
 
 def test_outbox_is_cut_into_messages_by_count_and_by_bytes() -> None:
-    from htex import executor
+    from htex import client
 
     small = [(i, 1, b"x" * 10) for i in range(2500)]
-    cut = list(executor._batches(small))
-    assert [len(c) for c in cut] == [executor._BATCH, executor._BATCH, 2500 - 2 * executor._BATCH]
-    big = [(i, 1, b"x" * (executor._BATCH_BYTES // 3)) for i in range(7)]
-    cut = list(executor._batches(big))
+    cut = list(client._batches(small))
+    assert [len(c) for c in cut] == [client._BATCH, client._BATCH, 2500 - 2 * client._BATCH]
+    big = [(i, 1, b"x" * (client._BATCH_BYTES // 3)) for i in range(7)]
+    cut = list(client._batches(big))
     assert [len(c) for c in cut] == [3, 3, 1]
-    huge = [(0, 1, b"x" * (2 * executor._BATCH_BYTES)), (1, 1, b"y")]  # one task larger than the cap goes alone
-    assert [[t[0] for t in c] for c in executor._batches(huge)] == [[0], [1]]
-    assert [t for c in executor._batches(small + big) for t in c] == small + big  # all of them, in order
-    assert list(executor._batches([])) == []
+    huge = [(0, 1, b"x" * (2 * client._BATCH_BYTES)), (1, 1, b"y")]  # one task larger than the cap goes alone
+    assert [[t[0] for t in c] for c in client._batches(huge)] == [[0], [1]]
+    assert [t for c in client._batches(small + big) for t in c] == small + big  # all of them, in order
+    assert list(client._batches([])) == []
+
+
+def test_the_exports_are_complete_and_written_once() -> None:
+    """Every public name of the modules htex re-exports is in htex.__all__, and nothing else is."""
+    import importlib
+
+    expected = {"__version__"}
+    for module in ("htex.errors", "htex.executor", "htex.launchers", "htex.providers"):
+        names = importlib.import_module(module).__all__
+        assert len(names) == len(set(names)), module
+        assert not expected & set(names), f"{module} exports a name another module exports too"
+        expected |= set(names)
+    assert set(htex.__all__) == expected
+    assert {"HighThroughputExecutor", "LocalProvider", "SrunLauncher", "ManagerLost"} <= expected
+    ns: dict[str, object] = {}
+    exec("from htex import *", ns)
+    assert expected - {"__version__"} <= set(ns)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from htex.scaling import MAX_FAILED_BLOCKS, ScalingState, decide
 
 
@@ -42,14 +44,16 @@ def test_busy_blocks_are_never_scaled_in() -> None:
 
 
 def test_idle_blocks_from_manager_records() -> None:
-    from htex.executor import _idle_blocks
+    from types import SimpleNamespace
 
-    managers = [
-        {"block_id": "0", "tasks": 0, "idle_duration": 50.0},
-        {"block_id": "1", "tasks": 0, "idle_duration": 500.0},
-        {"block_id": "1", "tasks": 1, "idle_duration": 0.0},  # a second pool of block 1 is busy
-        {"block_id": "2", "tasks": 0, "idle_duration": 300.0},
-        {"block_id": "3", "tasks": 0, "idle_duration": 200.0},
+    from htex.scaling import idle_blocks as _idle_blocks
+
+    managers: list[Any] = [
+        SimpleNamespace(block_id="0", tasks=0, idle_duration=50.0),
+        SimpleNamespace(block_id="1", tasks=0, idle_duration=500.0),
+        SimpleNamespace(block_id="1", tasks=1, idle_duration=0.0),  # a second pool of block 1 is busy
+        SimpleNamespace(block_id="2", tasks=0, idle_duration=300.0),
+        SimpleNamespace(block_id="3", tasks=0, idle_duration=200.0),
     ]
     assert _idle_blocks(["0", "1", "2", "3"], managers, 120) == ("2", "3")
     assert _idle_blocks(["0", "1", "2"], managers, 10) == ("2", "0")

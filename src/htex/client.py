@@ -1,0 +1,387 @@
+"""The executor's side of the wire: the interchange process, and the one thread that talks to it.
+
+::
+
+    user threads           ClientThread (owns the socket)          interchange process
+    submit() ---Outbox---> send TASKS batches  ------------------> queue, dispatch to pools
+    Future   <--settle---- RESULTS / TasksFailed  <--------------- results from pools
+    request() <-Future---- StatusReply / Done / Failed             (typed control messages)
+                           Heartbeat both ways; the pidfd of the interchange
+
+``submit()`` puts a task in the Outbox and, if the thread is not already
+awake, wakes it through a pipe; the thread sends everything waiting as one
+batch.  Under load many tasks share one message and one wake-up; when idle a
+task leaves at once.
+
+The thread is the only one that touches the socket, and it owns its
+resources: the socket, the wake-up pipe and the interchange's pidfd.  When it
+ends (asked to, or the interchange died, or a bug) it fails every future
+still pending and closes what it owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import zmq
+
+from . import procs, protocol, serialize, shm
+from .errors import CommandFailed, InterchangeLost, InternalError, ManagerLost, ProtocolError, TaskLost
+from .inflight import Inflight, Lifecycle, settle, shutdown_error
+
+log = logging.getLogger("htex.executor")
+
+READY_SECONDS = 30.0  # for the interchange to start and say Ready
+INTERCHANGE_STOP_SECONDS = 2.0  # for the interchange to stop when asked, before it is killed
+_BATCH = 1024  # tasks per message to the interchange, at most
+# Bytes of payload per message, about: the interchange keeps a task's payload as a view of
+# the frame it came in, so one task still running keeps its whole message in memory.
+_BATCH_BYTES = 1 << 20
+_LOST = {protocol.LostReason.MANAGER_LOST: ManagerLost}
+
+
+class InterchangeProcess:
+    """The interchange, a child process: spawned with its configuration on stdin, stopped in order."""
+
+    def __init__(self, config: protocol.InterchangeConfig, pass_fds: list[int], logdir: str) -> None:
+        self.stderr_path = os.path.join(logdir, "interchange.stderr")
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "htex.interchange"],
+                stdin=subprocess.PIPE, stdout=err, stderr=err, pass_fds=pass_fds,
+                start_new_session=True,  # the terminal's Ctrl-C is ours; we stop it in order
+            )
+        # On stdin, not the command line: any local user can read /proc/<pid>/cmdline.
+        assert self.proc.stdin is not None
+        with self.proc.stdin as pipe:
+            pipe.write(config.to_json())
+        self.logdir = logdir
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, grace: float = INTERCHANGE_STOP_SECONDS) -> None:
+        """Wait up to ``grace`` s for it to exit (it was asked to, over the socket), then kill it."""
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            log.warning("the interchange did not stop in %g s; killing it", grace)
+            self.proc.kill()
+            self.proc.wait()
+
+    def describe_exit(self) -> str:
+        how = procs.describe_exit(self.proc.poll())
+        tail = procs.tail(self.stderr_path)
+        return f"it {how}" + (f"; its stderr ends with:\n{tail}" if tail else f"; see {self.logdir}/interchange.log")
+
+
+class Outbox:
+    """What the user's threads hand to the I/O thread: tasks, the functions they need, control messages.
+
+    It holds the write end of the wake-up pipe, under its lock: the I/O thread closes it when it
+    ends, and a write after that must not land in whatever file reused the descriptor.
+    """
+
+    def __init__(self, wake_fd: int) -> None:
+        self.lock = threading.Lock()
+        self.wake_fd = wake_fd
+        self.tasks: list[tuple[int, int, bytes]] = []
+        self.functions: dict[int, protocol.Blob] = {}
+        self.control: list[protocol.Message] = []
+        self.awake = False  # a wake-up is on its way: no need for another
+
+    def put(self, task: tuple[int, int, bytes] | None = None, function: tuple[int, bytes] | None = None,
+            control: protocol.Message | None = None) -> None:
+        """Queue, and wake the I/O thread unless a wake-up is on its way already."""
+        with self.lock:
+            if function is not None:
+                self.functions[function[0]] = function[1]
+            if task is not None:
+                self.tasks.append(task)
+            if control is not None:
+                self.control.append(control)
+            if not self.awake:
+                self.awake = True
+                self._wake()
+
+    def wake(self) -> None:
+        with self.lock:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self.wake_fd >= 0:
+            try:
+                os.write(self.wake_fd, b"x")
+            except BlockingIOError:
+                pass  # the pipe has bytes waiting: the thread will wake
+
+    def close(self) -> None:
+        with self.lock:
+            fd, self.wake_fd = self.wake_fd, -1
+        os.close(fd)
+
+    def take(self) -> tuple[list[tuple[int, int, bytes]], dict[int, protocol.Blob], list[protocol.Message]]:
+        with self.lock:
+            taken = self.tasks, self.functions, self.control
+            self.tasks, self.functions, self.control = [], {}, []
+            self.awake = False
+            return taken
+
+
+class ClientThread(threading.Thread):
+    """The I/O thread: sends the Outbox, completes futures from results, answers requests, keeps time."""
+
+    def __init__(self, label: str, ipc_dir: str, heartbeat_period: float, heartbeat_threshold: float,
+                 lifecycle: Lifecycle, inflight: Inflight, arena: shm.Arena | None,
+                 on_event: Callable[[protocol.Message], None], on_broken: Callable[[BaseException], None]) -> None:
+        super().__init__(name=f"htex-io-{label}", daemon=True)
+        self.heartbeat_period = heartbeat_period
+        self.heartbeat_threshold = heartbeat_threshold
+        self.lifecycle = lifecycle
+        self.inflight = inflight
+        self.arena = arena
+        self.on_event = on_event
+        self.on_broken = on_broken
+        self._wake_r, wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(wake_w, False)
+        self.outbox = Outbox(wake_w)
+        self.identity = b"ic-" + os.urandom(16).hex().encode()
+        self.ready = threading.Event()
+        self.start_error: BaseException | None = None
+        self.process: InterchangeProcess | None = None
+        self._replies: dict[int, Future[Any]] = {}
+        self._req = 0
+        self._stop = False
+        self._last_heard = self._last_sent = self._next_trim = 0.0
+        # Made here, before the interchange is spawned (it needs the URL); from now on only run() uses them.
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 0), (zmq.ROUTER_MANDATORY, 1)):
+            self._sock.setsockopt(opt, val)
+        # A UNIX socket in the run's private directory: ~50 us cheaper per message than loopback TCP,
+        # and the directory's mode (0700) keeps other users out.
+        self.url = f"ipc://{ipc_dir}/client"
+        self._sock.bind(self.url)
+        self._pidfd = -1
+
+    # -- from other threads ------------------------------------------------------
+
+    def run_interchange(self, process: InterchangeProcess) -> None:
+        """Watch this interchange (its pidfd) and start the loop."""
+        self.process = process
+        self._pidfd = os.pidfd_open(process.pid)
+        self.start()
+
+    def send(self, task: tuple[int, int, bytes] | None = None, function: tuple[int, bytes] | None = None,
+             control: protocol.Message | None = None) -> None:
+        self.outbox.put(task, function, control)
+
+    def request(self, make: Callable[[int], protocol.Message]) -> Future[Any]:
+        """Send the control message ``make(req)``; the future gets the interchange's answer."""
+        fut: Future[Any] = Future()
+        with self.outbox.lock:
+            self._req += 1
+            req = self._req
+            self._replies[req] = fut
+        self.send(control=make(req))
+        return fut
+
+    def stop(self) -> None:
+        self._stop = True
+        self.outbox.wake()
+
+    def discard(self) -> None:
+        """Close what was made for a thread that never ran (start() failed before the interchange)."""
+        assert not self.is_alive()
+        self._sock.close(linger=0)
+        self._ctx.term()
+        self.outbox.close()
+        os.close(self._wake_r)
+
+    def is_current(self) -> bool:
+        return threading.current_thread() is self
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        for source in (self._sock, self._wake_r, self._pidfd):
+            poller.register(source, zmq.POLLIN)
+        self._last_heard = self._last_sent = time.monotonic()
+        reason: BaseException = shutdown_error()
+        try:
+            while not self._stop:
+                events = dict(poller.poll(self._timeout_ms()))
+                if self._wake_r in events:
+                    self._drain_wakeups()
+                if self._sock in events:
+                    self._read()
+                if self._pidfd in events:
+                    poller.unregister(self._pidfd)
+                    self._interchange_died()
+                self._send_outbox()
+                self._keep_time()
+        except BaseException as exc:  # a bug here must not leave futures hanging
+            log.exception("the executor's I/O thread failed")
+            reason = InternalError(f"htex's I/O thread failed: {exc!r}; every pending task failed with this. "
+                                   "This is a bug in htex: please report it")
+            self.on_broken(reason)
+        finally:
+            self._close(reason)
+
+    def _timeout_ms(self) -> int:
+        now = time.monotonic()
+        due = min(self._last_sent + self.heartbeat_period, self._last_heard + self.heartbeat_threshold)
+        if not self.ready.is_set():
+            due = min(due, self._last_heard + READY_SECONDS)
+        if self.arena is not None and self.arena.in_use:
+            due = min(due, self._next_trim)  # so idle shared memory goes back within seconds
+        return max(0, int((due - now) * 1000) + 1)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _send_outbox(self) -> None:
+        if not self.outbox.awake:
+            return
+        tasks, functions, control = self.outbox.take()
+        for chunk in _batches(tasks):
+            ids = protocol.u64_array(t[0] for t in chunk)
+            self._to_interchange(protocol.Tasks(ids, protocol.u64_array(t[1] for t in chunk), [t[2] for t in chunk],
+                                                functions))
+            functions = {}
+        if functions:  # functions of tasks already failed at submit: harmless to send
+            self._to_interchange(protocol.Tasks(protocol.u64_array(), protocol.u64_array(), [], functions))
+        for msg in control:
+            self._to_interchange(msg)
+
+    def _to_interchange(self, msg: protocol.Message) -> None:
+        try:
+            self._sock.send_multipart([self.identity, *msg.encode()], copy=False)
+        except zmq.ZMQError as exc:
+            log.warning("cannot reach the interchange: %s", exc)
+        self._last_sent = time.monotonic()
+
+    def _read(self) -> None:
+        for _ in range(256):
+            try:
+                ident, *frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if ident.bytes != self.identity:
+                continue  # only the interchange can reach this socket (0700 directory): nothing to log
+            self._last_heard = time.monotonic()
+            try:
+                self._on_message(protocol.decode(frames))
+            except ProtocolError as exc:
+                log.error("bad message from the interchange: %s", exc)
+
+    def _on_message(self, msg: protocol.Message) -> None:
+        if isinstance(msg, protocol.Results):
+            self._complete(msg)
+        elif isinstance(msg, protocol.TasksFailed):
+            cls = _LOST.get(msg.error, TaskLost)
+            for tid in msg.ids:
+                self._lost(tid, cls(msg.message))
+        elif isinstance(msg, protocol.StatusReply | protocol.Done | protocol.Failed):
+            reply = self._replies.pop(msg.req, None)
+            if reply is not None:
+                ok = not isinstance(msg, protocol.Failed)
+                settle(reply, ok, msg if ok else CommandFailed(f"the interchange could not do it: {msg.reason}"))
+        elif isinstance(msg, protocol.Ready):
+            self.ready.set()
+        elif not isinstance(msg, protocol.Heartbeat):
+            self.on_event(msg)
+
+    def _complete(self, msg: protocol.Results) -> None:
+        for tid, blob in zip(msg.ids, msg.payloads, strict=True):
+            ok, value = serialize.unpack_result(protocol.as_buffer(blob))
+            if not ok and isinstance(value, TaskLost):
+                self._lost(tid, value)
+                continue
+            fut = self.inflight.finish(tid)
+            if fut is not None:
+                settle(fut, ok, value)
+
+    def _lost(self, tid: int, exc: TaskLost) -> None:
+        again = self.inflight.resend(tid, exc)
+        if again is not None:
+            self.outbox.put(task=(tid, *again))
+            return
+        fut = self.inflight.finish(tid, lost=True)
+        if fut is not None:
+            settle(fut, False, exc)
+
+    def _interchange_died(self) -> None:
+        assert self.process is not None
+        self.process.proc.wait()
+        if self.lifecycle.shutting_down:
+            self._stop = True
+            return
+        reason = InterchangeLost(f"the interchange (pid {self.process.pid}) died: {self.process.describe_exit()}. "
+                                 "Every pending task failed; create a new executor to go on")
+        self._fail_start_or_break(reason)
+
+    def _keep_time(self) -> None:
+        now = time.monotonic()
+        if not self.ready.is_set() and now - self._last_heard > READY_SECONDS:
+            self._fail_start_or_break(InterchangeLost(f"the interchange did not start within {READY_SECONDS:g} s"))
+        elif now - self._last_heard > self.heartbeat_threshold and self.lifecycle.running:
+            self.on_broken(InterchangeLost(
+                f"the interchange sent nothing for {now - self._last_heard:.0f} s "
+                f"(heartbeat_threshold={self.heartbeat_threshold}); it is hung or unreachable"
+            ))
+        if now - self._last_sent >= self.heartbeat_period:
+            self._to_interchange(protocol.Heartbeat())
+        if self.arena is not None and now >= self._next_trim:
+            self.arena.trim()  # an idle executor gives its shared memory back
+            self._next_trim = now + 1.0
+
+    def _fail_start_or_break(self, reason: BaseException) -> None:
+        if not self.ready.is_set():
+            self.start_error = reason
+            self._stop = True
+            self.ready.set()  # start() is waiting: it raises start_error
+        else:
+            self.on_broken(reason)
+
+    def _close(self, reason: BaseException) -> None:
+        """The thread's last act: fail what still waits, close what it owns."""
+        self._send_outbox()  # a Shutdown queued last
+        self.inflight.fail_all(reason)
+        for reply in list(self._replies.values()):
+            settle(reply, False, reason)
+        self._replies.clear()
+        self._sock.close(linger=0)
+        self._ctx.term()
+        self.outbox.close()
+        os.close(self._wake_r)
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+        self.ready.set()
+
+
+def _batches(tasks: list[tuple[int, int, bytes]]) -> Iterator[list[tuple[int, int, bytes]]]:
+    """Cut the outbox into messages of at most _BATCH tasks and about _BATCH_BYTES of payload."""
+    start, size = 0, 0
+    for i, task in enumerate(tasks):
+        if i > start and (i - start >= _BATCH or size + len(task[2]) > _BATCH_BYTES):
+            yield tasks[start:i]
+            start, size = i, 0
+        size += len(task[2])
+    if start < len(tasks):
+        yield tasks[start:]
