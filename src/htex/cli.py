@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import zmq
 
-from . import __version__, protocol, security
+from . import __version__, poolcmd, protocol, security
 from .progress import format_line
 
 CONNECTION_FILE = "connection.json"
@@ -107,18 +107,11 @@ def _pick_address(addresses: Sequence[str]) -> str:
 
 def pool_argv(label_dir: str, info: dict[str, Any]) -> list[str]:
     """process_worker_pool flags that connect to the executor described by connection.json."""
-    argv = [
-        "-a", ",".join(info["addresses"]),
-        "-t", str(info["task_port"]),
-        "-r", str(info["result_port"]),
-        "--hb_period", str(info.get("heartbeat_period", 30)),
-        "--hb_threshold", str(info.get("heartbeat_threshold", 120)),
-        "--logdir", label_dir,
-    ]
-    cert_dir = _cert_dir(label_dir, info)
-    if cert_dir:
-        argv.append(f"--cert_dir={cert_dir}")
-    return argv
+    return poolcmd.join_argv(
+        info["addresses"], info["task_port"], info["result_port"],
+        heartbeat_period=info.get("heartbeat_period", 30), heartbeat_threshold=info.get("heartbeat_threshold", 120),
+        logdir=label_dir, cert_dir=_cert_dir(label_dir, info),
+    )
 
 
 def cmd_pool(args: argparse.Namespace, rest: list[str]) -> int:

@@ -12,13 +12,21 @@ A stream has no message boundaries, so each message carries its own::
 
 The frames are the ones ``protocol`` makes (``Message.encode()``), so both
 ends still speak the versioned protocol; this module only delimits them.
+
+The worker's end is a plain blocking socket (it has nothing else to do while
+it waits); the pool's end of each link is a ``WorkerLink``, read and written
+without ever blocking: the pool serves every worker and the interchange from
+one thread, and a worker that stops reading (SIGSTOP, swapped out) must hold
+up only its own batch.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+import zmq
 
 from .errors import ProtocolError
 from .protocol import Blob, as_buffer
@@ -37,6 +45,9 @@ _IOV_MAX = 1024
 _INITIAL = 64 * 1024
 # How far a buffer may grow ahead of the bytes received, on the word of a header alone.
 _AHEAD = 64 * 1024 * 1024
+
+
+Frames = list[bytes | memoryview]  # one message, as it comes out of a Decoder
 
 
 def pack(frames: Sequence[Blob]) -> list[bytes | memoryview]:
@@ -169,3 +180,87 @@ class Decoder:
             else:
                 old[:pending] = old[self._start : self._end]  # overlapping: memoryview copies with memmove
         self._start, self._end = 0, pending
+
+
+class WorkerLink:
+    """The pool's end of one worker's socketpair: reads cut into messages, and sends that never block.
+
+    What the socket cannot take at once waits here (``outgoing``) and goes
+    with ``flush()`` when the socket is writable again; the link keeps its
+    registration with the pool's poller in step: POLLIN always, POLLOUT too
+    while bytes wait, since a socket with room to write is writable nearly
+    always and would wake the pool for nothing.  ``fd`` stays the key of the
+    link after ``close()``: the pool looks links up by the fds its poller
+    reports.
+    """
+
+    def __init__(self, sock: socket.socket, poller: zmq.Poller) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.decoder = Decoder()
+        self.outgoing: list[bytes | memoryview] = []
+        self.closed = False
+        self._poller = poller
+        self._events = zmq.POLLIN  # what the poller watches the socket for
+        poller.register(self.fd, zmq.POLLIN)
+
+    def read(self) -> list[Frames] | None:
+        """One read that does not wait: the messages it completed ([] if none, or if nothing was there).
+
+        None at the end of the stream (or a reset): the worker is gone or
+        going.  A corrupt stream raises ProtocolError; it cannot be resynchronised.
+        """
+        n = self._recv()
+        if n == 0:
+            return None
+        return self.decoder.messages() if n > 0 else []
+
+    def drain(self) -> Iterator[Frames]:
+        """Every message still in the socket, read to the end of the stream or until nothing more is there.
+
+        For a worker that has died: what it sent before it died (results)
+        still counts.  A generator, so that what came before a corrupt part
+        is acted on before the ProtocolError.
+        """
+        while self._recv() > 0:
+            yield from self.decoder.messages()
+
+    def _recv(self) -> int:
+        """Bytes read; 0 at the end of the stream (or a reset); -1 if nothing is there now."""
+        if self.closed:
+            return 0
+        try:
+            return self.decoder.read(self.sock, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return -1
+        except ConnectionResetError:
+            return 0
+
+    def send(self, frames: Sequence[Blob]) -> None:
+        """Send one message without blocking; what the socket cannot take now goes with ``flush()``.
+
+        Raises OSError (EPIPE, ECONNRESET) if the worker is gone.
+        """
+        waiting = bool(self.outgoing)
+        self.outgoing += pack(frames)
+        if not waiting:  # else it goes behind what waits, when the socket is writable
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what waits, as much as the socket takes now; raises OSError if the worker is gone."""
+        if self.closed:
+            return
+        self.outgoing = send_some(self.sock, self.outgoing, socket.MSG_DONTWAIT)
+        want = zmq.POLLIN | zmq.POLLOUT if self.outgoing else zmq.POLLIN
+        if want != self._events:
+            self._poller.modify(self.fd, want)
+            self._events = want
+
+    def close(self) -> None:
+        """Give the worker nothing more: forget what waits, leave the poller, close our end (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.outgoing = []
+        self._poller.unregister(self.fd)  # before close: the fd number may be reused at once
+        self.sock.close()

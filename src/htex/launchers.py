@@ -85,83 +85,81 @@ def _script_launcher(wrap: str, command: str, debug: str, bash: str = "/bin/bash
     )
 
 
-class SrunLauncher(Launcher):
+class _RunnerLauncher(Launcher):
+    """Base of the launchers that start the command through a parallel runner (srun, aprun, mpiexec, ...).
+
+    Each says only how its runner is called (``runner``); the user's
+    ``overrides`` follow it, and the command goes in a script file (see
+    _script_launcher).
+    """
+
+    def __init__(self, debug: bool = True, overrides: str = "") -> None:
+        super().__init__(debug)
+        self.overrides = overrides
+
+    def runner(self, tasks_per_node: int, nodes_per_block: int) -> str:
+        raise NotImplementedError
+
+    def shell(self) -> str:
+        """The shell the runner starts the command file with, on each node."""
+        return "/bin/bash"
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        wrap = f"{self.runner(tasks_per_node, nodes_per_block)} {self.overrides}".rstrip()
+        return _script_launcher(wrap, command, self._debug(), self.shell())
+
+
+class SrunLauncher(_RunnerLauncher):
     """One pool per node (times tasks_per_node) with Slurm's srun."""
 
-    def __init__(self, debug: bool = True, overrides: str = "") -> None:
-        super().__init__(debug)
-        self.overrides = overrides
-
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
-        total = tasks_per_node * nodes_per_block
-        wrap = f"srun --ntasks={total} --ntasks-per-node={tasks_per_node} -l {self.overrides}".rstrip()
-        return _script_launcher(wrap, command, self._debug())
+    def runner(self, tasks_per_node: int, nodes_per_block: int) -> str:
+        return f"srun --ntasks={tasks_per_node * nodes_per_block} --ntasks-per-node={tasks_per_node} -l"
 
 
-class SrunMPILauncher(Launcher):
+class SrunMPILauncher(_RunnerLauncher):
     """For MPI applications: one pool on the block's first node, with the nodes left for mpirun."""
 
-    def __init__(self, debug: bool = True, overrides: str = "") -> None:
-        super().__init__(debug)
-        self.overrides = overrides
-
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
-        wrap = f"srun --ntasks=1 --nodes=1 --exclusive {self.overrides}".rstrip()
-        return _script_launcher(wrap, command, self._debug())
+    def runner(self, tasks_per_node: int, nodes_per_block: int) -> str:
+        return "srun --ntasks=1 --nodes=1 --exclusive"
 
 
-class AprunLauncher(Launcher):
+class AprunLauncher(_RunnerLauncher):
     """Cray's aprun: -n total tasks, -N per node."""
 
-    def __init__(self, debug: bool = True, overrides: str = "") -> None:
-        super().__init__(debug)
-        self.overrides = overrides
-
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
-        total = tasks_per_node * nodes_per_block
-        wrap = f"aprun -n {total} -N {tasks_per_node} {self.overrides}".rstrip()
-        return _script_launcher(wrap, command, self._debug())
+    def runner(self, tasks_per_node: int, nodes_per_block: int) -> str:
+        return f"aprun -n {tasks_per_node * nodes_per_block} -N {tasks_per_node}"
 
 
-class MpiExecLauncher(Launcher):
+class MpiExecLauncher(_RunnerLauncher):
     """mpiexec (MPICH/Hydra): one copy per slot of the job's host list."""
 
     def __init__(self, debug: bool = True, bind_cmd: str = "--bind-to", overrides: str = "") -> None:
-        super().__init__(debug)
+        super().__init__(debug, overrides)
         self.bind_cmd = bind_cmd
-        self.overrides = overrides
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
-        total = tasks_per_node * nodes_per_block
-        wrap = f"mpiexec -n {total} -ppn {tasks_per_node} {self.bind_cmd} none {self.overrides}".rstrip()
-        return _script_launcher(wrap, command, self._debug())
+    def runner(self, tasks_per_node: int, nodes_per_block: int) -> str:
+        return f"mpiexec -n {tasks_per_node * nodes_per_block} -ppn {tasks_per_node} {self.bind_cmd} none"
 
 
-class MpiRunLauncher(Launcher):
+class MpiRunLauncher(_RunnerLauncher):
     """Open MPI's mpirun."""
 
     def __init__(self, debug: bool = True, bash_location: str = "/bin/bash", overrides: str = "") -> None:
-        super().__init__(debug)
+        super().__init__(debug, overrides)
         self.bash_location = bash_location
-        self.overrides = overrides
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
-        total = tasks_per_node * nodes_per_block
-        wrap = f"mpirun -np {total} {self.overrides}".rstrip()
-        return _script_launcher(wrap, command, self._debug(), self.bash_location)
+    def shell(self) -> str:
+        return self.bash_location
+
+    def runner(self, tasks_per_node: int, nodes_per_block: int) -> str:
+        return f"mpirun -np {tasks_per_node * nodes_per_block}"
 
 
-class JsrunLauncher(Launcher):
+class JsrunLauncher(_RunnerLauncher):
     """IBM's jsrun (Summit-class machines): one resource set per node."""
 
-    def __init__(self, debug: bool = True, overrides: str = "") -> None:
-        super().__init__(debug)
-        self.overrides = overrides
-
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
-        total = tasks_per_node * nodes_per_block
-        wrap = f"jsrun -n {total} -r {tasks_per_node} {self.overrides}".rstrip()
-        return _script_launcher(wrap, command, self._debug())
+    def runner(self, tasks_per_node: int, nodes_per_block: int) -> str:
+        return f"jsrun -n {tasks_per_node * nodes_per_block} -r {tasks_per_node}"
 
 
 # The job's nodes, one per line, in $HTEX_HOSTS: each scheduler names them its own way.

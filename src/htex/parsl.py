@@ -61,6 +61,7 @@ except ImportError as exc:  # pragma: no cover - exercised only where Parsl is m
         f"htex.parsl needs Parsl, which is not installed here ({exc}). Install it with: pip install htex[parsl]"
     ) from exc
 
+from . import procs
 from .errors import ConfigurationError, ProviderError
 from .executor import HighThroughputExecutor as _HtexExecutor
 from .providers.base import ExecutionProvider, JobState, JobStatus
@@ -163,24 +164,12 @@ class ParslProvider(ExecutionProvider):
         if state is JobState.FAILED and not message:
             # Parsl's LocalProvider reports a failed block with only an exit code and the
             # paths of its output: put the end of its stderr where htex's errors look.
-            tail = _tail(getattr(st, "stderr_path", None))
+            tail = procs.tail(getattr(st, "stderr_path", None))
             message = f"exit code {st.exit_code}" + (f"; stderr ends with:\n{tail}" if tail else "")
         return JobStatus(state, message, st.exit_code, getattr(st, "stdout_path", None), getattr(st, "stderr_path", None))
 
     def __repr__(self) -> str:
         return f"ParslProvider({self.parsl_provider!r})"
-
-
-def _tail(path: str | None, size: int = 1500) -> str:
-    if not path:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - size))
-            return f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def as_htex_provider(provider: Any) -> ExecutionProvider | None:

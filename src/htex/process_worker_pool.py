@@ -34,13 +34,18 @@ The pool is a child subreaper: a process a task leaves behind, even in a
 session of its own (a daemon), becomes our child when its parent exits, and
 is stopped when the pool stops.
 
+Two classes: ``Manager`` runs the loop and keeps the tasks (the queue, the
+batches handed out, the results going back); ``Workers`` keeps the worker
+processes (start, link, notice a death, replace).  Each worker's link is a
+``framing.WorkerLink``.
+
 Started by the provider as ``process_worker_pool`` (or ``python -m
-htex.process_worker_pool``) with the flags Parsl's pool takes.
+htex.process_worker_pool``) with the flags Parsl's pool takes (poolcmd.py
+reads them, and writes them for the executor).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import mmap
@@ -50,6 +55,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -59,7 +65,7 @@ from typing import Any
 import psutil
 import zmq
 
-from . import __version__, framing, protocol, security, serialize
+from . import __version__, framing, poolcmd, procs, protocol, security, serialize
 from .errors import ProtocolError, WorkerLost
 
 log = logging.getLogger("htex.pool")
@@ -73,6 +79,10 @@ MAX_START_FAILURES = 3
 # long enough to amortise a message, short enough that long tasks go one by one.
 WORKER_BATCH = 32
 BATCH_SECONDS = 0.002
+# At shutdown: how long workers, and then what tasks left behind, get between SIGTERM and SIGKILL.
+STOP_GRACE = 2.0
+
+Task = tuple[int, int, protocol.Blob]  # task id, function key, payload
 
 
 class _Stop(Exception):
@@ -115,36 +125,229 @@ class _WorkerSlot:
     rank: int
     proc: subprocess.Popen[bytes] | None = None
     pidfd: int = -1
-    link: socket.socket | None = None  # our end of the socketpair; None once the worker is gone
-    decoder: framing.Decoder = field(default_factory=framing.Decoder)
+    link: framing.WorkerLink | None = None  # None once the worker is gone or going
     ready: bool = False
     tasks: list[int] = field(default_factory=list)  # handed to it, no result yet, in order
     sent_at: float = 0.0
     functions: set[int] = field(default_factory=set)
-    outgoing: list[bytes | memoryview] = field(default_factory=list)  # what the link did not take yet
-    polled: int = zmq.POLLIN  # the events its link is polled for (POLLOUT while outgoing waits)
     started: mmap.mmap | None = None  # shared with the worker: the id of the task it started last
 
     def started_task(self) -> int:
         return protocol.STARTED.unpack_from(self.started)[0] if self.started is not None else 0
 
 
+class Workers:
+    """The pool's worker processes: start each one with its link, notice its death, replace it.
+
+    Every worker's link and pidfd are registered with the pool's poller; the
+    pool hands the fds its poller reports to ``lookup``.  Which tasks a
+    worker holds is the Manager's business (``_WorkerSlot.tasks``).
+    """
+
+    def __init__(self, cfg: PoolConfig, count: int, poller: zmq.Poller) -> None:
+        self.cfg = cfg
+        self.count = count
+        self.poller = poller
+        self.slots = [_WorkerSlot(rank) for rank in range(count)]
+        self.idle: deque[int] = deque()  # ranks of the workers waiting for a batch, in the order they freed up
+        self.by_pidfd: dict[int, _WorkerSlot] = {}
+        self.by_link: dict[int, _WorkerSlot] = {}  # fd of our end of a worker's socketpair
+        self.start_failures = 0
+
+    def lookup(self, events: dict[Any, int]) -> tuple[list[_WorkerSlot], list[_WorkerSlot], list[_WorkerSlot]]:
+        """The workers whose link is readable, whose link is writable, and that have exited.
+
+        Looked up at once, before any is handled: reaping closes fds and
+        opens new ones, which may reuse their numbers.
+        """
+        readable, writable, dead = [], [], []
+        for fd, ev in events.items():
+            if (slot := self.by_link.get(fd)) is not None:
+                if ev & ~zmq.POLLOUT:
+                    readable.append(slot)
+                if ev & zmq.POLLOUT:
+                    writable.append(slot)
+            elif (slot := self.by_pidfd.get(fd)) is not None:
+                dead.append(slot)
+        return readable, writable, dead
+
+    def start(self, slot: _WorkerSlot) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        started_fd = os.memfd_create(f"htex-started-{slot.rank}")
+        os.ftruncate(started_fd, protocol.STARTED.size)
+        try:
+            if slot.started is not None:
+                slot.started.close()
+            slot.started = mmap.mmap(started_fd, protocol.STARTED.size)
+            slot.proc = subprocess.Popen(
+                self._command(slot, theirs.fileno(), started_fd), env=self._environment(slot),
+                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), started_fd),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            # Only the worker may hold its end: then its exit is an end of stream on ours.
+            theirs.close()
+            os.close(started_fd)  # the mapping stays
+        slot.pidfd = os.pidfd_open(slot.proc.pid)
+        slot.link = framing.WorkerLink(ours, self.poller)
+        self.by_link[slot.link.fd] = slot
+        slot.ready = False
+        slot.tasks = []
+        slot.functions = set()
+        self.by_pidfd[slot.pidfd] = slot
+        self.poller.register(slot.pidfd, zmq.POLLIN)
+
+    def _command(self, slot: _WorkerSlot, link_fd: int, started_fd: int) -> list[str]:
+        cmd = [sys.executable, "-m", "htex.worker", "--fd", str(link_fd), "--rank", str(slot.rank),
+               "--started-fd", str(started_fd)]
+        if self.cfg.debug:
+            cmd += ["--debug", "--logfile", os.path.join(self.cfg.logdir, f"worker_{slot.rank}.log")]
+        return cmd
+
+    def _environment(self, slot: _WorkerSlot) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PARSL_WORKER_RANK=str(slot.rank),
+            PARSL_WORKER_COUNT=str(self.count),
+            PARSL_WORKER_POOL_ID=self.cfg.manager_id,
+            PARSL_WORKER_BLOCK_ID=self.cfg.block_id,
+        )
+        return env
+
+    def read(self, slot: _WorkerSlot) -> list[protocol.Message]:
+        """What one read from a worker's link completed.
+
+        End of stream or a reset means the worker is exiting: its pidfd
+        reports that too, and the Manager's _reap does the accounting, so here
+        the link is just closed.
+        """
+        messages: list[protocol.Message] = []
+        if slot.link is None:
+            return messages
+        try:
+            frames = slot.link.read()
+            if frames is None:
+                self.drop_link(slot)
+                return messages
+            for f in frames:
+                messages.append(protocol.decode(f))
+        except ProtocolError as exc:
+            self._garbage(slot, exc)  # what came before the garbage still counts
+        return messages
+
+    def _garbage(self, slot: _WorkerSlot, exc: ProtocolError) -> None:
+        # A stream cannot be resynchronised: stop the worker; _reap fails its task and replaces it.
+        log.error("worker %d sent garbage (%s); killing it", slot.rank, exc)
+        assert slot.proc is not None
+        slot.proc.kill()
+        self.drop_link(slot)
+
+    def send(self, slot: _WorkerSlot, frames: list[protocol.Blob]) -> None:
+        """Send without blocking (a worker that does not read must not stop the pool: see WorkerLink)."""
+        assert slot.link is not None  # a slot whose link is closed is never idle
+        try:
+            slot.link.send(frames)
+        except OSError as exc:
+            self._gone(slot, exc)
+
+    def flush(self, slot: _WorkerSlot) -> None:
+        if slot.link is not None:
+            try:
+                slot.link.flush()
+            except OSError as exc:
+                self._gone(slot, exc)
+
+    def _gone(self, slot: _WorkerSlot, exc: OSError) -> None:
+        # It died (EPIPE, ECONNRESET): its pidfd says so too, and _reap fails or requeues the batch.
+        log.info("worker %d is gone before its batch went out: %s", slot.rank, exc)
+        self.drop_link(slot)
+
+    def drop_link(self, slot: _WorkerSlot) -> None:
+        """Close our end of a worker's socketpair: the worker is gone or going, give it nothing more."""
+        if slot.link is None:
+            return
+        del self.by_link[slot.link.fd]
+        slot.link.close()
+        slot.link = None
+        if slot.rank in self.idle:
+            self.idle.remove(slot.rank)
+
+    def reap(self, slot: _WorkerSlot) -> tuple[int, list[protocol.Message]]:
+        """A worker exited: its exit code, and what it sent before it died (results still count)."""
+        assert slot.proc is not None
+        code = slot.proc.wait()
+        messages: list[protocol.Message] = []
+        if slot.link is not None:
+            try:
+                for frames in slot.link.drain():
+                    messages.append(protocol.decode(frames))
+            except ProtocolError as exc:
+                log.error("worker %d sent garbage before it died (%s)", slot.rank, exc)
+        self.drop_link(slot)
+        self.poller.unregister(slot.pidfd)
+        del self.by_pidfd[slot.pidfd]
+        os.close(slot.pidfd)
+        return code, messages
+
+    def ready(self, slot: _WorkerSlot, pid: int) -> None:
+        """A worker said hello: it takes tasks, and workers can start here."""
+        slot.ready = True
+        self.start_failures = 0
+        self.idle.append(slot.rank)
+        log.debug("worker %d ready (pid %d)", slot.rank, pid)
+
+    def replace(self, slot: _WorkerSlot) -> bool:
+        """Start a worker in a dead one's place; False if workers die before they start, again and again."""
+        if not slot.ready:
+            self.start_failures += 1
+            if self.start_failures >= MAX_START_FAILURES:
+                return False
+        self.start(slot)
+        return True
+
+    def reap_orphans(self) -> None:
+        """Collect processes that tasks left behind and that have exited since (we are their subreaper)."""
+        workers = {s.proc.pid for s in self.slots if s.proc is not None}
+        for child in psutil.Process().children():
+            if child.pid not in workers:
+                try:
+                    os.waitpid(child.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+    def stop(self) -> None:
+        """Stop every worker, then whatever tasks started and left running (daemons included)."""
+        procs.stop([s.proc for s in self.slots if s.proc is not None], STOP_GRACE,
+                   f"workers of pool {self.cfg.manager_id}")
+        procs.stop(psutil.Process().children(recursive=True), STOP_GRACE,
+                   f"processes that tasks of pool {self.cfg.manager_id} left behind")
+        procs.reap_exited()
+        for fd in self.by_pidfd:
+            os.close(fd)
+        self.by_pidfd.clear()
+        for slot in self.slots:
+            self.drop_link(slot)
+            if slot.started is not None:
+                slot.started.close()
+                slot.started = None
+
+
 class Manager:
+    """The pool's loop (``run``: the four steps of the module's docstring) and its tasks: the queue, the
+    batch each worker holds, the results going back, and what a dead worker's batch becomes."""
+
     def __init__(self, cfg: PoolConfig) -> None:
         self.cfg = cfg
         self.identity = cfg.manager_id.encode()
         self.count = worker_count(cfg.max_workers, cfg.cores_per_worker, cfg.mem_per_worker)
         self.ctx = zmq.Context()
-        self.queue: deque[tuple[int, int, protocol.Blob]] = deque()
-        self.handed: dict[int, tuple[int, int, protocol.Blob]] = {}  # at a worker, no result yet
+        self.queue: deque[Task] = deque()
+        self.handed: dict[int, Task] = {}  # at a worker, no result yet
         self.functions: dict[int, protocol.Blob] = {}
-        self.workers = [_WorkerSlot(rank) for rank in range(self.count)]
-        self.idle: deque[int] = deque()
-        self.by_pidfd: dict[int, _WorkerSlot] = {}
-        self.by_link: dict[int, _WorkerSlot] = {}  # fd of our end of a worker's socketpair
         self.done_ids: list[int] = []
         self.done_payloads: list[protocol.Blob] = []
-        self.start_failures = 0
         self.task_seconds = 0.0  # moving average; 0 = not known yet, so batches start at one task
         self.stopping = False
         self.exit_code = 0
@@ -155,6 +358,7 @@ class Manager:
         self.result_sock = self._dealer(cfg.result_url)
         self.poller = zmq.Poller()
         self.poller.register(self.task_sock, zmq.POLLIN)
+        self.workers = Workers(cfg, self.count, self.poller)
 
     def _dealer(self, url: str) -> zmq.Socket[Any]:
         sock = self.ctx.socket(zmq.DEALER)
@@ -170,7 +374,7 @@ class Manager:
     # -- the loop ---------------------------------------------------------
 
     def run(self) -> int:
-        become_subreaper()
+        procs.become_subreaper()
         log.info(
             "manager %s (block %s) on %s: %d workers, prefetch %d, interchange %s",
             self.cfg.manager_id, self.cfg.block_id, socket.gethostname(), self.count,
@@ -178,20 +382,18 @@ class Manager:
         )
         try:
             self._register()
-            for slot in self.workers:
-                self._start_worker(slot)
+            for slot in self.workers.slots:
+                self.workers.start(slot)
             while not self.stopping:
                 events = dict(self.poller.poll(self._timeout_ms()))
-                # Look the fds up now: reaping closes fds and opens new ones, which may reuse their numbers.
-                readable = [self.by_link[fd] for fd, ev in events.items() if fd in self.by_link and ev & ~zmq.POLLOUT]
-                writable = [self.by_link[fd] for fd, ev in events.items() if fd in self.by_link and ev & zmq.POLLOUT]
-                dead = [self.by_pidfd[fd] for fd in events if fd in self.by_pidfd]
+                readable, writable, dead = self.workers.lookup(events)
                 if self.task_sock in events:
                     self._read_interchange()
                 for slot in readable:
-                    self._read_worker(slot)
+                    for msg in self.workers.read(slot):
+                        self._on_worker_message(slot, msg)
                 for slot in writable:
-                    self._flush_link(slot)
+                    self.workers.flush(slot)
                 for slot in dead:
                     self._reap(slot)
                 self._dispatch()
@@ -236,45 +438,17 @@ class Manager:
                 self.queue.extend(zip(msg.ids, msg.fn_keys, msg.payloads, strict=False))
             elif isinstance(msg, protocol.Shutdown):
                 log.info("interchange asked us to stop: %s", msg.reason)
-                self.stopping = True
+                self._stop()
                 return
             elif isinstance(msg, protocol.Rejected):
                 log.error("interchange refused this pool: %s", msg.reason)
                 print(f"htex pool: the interchange refused this pool: {msg.reason}", file=sys.stderr)
-                self.stopping = True
-                self.exit_code = EXIT_REJECTED
+                self._stop(EXIT_REJECTED)
                 return
             elif isinstance(msg, protocol.Registered):
                 log.info("registered with the interchange")
 
     # -- step 2: the workers -------------------------------------------------
-
-    def _read_worker(self, slot: _WorkerSlot) -> bool:
-        """Read once from a worker's link and act on every complete message; False if nothing more will come.
-
-        End of stream or a reset means the worker is exiting: its pidfd reports
-        that too, and _reap does the accounting, so here the link is just closed.
-        """
-        if slot.link is None:
-            return False
-        try:
-            n = slot.decoder.read(slot.link, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False
-        except ConnectionResetError:
-            n = 0
-        try:
-            for frames in slot.decoder.messages():
-                self._on_worker_message(slot, protocol.decode(frames))
-        except ProtocolError as exc:
-            # A stream cannot be resynchronised: stop the worker; _reap fails its task and replaces it.
-            log.error("worker %d sent garbage (%s); killing it", slot.rank, exc)
-            assert slot.proc is not None
-            slot.proc.kill()
-            n = 0
-        if n == 0:
-            self._drop_link(slot)
-        return n > 0
 
     def _on_worker_message(self, slot: _WorkerSlot, msg: protocol.Message) -> None:
         if isinstance(msg, protocol.Results):
@@ -285,27 +459,11 @@ class Manager:
             for tid in msg.ids:
                 self.handed.pop(tid, None)
             if not slot.tasks:
-                self.idle.append(slot.rank)
+                self.workers.idle.append(slot.rank)
             self.done_ids.extend(msg.ids)
             self.done_payloads.extend(msg.payloads)
         elif isinstance(msg, protocol.WorkerReady):
-            slot.ready = True
-            self.start_failures = 0
-            self.idle.append(slot.rank)
-            log.debug("worker %d ready (pid %d)", slot.rank, msg.pid)
-
-    def _drop_link(self, slot: _WorkerSlot) -> None:
-        """Close our end of a worker's socketpair: the worker is gone or going, give it nothing more."""
-        if slot.link is None:
-            return
-        fd = slot.link.fileno()
-        self.poller.unregister(fd)  # before close: the fd number may be reused at once
-        slot.outgoing = []
-        del self.by_link[fd]
-        slot.link.close()
-        slot.link = None
-        if slot.rank in self.idle:
-            self.idle.remove(slot.rank)
+            self.workers.ready(slot, msg.pid)
 
     def _measure(self, slot: _WorkerSlot, n: int) -> None:
         """Keep a moving average of how long a task takes (send to result, per task)."""
@@ -314,74 +472,23 @@ class Manager:
         slot.sent_at = now
         self.task_seconds = sample if self.task_seconds <= 0 else 0.8 * self.task_seconds + 0.2 * sample
 
-    def _start_worker(self, slot: _WorkerSlot) -> None:
-        env = dict(os.environ)
-        env.update(
-            PARSL_WORKER_RANK=str(slot.rank),
-            PARSL_WORKER_COUNT=str(self.count),
-            PARSL_WORKER_POOL_ID=self.cfg.manager_id,
-            PARSL_WORKER_BLOCK_ID=self.cfg.block_id,
-        )
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        started_fd = os.memfd_create(f"htex-started-{slot.rank}")
-        os.ftruncate(started_fd, protocol.STARTED.size)
-        cmd = [sys.executable, "-m", "htex.worker", "--fd", str(theirs.fileno()), "--rank", str(slot.rank),
-               "--started-fd", str(started_fd)]
-        if self.cfg.debug:
-            cmd += ["--debug", "--logfile", os.path.join(self.cfg.logdir, f"worker_{slot.rank}.log")]
-        try:
-            slot.started = mmap.mmap(started_fd, protocol.STARTED.size)
-            slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), started_fd))
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            # Only the worker may hold its end: then its exit is an end of stream on ours.
-            theirs.close()
-            os.close(started_fd)  # the mapping stays
-        slot.pidfd = os.pidfd_open(slot.proc.pid)
-        slot.link = ours
-        slot.decoder = framing.Decoder()
-        self.by_link[ours.fileno()] = slot
-        self.poller.register(ours.fileno(), zmq.POLLIN)
-        slot.polled = zmq.POLLIN
-        slot.ready = False
-        slot.tasks = []
-        slot.functions = set()
-        self.by_pidfd[slot.pidfd] = slot
-        self.poller.register(slot.pidfd, zmq.POLLIN)
-
     def _reap(self, slot: _WorkerSlot) -> None:
         """A worker exited: fail its task with WorkerLost and start another in its place."""
-        assert slot.proc is not None
-        code = slot.proc.wait()
-        while self._read_worker(slot):  # what it sent before it died (results) still counts
-            pass
-        self._drop_link(slot)
-        self.poller.unregister(slot.pidfd)
-        del self.by_pidfd[slot.pidfd]
-        os.close(slot.pidfd)
-        how = f"killed by signal {-code} ({_signame(-code)})" if code < 0 else f"exited with code {code}"
-        if slot.rank in self.idle:
-            self.idle.remove(slot.rank)
+        code, messages = self.workers.reap(slot)
+        for msg in messages:  # what it sent before it died (results) still counts
+            self._on_worker_message(slot, msg)
+        how = procs.describe_exit(code)
+        if slot.rank in self.workers.idle:
+            self.workers.idle.remove(slot.rank)
         if slot.tasks:
             self._account_for_dead_worker(slot, how, code)
         else:
             log.warning("worker %d %s", slot.rank, how)
-        if slot.started is not None:
-            slot.started.close()
-            slot.started = None
-        if self.stopping:
+        if self.stopping or self.workers.replace(slot):
             return
-        if not slot.ready:
-            self.start_failures += 1
-            if self.start_failures >= MAX_START_FAILURES:
-                log.error("workers die before they start (%s); giving up", how)
-                print(f"htex pool: workers cannot start on this node ({how}); see {self.cfg.logdir}", file=sys.stderr)
-                self.stopping = True
-                self.exit_code = EXIT_NO_WORKERS
-                return
-        self._start_worker(slot)
+        log.error("workers die before they start (%s); giving up", how)
+        print(f"htex pool: workers cannot start on this node ({how}); see {self.cfg.logdir}", file=sys.stderr)
+        self._stop(EXIT_NO_WORKERS)
 
     def _account_for_dead_worker(self, slot: _WorkerSlot, how: str, code: int) -> None:
         """Tasks of a dead worker's batch without a result: the one it ran and those before it fail
@@ -417,9 +524,10 @@ class Manager:
 
     def _dispatch(self) -> None:
         """Give each idle worker its share of the queue, oldest tasks first."""
+        idle = self.workers.idle
         batches = []
-        while self.idle and self.queue:
-            slot = self.workers[self.idle.popleft()]
+        while idle and self.queue:
+            slot = self.workers.slots[idle.popleft()]
             batch = [self.queue.popleft() for _ in range(self._batch_size())]
             slot.tasks = [t[0] for t in batch]
             batches.append((slot, batch))
@@ -434,33 +542,7 @@ class Manager:
                 protocol.u64_array(slot.tasks), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions
             )
             slot.sent_at = time.monotonic()
-            self._to_worker(slot, msg.encode())
-
-    def _to_worker(self, slot: _WorkerSlot, frames: list[protocol.Blob]) -> None:
-        """Send without blocking: what the link cannot take now waits in slot.outgoing until it is writable.
-
-        A worker that does not read (stopped, or swapped out) must not stop the
-        pool: its batch waits, and every other worker goes on.
-        """
-        assert slot.link is not None  # a slot whose link is closed is never idle
-        waiting = bool(slot.outgoing)
-        slot.outgoing += framing.pack(frames)
-        if not waiting:  # else it goes behind what waits, when the link is writable
-            self._flush_link(slot)
-
-    def _flush_link(self, slot: _WorkerSlot) -> None:
-        if slot.link is None:
-            return
-        try:
-            slot.outgoing = framing.send_some(slot.link, slot.outgoing, socket.MSG_DONTWAIT)
-        except OSError as exc:  # it died (EPIPE, ECONNRESET): _reap fails or requeues the batch
-            log.info("worker %d is gone before its batch went out: %s", slot.rank, exc)
-            self._drop_link(slot)
-            return
-        want = zmq.POLLIN | zmq.POLLOUT if slot.outgoing else zmq.POLLIN
-        if want != slot.polled:
-            self.poller.modify(slot.link.fileno(), want)
-            slot.polled = want
+            self.workers.send(slot, msg.encode())
 
     def _flush_results(self) -> None:
         if self.done_ids:
@@ -477,21 +559,10 @@ class Manager:
             hint = "" if self.cfg.cert_dir else " (if the executor is encrypted, give its keys: --cert_dir)"
             print(f"htex pool: no word from the interchange at {self.cfg.task_url} for "
                   f"{now - self.last_heard:.0f} s; stopping{hint}", file=sys.stderr)
-            self.stopping = True
-            self.exit_code = EXIT_INTERCHANGE_LOST
+            self._stop(EXIT_INTERCHANGE_LOST)
         elif now - self.last_sent >= self.cfg.heartbeat_period:
             self._send(self.task_sock, protocol.Heartbeat())
-            self._reap_orphans()
-
-    def _reap_orphans(self) -> None:
-        """Collect processes that tasks left behind and that have exited since (we are their subreaper)."""
-        workers = {s.proc.pid for s in self.workers if s.proc is not None}
-        for child in psutil.Process().children():
-            if child.pid not in workers:
-                try:
-                    os.waitpid(child.pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
+            self.workers.reap_orphans()
 
     def _send(self, sock: zmq.Socket[Any], msg: protocol.Message) -> None:
         sock.send_multipart(msg.encode(), copy=False)
@@ -499,174 +570,38 @@ class Manager:
 
     # -- shutdown ----------------------------------------------------------------
 
-    def _shutdown(self) -> None:
-        """Stop workers (TERM, then KILL after a grace period), close sockets."""
+    def _stop(self, exit_code: int = 0) -> None:
+        """Leave the loop, and let the shutdown finish: from now on a TERM (the provider's, to the whole
+        block) must not cut it short, or what tasks started would be left running."""
         self.stopping = True
-        procs = [s.proc for s in self.workers if s.proc is not None and s.proc.poll() is None]
-        for proc in procs:
-            proc.terminate()
-        deadline = time.monotonic() + 2.0
-        for proc in procs:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        stop_descendants()  # what tasks started and left running, daemons included
-        for slot in self.workers:
-            if slot.pidfd >= 0 and slot.pidfd in self.by_pidfd:
-                os.close(slot.pidfd)
-        self.by_pidfd.clear()
-        for slot in self.workers:
-            self._drop_link(slot)
+        self.exit_code = exit_code
+        _ignore_stop_signals()
+
+    def _shutdown(self) -> None:
+        """Stop workers (TERM, then KILL after a grace period) and what tasks left running, close sockets."""
+        self._stop(self.exit_code)
+        self.workers.stop()
         for sock in (self.task_sock, self.result_sock):
             sock.setsockopt(zmq.LINGER, 500)
         self.ctx.destroy(linger=500)
         log.info("manager %s stopped", self.cfg.manager_id)
 
 
-def become_subreaper() -> None:
-    """Processes orphaned below us (a task's daemon, even in a new session) become our children."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _ignore_stop_signals() -> None:
+    """SIGTERM and SIGINT no longer interrupt: the pool is stopping already.
 
-        pr_set_child_subreaper = 36
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
-
-
-def stop_descendants(grace: float = 2.0) -> None:
-    """TERM every process below this one, wait up to ``grace`` s, KILL the rest, and reap our children."""
-    procs = psutil.Process().children(recursive=True)
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _signame(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return "unknown signal"
-
-
-# ---------------------------------------------------------------------------
-# Command line: Parsl's process_worker_pool flags
-# ---------------------------------------------------------------------------
-
-
-def _float_or_inf(text: str) -> float:
-    return math.inf if text.lower() in ("inf", "infinity", "none") else float(text)
-
-
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("none", "", "0") else float(text)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="process_worker_pool",
-        description="Start an htex worker pool (one per node) that connects to an interchange.",
-    )
-    p.add_argument("-d", "--debug", action="store_true", help="log at debug level, one log per worker")
-    p.add_argument("-a", "--addresses", default="", help="comma-separated interchange addresses to probe")
-    p.add_argument("-t", "--task_port", type=int, default=None, help="the interchange's task port")
-    p.add_argument("-r", "--result_port", type=int, default=None, help="the interchange's result port")
-    p.add_argument("--task_url", default=None, help="full task URL (tcp://host:port); overrides -a/-t")
-    p.add_argument("--result_url", default=None, help="full result URL; overrides -a/-r")
-    p.add_argument("-u", "--uid", default=None, help="manager id (default: random)")
-    p.add_argument("-b", "--block_id", default="-1", help="the block this pool belongs to")
-    p.add_argument("-c", "--cores_per_worker", type=float, default=1.0)
-    p.add_argument("-m", "--mem_per_worker", type=_optional_float, default=None, help="GB per worker")
-    p.add_argument("--max_workers", "--max_workers_per_node", type=_float_or_inf, default=math.inf)
-    p.add_argument("-p", "--prefetch_capacity", type=int, default=0)
-    p.add_argument("--hb_period", type=float, default=30.0, help="heartbeat period, s")
-    p.add_argument("--hb_threshold", type=float, default=120.0, help="declare the interchange lost after, s")
-    p.add_argument("--address_probe_timeout", type=float, default=30.0)
-    p.add_argument("--poll", type=int, default=10, help="accepted for Parsl compatibility; htex never polls")
-    p.add_argument("--nodes_per_block", type=int, default=1, help="accepted for Parsl compatibility")
-    p.add_argument("-l", "--logdir", default="process_worker_pool_logs")
-    p.add_argument("--cert_dir", default=None,
-                   help="the run's CurveZMQ keys (encrypted executors); default: $HTEX_CERT_DIR")
-    return p
-
-
-def resolve_urls(args: argparse.Namespace) -> tuple[str, str]:
-    """Find the interchange: given URLs, or the first of the candidate addresses that answers."""
-    if args.task_url and args.result_url:
-        return args.task_url, args.result_url
-    addresses = [a for a in args.addresses.split(",") if a]
-    if not addresses or args.task_port is None or args.result_port is None:
-        raise SystemExit("process_worker_pool: give --task_url and --result_url, or -a ADDRS -t PORT -r PORT")
-    single = len(addresses) == 1
-    probe = probe_addresses
-    addr = addresses[0] if single else probe(addresses, args.task_port, args.address_probe_timeout, args.cert_dir or None)
-    return f"tcp://{addr}:{args.task_port}", f"tcp://{addr}:{args.result_port}"
-
-
-def probe_addresses(addresses: list[str], port: int, timeout: float, cert_dir: str | None = None) -> str:
-    """Send a Probe to every candidate at once; return the first address that answers."""
-    ctx = zmq.Context()
-    poller = zmq.Poller()
-    socks: dict[zmq.Socket[Any], str] = {}
-    try:
-        for addr in addresses:
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for an address that is not connected
-            if cert_dir:
-                security.connect_as(sock, cert_dir, "pool")
-            try:
-                sock.connect(f"tcp://{addr}:{port}")
-            except zmq.ZMQError as exc:
-                log.info("cannot use address %s: %s", addr, exc)
-                sock.close()
-                continue
-            socks[sock] = addr
-            poller.register(sock, zmq.POLLIN)
-        deadline = time.monotonic() + timeout
-        probe = protocol.Probe().encode()
-        next_probe = 0.0
-        while time.monotonic() < deadline:
-            if time.monotonic() >= next_probe:  # resend: IMMEDIATE drops probes to unconnected peers
-                for sock in socks:
-                    try:
-                        sock.send_multipart(probe, zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass
-                next_probe = time.monotonic() + 0.2
-            for sock, _ in poller.poll(200):
-                try:
-                    if isinstance(protocol.decode(sock.recv_multipart()), protocol.ProbeReply):
-                        log.info("interchange answers at %s", socks[sock])
-                        return socks[sock]
-                except Exception as exc:
-                    log.info("bad probe answer from %s: %s", socks[sock], exc)
-        raise SystemExit(
-            f"process_worker_pool: no interchange answered on port {port} at any of {addresses} "
-            f"within {timeout:g} s; set the executor's `address` to one the workers can reach"
-        )
-    finally:
-        ctx.destroy(linger=0)
+    Else a pool that the interchange has just told to stop gets its block's
+    TERM in the middle of its shutdown, and leaves what its tasks started
+    running.  The shutdown is bounded (STOP_GRACE twice, for workers and then
+    for what tasks left), and a provider KILLs what outlives its own grace.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = poolcmd.build_parser().parse_args(argv)
     manager_id = args.uid or uuid.uuid4().hex[:12]
     logdir = os.path.join(args.logdir, f"block-{args.block_id}", manager_id)
     os.makedirs(logdir, exist_ok=True)
@@ -681,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    task_url, result_url = resolve_urls(args)
+    task_url, result_url = poolcmd.resolve_urls(args)
     cfg = PoolConfig(
         task_url=task_url,
         result_url=result_url,

@@ -34,24 +34,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import framing, protocol, serialize, shm
+from . import framing, procs, protocol, serialize, shm
 from .errors import DeserializationError
 
 log = logging.getLogger("htex.worker")
 
 # A batch that runs longer than this sends the results it has, so they are not held back.
 FLUSH_SECONDS = 0.005
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent exits (no orphans)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0)
 
 
 class Worker:
@@ -146,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logfile", default=None, help="debug log file (only with --debug)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    die_with_parent()
+    procs.die_with_parent()
     # The terminal's Ctrl-C is for the client; the pool decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.debug and args.logfile:

@@ -206,3 +206,102 @@ def test_a_corrupt_header_raises_protocol_error(pair: tuple[socket.socket, socke
     assert dec.read(b) == len(header)
     with pytest.raises(ProtocolError, match="corrupt"):
         dec.messages()
+
+
+# -- WorkerLink: the pool's end of a worker's socketpair -----------------------------------------------
+
+
+@pytest.fixture
+def link() -> Iterator[tuple[framing.WorkerLink, socket.socket, zmq.Poller]]:
+    """A WorkerLink on one end of a real socketpair (the pool's), the other end plain (the worker's)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    poller = zmq.Poller()
+    wl = framing.WorkerLink(ours, poller)
+    yield wl, theirs, poller
+    wl.close()
+    theirs.close()
+
+
+def _polled(poller: zmq.Poller, fd: int) -> int:
+    """The events the poller watches ``fd`` for (0: not registered)."""
+    return dict(poller.sockets).get(fd, 0)
+
+
+def test_link_reads_messages_and_nothing_without_waiting(link: tuple[framing.WorkerLink, socket.socket, zmq.Poller]) -> None:
+    wl, theirs, poller = link
+    assert _polled(poller, wl.fd) == zmq.POLLIN
+    assert wl.read() == []  # nothing there: no wait, no message
+    theirs.sendall(_wire([b"one"]) + _wire([b"two", b"2"]) + _wire([b"three"])[:-2])
+    assert wl.read() == [[b"one"], [b"two", b"2"]]  # the third is not whole yet
+    theirs.sendall(_wire([b"three"])[-2:])
+    assert wl.read() == [[b"three"]]
+
+
+def test_link_end_of_stream_and_what_came_before_it(link: tuple[framing.WorkerLink, socket.socket, zmq.Poller]) -> None:
+    """A worker that dies: drain() gives every message it sent first, then the stream ends (read: None)."""
+    wl, theirs, _ = link
+    sent = [[b"%d" % i, bytes(100)] for i in range(1000)]  # 118 KB: more than one read (64 KiB) takes
+    theirs.sendall(b"".join(_wire(m) for m in sent))  # in one go: fits in the socket's buffer before anyone reads
+    theirs.close()
+    assert list(wl.drain()) == sent
+    assert wl.read() is None
+
+
+def test_link_drain_stops_when_nothing_more_is_there(link: tuple[framing.WorkerLink, socket.socket, zmq.Poller]) -> None:
+    """The other end may still be open (a process a task forked holds it): drain() must not wait for its end."""
+    wl, theirs, _ = link
+    framing.send(theirs, [b"last words"])
+    assert list(wl.drain()) == [[b"last words"]]
+    assert list(wl.drain()) == []
+
+
+def test_link_garbage_raises_protocol_error(link: tuple[framing.WorkerLink, socket.socket, zmq.Poller]) -> None:
+    wl, theirs, _ = link
+    theirs.sendall(struct.pack("<I", 0))
+    with pytest.raises(ProtocolError, match="corrupt"):
+        wl.read()
+
+
+def test_link_send_waits_for_a_full_socket_and_keeps_the_order(
+    link: tuple[framing.WorkerLink, socket.socket, zmq.Poller],
+) -> None:
+    """A worker that does not read: send() never blocks, the rest goes on flush() when the socket is writable;
+    the poller watches for POLLOUT only while something waits."""
+    wl, theirs, poller = link
+    first, second = [b"head", os.urandom(3 << 20)], [b"second"]
+    wl.send(first)  # far more than a socketpair buffers, and nobody reads yet
+    assert wl.outgoing and _polled(poller, wl.fd) == zmq.POLLIN | zmq.POLLOUT
+    wl.send(second)  # behind what waits: the stream stays in order
+    dec = framing.Decoder()
+    theirs.setblocking(False)
+    got: list[list[bytes | memoryview]] = []
+    while len(got) < 2:
+        events = dict(poller.poll(1000))
+        if events.get(wl.fd, 0) & zmq.POLLOUT:
+            wl.flush()
+        try:
+            dec.read(theirs)
+        except BlockingIOError:
+            pass
+        got += dec.messages()
+    assert [[bytes(f) for f in m] for m in got] == [first, second]
+    assert wl.outgoing == [] and _polled(poller, wl.fd) == zmq.POLLIN
+
+
+def test_link_send_to_a_dead_worker_raises(link: tuple[framing.WorkerLink, socket.socket, zmq.Poller]) -> None:
+    wl, theirs, _ = link
+    theirs.close()
+    with pytest.raises(OSError):
+        wl.send([b"too late"])
+
+
+def test_link_close_leaves_the_poller_and_is_idempotent(link: tuple[framing.WorkerLink, socket.socket, zmq.Poller]) -> None:
+    wl, _, poller = link
+    wl.send([b"x" * (4 << 20)])  # something waits: close() forgets it
+    fd = wl.fd
+    wl.close()
+    wl.close()
+    assert wl.closed and wl.outgoing == [] and wl.fd == fd  # the fd stays the link's key
+    assert _polled(poller, fd) == 0
+    assert wl.read() is None and list(wl.drain()) == []
+    wl.flush()  # nothing to do, and no error

@@ -16,6 +16,7 @@ import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from ..errors import ConfigurationError
 from ..launchers import Launcher
 
 
@@ -67,6 +68,30 @@ class ExecutionProvider(ABC):
     script_dir: str | None = None
     # Workers run on other hosts (so the interchange listens on every interface).
     remote: bool = False
+
+    def _configure(
+        self, *, label: str, nodes_per_block: int, init_blocks: int, min_blocks: int, max_blocks: int,
+        parallelism: float, walltime: str, worker_init: str, launcher: Launcher, cmd_timeout: int,
+    ) -> None:
+        """Set what every provider has, refusing block limits that no scaling could keep.
+
+        Checked here, when the provider is made: the executor starts
+        max(init_blocks, min_blocks) blocks before it scales, so a
+        min_blocks above max_blocks would start more blocks than allowed.
+        """
+        if not 0 <= min_blocks <= max_blocks:
+            raise ConfigurationError(f"need 0 <= min_blocks ({min_blocks}) <= max_blocks ({max_blocks})")
+        self.label = label
+        self.nodes_per_block = nodes_per_block
+        self.init_blocks = init_blocks
+        self.min_blocks = min_blocks
+        self.max_blocks = max_blocks
+        self.parallelism = parallelism
+        self.walltime = walltime
+        self.worker_init = worker_init
+        self.launcher = launcher
+        self.cmd_timeout = cmd_timeout
+        self.script_dir = None
 
     @abstractmethod
     def submit(self, command: str, tasks_per_node: int, job_name: str = "htex.block") -> str:

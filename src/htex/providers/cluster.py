@@ -32,6 +32,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from .. import procs
 from ..errors import ConfigurationError, ProviderError
 from ..launchers import Launcher, SingleNodeLauncher
 from .base import ExecutionProvider, JobState, JobStatus
@@ -102,29 +103,21 @@ class ClusterProvider(ExecutionProvider):
         if overrides is not None:  # Parsl's old name for scheduler_options
             warnings.warn("'overrides' is deprecated: use 'scheduler_options'", DeprecationWarning, stacklevel=3)
             scheduler_options = scheduler_options or overrides
-        if not 0 <= min_blocks <= max_blocks:
-            raise ConfigurationError(f"need 0 <= min_blocks ({min_blocks}) <= max_blocks ({max_blocks})")
         if nodes_per_block < 1:
             raise ConfigurationError(f"nodes_per_block must be at least 1, not {nodes_per_block}")
         if not 0 <= parallelism <= 1:
             raise ConfigurationError(f"parallelism must be between 0 and 1, not {parallelism}")
         walltime_seconds(walltime)  # fail at configuration time, not at the first submit
-        self.label = label
-        self.nodes_per_block = nodes_per_block
-        self.init_blocks = init_blocks
-        self.min_blocks = min_blocks
-        self.max_blocks = max_blocks
-        self.parallelism = parallelism
-        self.walltime = walltime
+        self._configure(
+            label=label, nodes_per_block=nodes_per_block, init_blocks=init_blocks, min_blocks=min_blocks,
+            max_blocks=max_blocks, parallelism=parallelism, walltime=walltime, worker_init=worker_init,
+            launcher=launcher if launcher is not None else SingleNodeLauncher(), cmd_timeout=cmd_timeout,
+        )
         self.scheduler_options = scheduler_options
-        self.worker_init = worker_init
-        self.launcher = launcher if launcher is not None else SingleNodeLauncher()
-        self.cmd_timeout = cmd_timeout
         # Accepted for Parsl compatibility: htex runs scheduler commands locally
         # and job files live in script_dir, which must be on a shared file system.
         self.channel = channel
         self.move_files = move_files
-        self.script_dir: str | None = None
         self._jobs: dict[str, JobFiles] = {}
 
     @property
@@ -197,7 +190,7 @@ class ClusterProvider(ExecutionProvider):
         said = (proc.stderr.strip() or proc.stdout.strip() or "(it printed nothing)")
         argv = proc.args if isinstance(proc.args, list) else [str(proc.args)]
         return ProviderError(
-            f"{what}: {' '.join(map(str, argv))} exited with code {proc.returncode}: {said}",
+            f"{what}: {' '.join(map(str, argv))} {procs.describe_exit(proc.returncode)}: {said}",
             command=argv, returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr,
         )
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tempfile
-import time
 from typing import Any
 
+from .. import procs
 from ..errors import ProviderError
 from ..launchers import Launcher, SingleNodeLauncher
 from .base import ExecutionProvider, JobState, JobStatus
+
+# How long a cancelled block gets between SIGTERM and SIGKILL: the pool stops its workers in 2 s.
+_CANCEL_GRACE = 3.0
+# The end of a failed block's stderr that its status quotes.
+_TAIL_BYTES = 2000
 
 
 class LocalProvider(ExecutionProvider):
@@ -44,23 +48,13 @@ class LocalProvider(ExecutionProvider):
         move_files: bool | None = None,
         label: str = "local",
     ) -> None:
-        if not 0 <= min_blocks <= max_blocks:
-            from ..errors import ConfigurationError
-
-            raise ConfigurationError(f"need 0 <= min_blocks ({min_blocks}) <= max_blocks ({max_blocks})")
+        self._configure(
+            label=label, nodes_per_block=nodes_per_block, init_blocks=init_blocks, min_blocks=min_blocks,
+            max_blocks=max_blocks, parallelism=parallelism, walltime=walltime, worker_init=worker_init,
+            launcher=launcher if launcher is not None else SingleNodeLauncher(), cmd_timeout=cmd_timeout,
+        )
         self.channel = channel
-        self.nodes_per_block = nodes_per_block
-        self.launcher = launcher if launcher is not None else SingleNodeLauncher()
-        self.init_blocks = init_blocks
-        self.min_blocks = min_blocks
-        self.max_blocks = max_blocks
-        self.parallelism = parallelism
-        self.walltime = walltime
-        self.worker_init = worker_init
-        self.cmd_timeout = cmd_timeout
         self.move_files = move_files
-        self.label = label
-        self.script_dir: str | None = None
         self._jobs: dict[str, _LocalJob] = {}
 
     @property
@@ -102,27 +96,19 @@ class LocalProvider(ExecutionProvider):
         elif code == 0:
             state, message = JobState.COMPLETED, ""
         else:
-            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            state, message = JobState.FAILED, f"block process {how}: {_tail(job.stderr)}"
+            said = procs.tail(job.stderr, _TAIL_BYTES) or "(nothing on stderr)"
+            state, message = JobState.FAILED, f"block process {procs.describe_exit(code)}: {said}"
         return JobStatus(state, message, exit_code=code, stdout_path=job.stdout, stderr_path=job.stderr)
 
     def cancel(self, job_ids: list[str]) -> list[bool]:
-        """TERM the block's process group, then KILL whatever is left after a grace period."""
+        """TERM each block's process group, then KILL whatever is left of it after a grace period."""
         jobs = [self._jobs.get(j) for j in job_ids]
-        for job in jobs:
-            if job is not None and job.proc.poll() is None:
-                job.cancelled = True
-                _killpg(job.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 3.0
-        for job in jobs:
-            if job is None:
-                continue
-            try:
-                job.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _killpg(job.proc.pid, signal.SIGKILL)  # stragglers in the group (the pool's workers)
-            job.proc.wait()
+        running = [job for job in jobs if job is not None and job.proc.poll() is None]
+        for job in running:
+            job.cancelled = True
+        # Every group is KILLed at the end, even one whose script ended in time: the pool's workers
+        # and what tasks started may still be in it.
+        procs.stop([job.proc for job in jobs if job is not None], _CANCEL_GRACE, f"blocks of {self.label}", group=True)
         return [job is not None for job in jobs]
 
 
@@ -132,21 +118,3 @@ class _LocalJob:
         self.stdout = stdout
         self.stderr = stderr
         self.cancelled = False
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _tail(path: str, limit: int = 2000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            text = f.read().decode(errors="replace").strip()
-    except OSError:
-        return "(no stderr)"
-    return text or "(stderr is empty)"
