@@ -25,6 +25,7 @@ the executor's).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -151,7 +152,7 @@ class StatusClient:
         self.sock.connect(url)
 
     def sample(self) -> protocol.StatusReply:
-        self.sock.send_multipart(protocol.StatusRequest().encode())
+        self.sock.send_multipart(protocol.StatusRequest(req=0).encode())
         deadline = time.monotonic() + self.timeout
         while (left := deadline - time.monotonic()) > 0:
             if not self.sock.poll(int(left * 1000) + 1):
@@ -176,57 +177,68 @@ class StatusClient:
         self.close()
 
 
-def blocks_of(managers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+@dataclasses.dataclass
+class BlockSummary:
+    """One block, as its registered pools show it."""
+
+    managers: list[str] = dataclasses.field(default_factory=list)
+    workers: int = 0
+    tasks: int = 0  # running (sent to its pools and not done)
+
+
+def blocks_of(pools: list[protocol.PoolInfo]) -> dict[str, BlockSummary]:
     """Per block id: its managers, workers and running tasks (from the pools that registered)."""
-    blocks: dict[str, dict[str, Any]] = {}
-    for m in managers:
-        b = blocks.setdefault(str(m.get("block_id")), {"managers": [], "workers": 0, "tasks": 0})
-        b["managers"].append(m.get("manager"))
-        b["workers"] += int(m.get("worker_count", 0))
-        b["tasks"] += int(m.get("tasks", 0))
+    blocks: dict[str, BlockSummary] = {}
+    for p in pools:
+        b = blocks.setdefault(p.block_id, BlockSummary())
+        b.managers.append(p.manager)
+        b.workers += p.worker_count
+        b.tasks += p.tasks
     return blocks
 
 
 def rate_between(a: protocol.StatusReply, b: protocol.StatusReply) -> float | None:
     """Tasks done per second between two samples, by the interchange's own clock (its uptime)."""
-    dt = float(b.stats.get("uptime", 0)) - float(a.stats.get("uptime", 0))
+    dt = b.stats.uptime - a.stats.uptime
     if dt <= 0:
         return None
-    return (int(b.stats.get("done", 0)) - int(a.stats.get("done", 0))) / dt
+    return (b.stats.done - a.stats.done) / dt
 
 
 def summary(reply: protocol.StatusReply, rate: float | None) -> dict[str, Any]:
-    """What ``--json`` prints: the reply, the blocks derived from it, and the rate."""
-    return {"stats": reply.stats, "managers": reply.managers, "blocks": blocks_of(reply.managers), "rate": rate}
+    """What ``--json`` prints: the reply, the blocks derived from it, and the rate (Parsl's word: managers)."""
+    return {
+        "stats": dataclasses.asdict(reply.stats),
+        "managers": [dataclasses.asdict(p) for p in reply.pools],
+        "blocks": {k: dataclasses.asdict(b) for k, b in blocks_of(reply.pools).items()},
+        "rate": rate,
+    }
 
 
 def render(reply: protocol.StatusReply, rate: float | None, where: str, label: str = "") -> str:
     s = reply.stats
     lines = [
-        f"htex {__version__}  {label + '  ' if label else ''}interchange {where}  up {_duration(float(s.get('uptime', 0)))}",
-        f"tasks    {s.get('queued', 0)} queued  {s.get('running', 0)} running  "
-        f"{s.get('done', 0)} done ({s.get('raised', 0)} raised)  "
-        f"{s.get('lost', 0)} failed/lost  (received {s.get('received', 0)}, dispatched {s.get('dispatched', 0)})",
+        f"htex {__version__}  {label + '  ' if label else ''}interchange {where}  up {_duration(s.uptime)}",
+        f"tasks    {s.queued} queued  {s.running} running  {s.done} done ({s.raised} raised)  "
+        f"{s.lost} failed/lost  (received {s.received}, dispatched {s.dispatched})",
         "rate     " + (f"{rate:.1f} tasks/s" if rate is not None else "-"),
-        "progress " + format_line(int(s.get("done", 0)) + int(s.get("lost", 0)), int(s.get("lost", 0)),
-                                  int(s.get("running", 0)), int(s.get("received", 0)) or None, rate),
+        "progress " + format_line(s.done + s.lost, s.lost, s.running, s.received or None, rate),
         "",
-        f"managers ({len(reply.managers)}, {s.get('workers', 0)} workers)",
+        f"managers ({len(reply.pools)}, {s.workers} workers)",
     ]
     rows = [["MANAGER", "HOST", "BLOCK", "WORKERS", "RUNNING", "IDLE", "STATE", "HEARD"]]
-    for m in sorted(reply.managers, key=lambda m: (str(m.get("block_id")), str(m.get("manager")))):
-        idle = float(m.get("idle_duration", 0))
+    for p in sorted(reply.pools, key=lambda p: (p.block_id, p.manager)):
         rows.append([
-            str(m.get("manager")), str(m.get("hostname")), str(m.get("block_id")), str(m.get("worker_count")),
-            str(m.get("tasks")), "-" if m.get("tasks") else _duration(idle),
-            "active" if m.get("active", True) else "held", f"{float(m.get('last_heartbeat', 0)):.0f}s ago",
+            p.manager, p.hostname, p.block_id, str(p.worker_count), str(p.tasks),
+            "-" if p.tasks else _duration(p.idle_duration), "active" if p.active else "held",
+            f"{p.last_heartbeat:.0f}s ago",
         ])
-    lines += _table(rows) if reply.managers else ["  (none connected)"]
-    blocks = blocks_of(reply.managers)
+    lines += _table(rows) if reply.pools else ["  (none connected)"]
+    blocks = blocks_of(reply.pools)
     lines += ["", f"blocks ({len(blocks)}, by the block ids pools registered with)"]
     brows = [["BLOCK", "MANAGERS", "WORKERS", "RUNNING"]]
     for block, b in sorted(blocks.items()):
-        brows.append([block, str(len(b["managers"])), str(b["workers"]), str(b["tasks"])])
+        brows.append([block, str(len(b.managers)), str(b.workers), str(b.tasks)])
     lines += _table(brows) if blocks else ["  (none)"]
     return "\n".join(lines)
 

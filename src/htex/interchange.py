@@ -10,14 +10,21 @@
 Started by the executor as ``python -m htex.interchange``, its configuration
 (JSON) on stdin: a command line is readable by every local user.  Its
 loop, ``run()``, has four named steps: read the client, read the pools, hand
-queued tasks to pools with free capacity, keep time.  It blocks on its
+queued tasks to pools with free capacity (the policy is ``dispatch.plan``, a
+pure function; this class applies it), keep time.  It blocks on its
 sockets; the only timeouts are heartbeats and liveness checks.
+
+The client's requests (``protocol.Request``) are answered in the order they
+come, each by one message with its ``req``; what happens to pools is told to
+the client as typed events (PoolRegistered, PoolGone, PoolRejected, TasksFailed).
 
 It never unpickles a task, function or result: those are opaque bytes that
 it queues and forwards (it reads only a result's first byte, to count tasks
 that raised).  Anything from a peer that has not
 registered is decoded only as far as the header and a small JSON body, and
-dropped (with a log line) unless it is a Probe or a Register.
+dropped (with a log line) unless it is a Probe, a Register or a StatusRequest.
+Requests that change pools (HoldPools, DropBlocks) are read on the client
+socket only: a holder of the pool key may look, not act.
 
 Who may connect: pools on this host reach us over UNIX sockets in the
 executor's private directory (0700: the kernel keeps other users out); pools
@@ -35,11 +42,10 @@ user allowed retries (the executor resends within lost_task_retries).
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import platform
+import signal
 import sys
 import time
 from collections import OrderedDict, deque
@@ -49,8 +55,9 @@ from typing import Any
 
 import zmq
 
-from . import __version__, protocol, security
+from . import __version__, dispatch, protocol, security
 from .errors import ProtocolError
+from .protocol import InterchangeConfig
 
 log = logging.getLogger("htex.interchange")
 
@@ -58,32 +65,14 @@ _DRAIN = 256  # messages read from one socket before looking at the others (fair
 MAX_CONTROL_BYTES = 1 << 20  # the task socket only receives Probe, Register, Heartbeat, StatusRequest
 
 
-@dataclass
-class InterchangeConfig:
-    client_url: str
-    client_identity: str
-    tcp: bool = True  # listen on TCP worker ports (else UNIX sockets only)
-    bind_address: str = "127.0.0.1"
-    worker_ports: tuple[int, int] | None = None
-    worker_port_range: tuple[int, int] = (54000, 55000)
-    heartbeat_period: float = 30.0
-    heartbeat_threshold: float = 120.0
-    logdir: str = "."
-    debug: bool = False
-    cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
-    listen_fds: list[int] | None = None  # listening sockets the executor bound for us (task, result)
-    ipc_name: str | None = None  # also listen on ipc://NAME-tasks and -results (a private directory)
-
-
-@dataclass
+@dataclass(slots=True)
 class _Pool:
     """What the interchange knows of one registered pool (manager)."""
 
     identity: bytes
-    info: protocol.Register
-    capacity: int
+    reg: protocol.Register
+    capacity: int  # workers + prefetch capacity: the tasks it may hold at once
     last_heard: float
-    registered_at: float
     tasks: dict[int, int] = field(default_factory=dict)  # task id -> function key, sent and not done
     functions: set[int] = field(default_factory=set)
     held: bool = False
@@ -96,11 +85,55 @@ class _Pool:
     @property
     def idle(self) -> int:
         """Workers with nothing to do, as far as we know (tasks sent but not done occupy workers first)."""
-        return max(0, min(self.free, self.info.worker_count - len(self.tasks)))
+        return max(0, min(self.free, self.reg.worker_count - len(self.tasks)))
 
     def describe(self) -> str:
-        i = self.info
-        return f"manager {i.manager_id} on host {i.hostname} (block {i.block_id}, pid {i.pid})"
+        r = self.reg
+        return f"manager {r.manager_id} on host {r.hostname} (block {r.block_id}, pid {r.pid})"
+
+    def settle(self, msg: protocol.Results, frames: Sequence[protocol.Blob]) -> Sequence[protocol.Blob]:
+        """Its tasks these results end; what to forward: the frames as they came, or only its own tasks' results."""
+        known = [tid in self.tasks for tid in msg.ids]
+        for tid in msg.ids:
+            self.tasks.pop(tid, None)
+        if not self.tasks:
+            self.last_busy = self.last_heard
+        if all(known):
+            return frames
+        keep = [i for i, k in enumerate(known) if k]
+        log.warning("%s sent %d results for tasks it does not hold", self.describe(), len(known) - len(keep))
+        if not keep:
+            return []
+        return protocol.Results(protocol.u64_array(msg.ids[i] for i in keep), [msg.payloads[i] for i in keep]).encode()
+
+    def info(self, now: float) -> protocol.PoolInfo:
+        r = self.reg
+        return protocol.PoolInfo(
+            manager=r.manager_id, block_id=r.block_id, hostname=r.hostname, pid=r.pid,
+            worker_count=r.worker_count, prefetch_capacity=r.prefetch_capacity, tasks=len(self.tasks),
+            active=not self.held, idle_duration=0.0 if self.tasks else now - self.last_busy,
+            last_heartbeat=now - self.last_heard, python_version=r.python_version, version=r.htex_version,
+        )
+
+
+@dataclass(slots=True)
+class _Counts:
+    """Tasks since start: done counts every result, raised how many of them are exceptions."""
+
+    received: int = 0
+    dispatched: int = 0
+    done: int = 0
+    raised: int = 0
+    lost: int = 0  # failed with the pool that held them
+    functions_sent: int = 0
+
+    def stats(self, queued: int, pools: list[_Pool], dropped: int, uptime: float) -> protocol.Stats:
+        return protocol.Stats(
+            received=self.received, dispatched=self.dispatched, done=self.done, raised=self.raised, lost=self.lost,
+            functions_sent=self.functions_sent, queued=queued, pools=len(pools),
+            workers=sum(p.reg.worker_count for p in pools), running=sum(len(p.tasks) for p in pools),
+            dropped=dropped, uptime=uptime,
+        )
 
 
 class Interchange:
@@ -115,77 +148,18 @@ class Interchange:
         self.with_room: OrderedDict[bytes, _Pool] = OrderedDict()  # pools with free capacity, in turn order
         self.stopping = False
         self.client_last_heard = time.monotonic()
-        self.client_last_sent = 0.0
-        self.pools_last_sent = 0.0
+        self.client_last_sent = self.pools_last_sent = 0.0  # a heartbeat is due a period after the last message
         self.parent = os.getppid()
         self.started = time.monotonic()
         self.dropped = 0
-        # done counts results (raised included: "raised" says how many of them are exceptions)
-        self.counts = {"received": 0, "dispatched": 0, "done": 0, "raised": 0, "lost": 0, "functions_sent": 0}
+        self.counts = _Counts()
 
-        self.client = self.ctx.socket(zmq.DEALER)  # a UNIX socket in the client's private directory
-        self.client.setsockopt(zmq.IDENTITY, cfg.client_identity.encode())
-        self._unbounded(self.client)
-        self.client.connect(cfg.client_url)
-
-        self.task_sock = self._router()
-        # Only small control messages arrive here: refuse big ones before they are read.
-        self.task_sock.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
-        self.result_sock = self._router()
-        # UNIX sockets first, as plain ZeroMQ (their directory keeps strangers out); then TCP, with
-        # CURVE when encrypted.  libzmq takes the security options at bind time, per endpoint.
-        if cfg.ipc_name:
-            self.task_sock.bind(f"ipc://{cfg.ipc_name}-tasks")
-            self.result_sock.bind(f"ipc://{cfg.ipc_name}-results")
-        self.task_port = self.result_port = 0
-        self.auth = None
-        if cfg.tcp:
-            if cfg.cert_dir:
-                self.auth = security.authenticator(self.ctx, cfg.cert_dir, "pool")
-                security.serve(self.task_sock, cfg.cert_dir)
-                security.serve(self.result_sock, cfg.cert_dir)
-            self._bind_tcp()
-
+        socks = _open_sockets(self.ctx, cfg)
+        self.client, self.task_sock, self.result_sock = socks.client, socks.tasks, socks.results
+        self.task_port, self.result_port, self.auth = socks.task_port, socks.result_port, socks.auth
         self.poller = zmq.Poller()
         for sock in (self.client, self.task_sock, self.result_sock):
             self.poller.register(sock, zmq.POLLIN)
-
-    def _bind_tcp(self) -> None:
-        cfg = self.cfg
-        address = f"tcp://{cfg.bind_address}"
-        if cfg.worker_ports and cfg.listen_fds:
-            # The executor bound these ports and passed us the sockets (ZMQ_USE_FD).
-            self.task_port, self.result_port = cfg.worker_ports
-            for sock, fd, port in zip(
-                (self.task_sock, self.result_sock), cfg.listen_fds, cfg.worker_ports, strict=True
-            ):
-                sock.setsockopt(zmq.USE_FD, fd)
-                sock.bind(f"{address}:{port}")
-                sock.setsockopt(zmq.USE_FD, -1)  # it sticks: a later bind would reuse the fd (libzmq aborts)
-        elif cfg.worker_ports:
-            self.task_port, self.result_port = cfg.worker_ports
-            self.task_sock.bind(f"{address}:{self.task_port}")
-            self.result_sock.bind(f"{address}:{self.result_port}")
-        else:
-            low, high = cfg.worker_port_range
-            self.task_port = self.task_sock.bind_to_random_port(address, low, high, 200)
-            self.result_port = self.result_sock.bind_to_random_port(address, low, high, 200)
-
-    def _router(self) -> zmq.Socket[Any]:
-        sock = self.ctx.socket(zmq.ROUTER)
-        self._unbounded(sock)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished pool raises, not drops
-        # No ROUTER_HANDOVER: with it, whoever connects with a live pool's identity takes over its
-        # connection (and its results); without it, the newcomer gets an identity of its own.
-        return sock
-
-    @staticmethod
-    def _unbounded(sock: zmq.Socket[Any]) -> None:
-        # A full high-water mark makes ZeroMQ drop or block silently; the executor's
-        # in-flight window bounds memory instead.
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.LINGER, 0)
 
     # -- the loop -------------------------------------------------------------
 
@@ -233,75 +207,48 @@ class Interchange:
             if isinstance(msg, protocol.Tasks):
                 self.functions.update(msg.functions)
                 self.queue.extend(zip(msg.ids, msg.fn_keys, msg.payloads, strict=False))
-                self.counts["received"] += len(msg.ids)
-            elif isinstance(msg, protocol.Command):
-                self._command(msg)
+                self.counts.received += len(msg.ids)
+            elif isinstance(msg, protocol.Request):
+                self._to_client(self._answer(msg))
             elif isinstance(msg, protocol.Shutdown):
                 log.info("client asked for shutdown")
                 self.stopping = True
                 return
 
-    def _command(self, cmd: protocol.Command) -> None:
+    def _answer(self, msg: protocol.Request) -> protocol.Answer:
+        """Carry out a request of the client: what goes wrong is its answer (Failed), not our end."""
         try:
-            if cmd.op == "connected_managers":
-                result: Any = [self._pool_info(p) for p in self.pools.values()]
-            elif cmd.op == "hold_worker":
-                result = self._hold(str(cmd.args[0]))
-            elif cmd.op == "outstanding":
-                result = len(self.queue) + sum(len(p.tasks) for p in self.pools.values())
-            elif cmd.op == "stats":
-                result = self._stats()
-            elif cmd.op == "drop_block":
-                # The block's job ended, or is being scaled in: forget its pools now (and tell them to stop).
-                block, why, released = str(cmd.args[0]), str(cmd.args[1]), bool(cmd.args[2])
-                gone = [p for p in self.pools.values() if p.info.block_id == block]
-                for pool in gone:
-                    self._to_pool(pool.identity, protocol.Shutdown(reason=why))
-                    self._lose_pool(pool, why, released)
-                result = len(gone)
-            else:
-                raise ValueError(f"unknown command {cmd.op!r}")
-            reply = protocol.Reply(req=cmd.req, result=result)
+            if isinstance(msg, protocol.StatusRequest):
+                return self._status(msg.req)
+            if isinstance(msg, protocol.HoldPools):
+                return protocol.Done(req=msg.req, count=self._hold(msg.managers))
+            return protocol.Done(req=msg.req, count=self._drop_blocks(msg.blocks, msg.reason, msg.released))
         except Exception as exc:
-            reply = protocol.Reply(req=cmd.req, error=f"{type(exc).__name__}: {exc}")
-        self._to_client(reply)
+            log.exception("could not carry out %s", type(msg).__name__)
+            return protocol.Failed(req=msg.req, reason=f"{type(exc).__name__}: {exc}")
 
-    def _stats(self) -> dict[str, Any]:
-        return dict(
-            self.counts,
-            queued=len(self.queue),
-            pools=len(self.pools),
-            workers=sum(p.info.worker_count for p in self.pools.values()),
-            running=sum(len(p.tasks) for p in self.pools.values()),
-            dropped=self.dropped,
-            uptime=time.monotonic() - self.started,
-        )
-
-    def _pool_info(self, pool: _Pool) -> dict[str, Any]:
+    def _status(self, req: int) -> protocol.StatusReply:
         now = time.monotonic()
-        return {
-            "manager": pool.info.manager_id,
-            "block_id": pool.info.block_id,
-            "hostname": pool.info.hostname,
-            "pid": pool.info.pid,
-            "worker_count": pool.info.worker_count,
-            "prefetch_capacity": pool.info.prefetch_capacity,
-            "tasks": len(pool.tasks),
-            "active": not pool.held,
-            "idle_duration": 0.0 if pool.tasks else now - pool.last_busy,
-            "last_heartbeat": now - pool.last_heard,
-            "python_version": pool.info.python_version,
-            "version": pool.info.htex_version,
-        }
+        stats = self.counts.stats(len(self.queue), list(self.pools.values()), self.dropped, now - self.started)
+        return protocol.StatusReply(req=req, stats=stats, pools=[p.info(now) for p in self.pools.values()])
 
-    def _hold(self, manager_id: str) -> bool:
-        for pool in self.pools.values():
-            if pool.info.manager_id == manager_id:
-                pool.held = True
-                self.with_room.pop(pool.identity, None)
-                log.info("holding %s: no new tasks go to it", pool.describe())
-                return True
-        return False
+    def _hold(self, managers: list[str]) -> int:
+        wanted = set(managers)
+        held = [p for p in self.pools.values() if p.reg.manager_id in wanted]
+        for pool in held:
+            pool.held = True
+            self.with_room.pop(pool.identity, None)
+            log.info("holding %s: no new tasks go to it", pool.describe())
+        return len(held)
+
+    def _drop_blocks(self, blocks: list[str], why: str, released: bool) -> int:
+        # Their jobs ended, or they are being scaled in: forget their pools now (and tell them to stop).
+        wanted = set(blocks)
+        gone = [p for p in self.pools.values() if p.reg.block_id in wanted]
+        for pool in gone:
+            self._to_pool(pool.identity, protocol.Shutdown(reason=why))
+            self._lose_pool(pool, why, released)
+        return len(gone)
 
     def _to_client(self, msg: protocol.Message) -> None:
         self.client.send_multipart(msg.encode(), copy=False)
@@ -328,8 +275,7 @@ class Interchange:
             if isinstance(msg, protocol.Probe):
                 self._to_pool(identity, protocol.ProbeReply())
             elif isinstance(msg, protocol.StatusRequest):
-                managers = [self._pool_info(p) for p in self.pools.values()]
-                self._to_pool(identity, protocol.StatusReply(stats=self._stats(), managers=managers))
+                self._to_pool(identity, self._status(msg.req))  # `htex status` (req 0)
             elif isinstance(msg, protocol.Register):
                 self._register(identity, msg)
             elif pool is None:
@@ -339,27 +285,22 @@ class Interchange:
                     self._to_pool(identity, protocol.Rejected(reason="unknown pool: it was declared lost"))
 
     def _register(self, identity: bytes, reg: protocol.Register) -> None:
-        mine = (__version__, ".".join(platform.python_version_tuple()[:2]))
-        theirs = (reg.htex_version, ".".join(reg.python_version.split(".")[:2]))
-        if mine != theirs:
-            reason = (
-                f"version mismatch: the executor runs htex {mine[0]} on Python {mine[1]}, "
-                f"this pool runs htex {theirs[0]} on Python {theirs[1]}; install the same versions on both"
-            )
+        reason = _version_mismatch(reg)
+        if reason:
             log.error("refusing manager %s from %s: %s", reg.manager_id, reg.hostname, reason)
             self._to_pool(identity, protocol.Rejected(reason=reason))
-            self._to_client(protocol.Event(kind="pool_rejected", message=reason, data={"manager": reg.manager_id}))
+            self._to_client(protocol.PoolRejected(manager=reg.manager_id, reason=reason))
             return
         if reg.worker_count < 1 or reg.prefetch_capacity < 0 or identity in self.pools:
             self._drop(identity, f"bad registration {reg}")
             return
         now = time.monotonic()
-        pool = _Pool(identity, reg, reg.worker_count + reg.prefetch_capacity, now, now, last_busy=now)
+        pool = _Pool(identity, reg, reg.worker_count + reg.prefetch_capacity, now, last_busy=now)
         self.pools[identity] = pool
         self.with_room[identity] = pool
         self._to_pool(identity, protocol.Registered())
         log.info("registered %s with %d workers", pool.describe(), reg.worker_count)
-        self._to_client(protocol.Event(kind="pool_registered", message=pool.describe(), data=self._pool_info(pool)))
+        self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
 
     def _read_results(self) -> None:
         for _ in range(_DRAIN):
@@ -380,21 +321,11 @@ class Interchange:
             pool.last_heard = time.monotonic()
             if not isinstance(msg, protocol.Results):
                 continue
-            known = [tid in pool.tasks for tid in msg.ids]
-            for tid in msg.ids:
-                pool.tasks.pop(tid, None)
-            if all(known):
-                self.results_out.append(frames[1:])  # forwarded as they came
-            else:
-                keep = [i for i, k in enumerate(known) if k]
-                log.warning("%s sent %d results for tasks it does not hold", pool.describe(), len(known) - len(keep))
-                if keep:
-                    ids = protocol.u64_array(msg.ids[i] for i in keep)
-                    self.results_out.append(protocol.Results(ids, [msg.payloads[i] for i in keep]).encode())
-            self.counts["done"] += len(msg.ids)
-            self.counts["raised"] += sum(1 for p in msg.payloads if _raised(p))
-            if not pool.tasks:
-                pool.last_busy = pool.last_heard
+            forward = pool.settle(msg, frames[1:])
+            if forward:
+                self.results_out.append(forward)
+            self.counts.done += len(msg.ids)
+            self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
             if pool.free > 0:
                 self.with_room[identity] = pool
 
@@ -421,55 +352,40 @@ class Interchange:
     # -- step 3: dispatch -------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand queued tasks, oldest first, to pools with room: idle workers first, then prefetch slots.
-
-        Idle workers are filled a pool at a time.  A task given to an idle
-        worker starts at once wherever it goes, so this costs no balance, and
-        it sends one message of many tasks instead of many messages of one
-        (with 1,000 pools, spreading a batch thinly cost the interchange half
-        its rate).  Prefetch slots (room beyond the idle workers) are shared
-        fairly: a task queued behind a busy worker should not wait in one pool
-        while another could queue it as well.  Pools take turns: each one
-        served goes to the back of ``with_room``.
-        """
+        """Hand queued tasks, oldest first, to pools with room, as ``dispatch.plan`` says (its rules are there)."""
         room = self.with_room
-        for _ in range(len(room)):
-            if not self.queue:
-                return
-            identity, pool = room.popitem(last=False)
-            n = min(pool.idle, len(self.queue))
-            if (n == 0 or self._send_tasks(pool, n)) and pool.free > 0:
-                room[identity] = pool
         while self.queue and room:
-            pools = list(room.values())
-            for i, pool in enumerate(pools):
-                n = min(pool.free, math.ceil(len(self.queue) / (len(pools) - i)))
-                if self._send_tasks(pool, n) and pool.free > 0:
-                    room.move_to_end(pool.identity)
-                else:
-                    room.pop(pool.identity, None)
-                if not self.queue:
-                    return
+            if self._take_turns(dispatch.plan(len(self.queue), ((p, p.idle, p.free) for p in room.values()))):
+                return
+            # A pool was unreachable: its tasks are back at the front of the queue, and it left the
+            # turn order.  Plan again without it (rare: a pool that vanished without a word).
+
+    def _take_turns(self, turns: list[tuple[_Pool, int]]) -> bool:
+        """Apply a plan; False if a pool was unreachable (then the turns after it are not taken)."""
+        room = self.with_room
+        for pool, n in turns:
+            if n and not self._send_tasks(pool, n):
+                return False
+            room.pop(pool.identity, None)  # its turn is over: to the back, if it has room left
+            if pool.free > 0:
+                room[pool.identity] = pool
+        return True
 
     def _send_tasks(self, pool: _Pool, n: int) -> bool:
         """Send the next n queued tasks to the pool; False (the tasks back in the queue) if it is unreachable."""
         batch = [self.queue.popleft() for _ in range(n)]
-        functions = {}
-        for _, key, _ in batch:
-            if key not in pool.functions and key in self.functions:
-                functions[key] = self.functions[key]
-        ids = protocol.u64_array(t[0] for t in batch)
-        keys = protocol.u64_array(t[1] for t in batch)
-        msg = protocol.Tasks(ids, keys, [t[2] for t in batch], functions)
-        if not self._to_pool(pool.identity, msg):
+        known, ours = pool.functions, self.functions  # each function goes to a pool once, with its first task
+        functions = {key: ours[key] for _, key, _ in batch if key not in known and key in ours}
+        ids, keys = protocol.u64_array(t[0] for t in batch), protocol.u64_array(t[1] for t in batch)
+        if not self._to_pool(pool.identity, protocol.Tasks(ids, keys, [t[2] for t in batch], functions)):
             self.queue.extendleft(reversed(batch))  # never left: back to the front
             self.with_room.pop(pool.identity, None)
             return False
         pool.functions.update(functions)
-        self.counts["functions_sent"] += len(functions)
+        self.counts.functions_sent += len(functions)
         for tid, key, _ in batch:
             pool.tasks[tid] = key
-        self.counts["dispatched"] += n
+        self.counts.dispatched += n
         return True
 
     # -- step 4: time -------------------------------------------------------------
@@ -505,12 +421,11 @@ class Interchange:
         held = list(pool.tasks)
         message = f"{pool.describe()} was {'released' if released else 'lost'}: {why}"
         log.error("%s; the %d tasks it held fail", message, len(held))
-        self.counts["lost"] += len(held)
+        self.counts.lost += len(held)
         if held:
-            self._to_client(protocol.TasksFailed(ids=held, error="ManagerLost", message=message))
-        kind = "pool_released" if released else "pool_lost"
-        data = {"manager": pool.info.manager_id, "block_id": pool.info.block_id}
-        self._to_client(protocol.Event(kind=kind, message=message, data=data))
+            self._to_client(protocol.TasksFailed(ids=held, error=protocol.LostReason.MANAGER_LOST, message=message))
+        r = pool.reg
+        self._to_client(protocol.PoolGone(manager=r.manager_id, block_id=r.block_id, message=message, released=released))
 
     # -- shutdown -------------------------------------------------------------------
 
@@ -526,6 +441,86 @@ class Interchange:
         log.info("interchange stopped")
 
 
+@dataclass(frozen=True)
+class _Sockets:
+    client: zmq.Socket[Any]  # DEALER to the executor's ROUTER, on a UNIX socket in its private directory
+    tasks: zmq.Socket[Any]  # ROUTER: registrations, heartbeats and tasks to pools
+    results: zmq.Socket[Any]  # ROUTER: results from pools
+    task_port: int  # 0: no TCP port (pools reach us over UNIX sockets only)
+    result_port: int
+    auth: Any  # the ZAP handler that lets in only the run's pool key (encrypted TCP), else None
+
+
+def _open_sockets(ctx: zmq.Context[zmq.Socket[Any]], cfg: InterchangeConfig) -> _Sockets:
+    client = ctx.socket(zmq.DEALER)
+    client.setsockopt(zmq.IDENTITY, cfg.client_identity.encode())
+    _unbounded(client)
+    client.connect(cfg.client_url)
+    tasks, results = _router(ctx), _router(ctx)
+    # Only small control messages arrive here: refuse big ones before they are read.
+    tasks.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+    # UNIX sockets first, as plain ZeroMQ (their directory keeps strangers out); then TCP, with
+    # CURVE when encrypted.  libzmq takes the security options at bind time, per endpoint.
+    if cfg.ipc_name:
+        tasks.bind(f"ipc://{cfg.ipc_name}-tasks")
+        results.bind(f"ipc://{cfg.ipc_name}-results")
+    ports, auth = (0, 0), None
+    if cfg.tcp:
+        if cfg.cert_dir:
+            auth = security.authenticator(ctx, cfg.cert_dir, "pool")
+            security.serve(tasks, cfg.cert_dir)
+            security.serve(results, cfg.cert_dir)
+        ports = _bind_tcp(cfg, tasks, results)
+    return _Sockets(client, tasks, results, ports[0], ports[1], auth)
+
+
+def _router(ctx: zmq.Context[zmq.Socket[Any]]) -> zmq.Socket[Any]:
+    sock = ctx.socket(zmq.ROUTER)
+    _unbounded(sock)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished pool raises, not drops
+    # No ROUTER_HANDOVER: with it, whoever connects with a live pool's identity takes over its
+    # connection (and its results); without it, the newcomer gets an identity of its own.
+    return sock
+
+
+def _unbounded(sock: zmq.Socket[Any]) -> None:
+    # A full high-water mark makes ZeroMQ drop or block silently; the executor's
+    # in-flight window bounds memory instead.
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+
+
+def _bind_tcp(cfg: InterchangeConfig, task_sock: zmq.Socket[Any], result_sock: zmq.Socket[Any]) -> tuple[int, int]:
+    """Bind the worker ports; return them (task, result)."""
+    address = f"tcp://{cfg.bind_address}"
+    if cfg.worker_ports and cfg.listen_fds:
+        # The executor bound these ports and passed us the sockets (ZMQ_USE_FD).
+        for sock, fd, port in zip((task_sock, result_sock), cfg.listen_fds, cfg.worker_ports, strict=True):
+            sock.setsockopt(zmq.USE_FD, fd)
+            sock.bind(f"{address}:{port}")
+            sock.setsockopt(zmq.USE_FD, -1)  # it sticks: a later bind would reuse the fd (libzmq aborts)
+        return cfg.worker_ports
+    if cfg.worker_ports:
+        task_sock.bind(f"{address}:{cfg.worker_ports[0]}")
+        result_sock.bind(f"{address}:{cfg.worker_ports[1]}")
+        return cfg.worker_ports
+    low, high = cfg.worker_port_range
+    return task_sock.bind_to_random_port(address, low, high, 200), result_sock.bind_to_random_port(address, low, high, 200)
+
+
+def _version_mismatch(reg: protocol.Register) -> str:
+    """Why this pool cannot serve us ("" if it can): tasks are pickled, so htex and Python must match."""
+    mine = (__version__, ".".join(platform.python_version_tuple()[:2]))
+    theirs = (reg.htex_version, ".".join(reg.python_version.split(".")[:2]))
+    if mine == theirs:
+        return ""
+    return (
+        f"version mismatch: the executor runs htex {mine[0]} on Python {mine[1]}, "
+        f"this pool runs htex {theirs[0]} on Python {theirs[1]}; install the same versions on both"
+    )
+
+
 def _raised(result: protocol.Blob) -> bool:
     data = protocol.as_buffer(result)
     return len(data) > 0 and data[0] == protocol.RESULT_RAISED
@@ -533,19 +528,16 @@ def _raised(result: protocol.Blob) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    raw = json.loads(argv[0] if argv else sys.stdin.read())  # stdin: the executor's way
-    for key in ("worker_ports", "worker_port_range"):
-        if raw.get(key) is not None:
-            raw[key] = tuple(raw[key])
-    cfg = InterchangeConfig(**raw)
+    try:
+        cfg = InterchangeConfig.from_json(argv[0].encode() if argv else sys.stdin.buffer.read())  # stdin: the executor's way
+    except ProtocolError as exc:
+        raise SystemExit(f"htex.interchange: bad configuration: {exc}") from None
     os.makedirs(cfg.logdir, exist_ok=True)
     logging.basicConfig(
         filename=os.path.join(cfg.logdir, "interchange.log"),
         level=logging.DEBUG if cfg.debug else logging.INFO,
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
-    import signal
-
     # Ctrl-C in the terminal is the client's; it tells us to stop over the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

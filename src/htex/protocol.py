@@ -12,8 +12,10 @@ Bodies (integers little-endian)::
               frame); the packed blobs: the f functions, then the n tasks
     RESULTS   u32 n; u64 ids[n]; u32 sizes[n]; the packed result blobs
     HEARTBEAT nothing
-    others    one JSON object (control messages: small, and safe to parse from a
-              peer that is not yet trusted)
+    others    one JSON object: a control message, small, safe to parse from a peer
+              that is not yet trusted, and checked field by field against its
+              declared type (nested objects, lists, enums as ints; ProtocolError
+              names the first field that is wrong)
 
 Why pack: pyzmq costs ~2 us per frame on each side, so a one-task message of
 five frames cost five times what one frame does, at every hop; small blobs are
@@ -26,30 +28,44 @@ interchange and the pool move them without ever unpickling them.
 
 Who sends what::
 
-    executor  -> interchange   Tasks, Command, Heartbeat, Shutdown
-    interchange -> executor    Ready, Results, TasksFailed, Reply, Event, Heartbeat
+    executor  -> interchange   Tasks, Heartbeat, Shutdown; requests, each with a req:
+                                 StatusRequest -> StatusReply(stats, pools)
+                                 HoldPools     -> Done(count)     (pools put on hold)
+                                 DropBlocks    -> Done(count)     (pools forgotten)
+                                 any of them   -> Failed(reason)  (could not be carried out)
+    interchange -> executor    Ready, Results, Heartbeat, the answers above; events:
+                                 TasksFailed(ids, LostReason), PoolRegistered(PoolInfo),
+                                 PoolGone (lost or released), PoolRejected
     pool      -> interchange   Probe, Register, Results, Heartbeat
     interchange -> pool        ProbeReply, Registered, Rejected, Tasks, Heartbeat, Shutdown
-    key holder -> interchange  StatusRequest (answered with StatusReply; `htex status`)
+    key holder -> interchange  StatusRequest (req 0, on the task port: `htex status`)
     worker    -> pool          WorkerReady, Results
     pool      -> worker        Tasks, Shutdown
+
+The interchange's configuration (``InterchangeConfig``, on its stdin) is JSON
+read with the same checks as a message.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import functools
 import json
+import math
 import struct
+import types
+import typing
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import zmq
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAGIC = b"HX"
 _HEADER = struct.Struct("<2sBB")
 # Blobs smaller than this are copied into the packed frame; pyzmq copies anything
@@ -220,6 +236,142 @@ class Heartbeat:
 
 
 # ---------------------------------------------------------------------------
+# JSON bodies, checked against their declared types
+# ---------------------------------------------------------------------------
+
+_Check = Callable[[Any], Any]
+_T = TypeVar("_T")
+
+
+def _exactly(want: type) -> _Check:
+    def check(value: Any) -> Any:
+        if type(value) is not want:  # not isinstance: True is an int, and a peer must not pass it as one
+            raise ProtocolError(f"should be {want.__name__}, got {value!r:.40}")
+        return value
+
+    return check
+
+
+def _float(value: Any) -> float:
+    if type(value) is float or type(value) is int:  # JSON writes 2.0 as 2 when a peer's float was whole
+        try:
+            number = float(value)
+        except OverflowError:
+            pass
+        else:
+            if math.isfinite(number):  # json reads NaN, Infinity and 1e999 unless told not to
+                return number
+    raise ProtocolError(f"should be a finite float, got {value!r:.40}")
+
+
+def _enum(cls: type[enum.IntEnum]) -> _Check:
+    def check(value: Any) -> Any:
+        if type(value) is not int:
+            raise ProtocolError(f"should be a {cls.__name__} (an int), got {value!r:.40}")
+        try:
+            return cls(value)
+        except ValueError:
+            raise ProtocolError(f"should be a {cls.__name__}, got {value!r:.40}") from None
+
+    return check
+
+
+def _list(item: _Check) -> _Check:
+    def check(value: Any) -> Any:
+        if type(value) is not list:
+            raise ProtocolError(f"should be a list, got {value!r:.40}")
+        return [item(v) for v in value]
+
+    return check
+
+
+def _tuple(items: list[_Check]) -> _Check:
+    def check(value: Any) -> Any:
+        if type(value) is not list or len(value) != len(items):  # JSON has no tuples: a list of that length
+            raise ProtocolError(f"should be a list of {len(items)}, got {value!r:.40}")
+        return tuple(c(v) for c, v in zip(items, value, strict=True))
+
+    return check
+
+
+def _optional(inner: _Check) -> _Check:
+    return lambda value: None if value is None else inner(value)
+
+
+def _converter(hint: Any) -> _Check:
+    """A function that checks one JSON value against ``hint`` and returns it as that type.
+
+    Built once per field, at import, so decoding does no type introspection.  The
+    function raises ProtocolError for a value of another type; this one raises
+    TypeError, at import, for a type with no JSON form (a message declared with one
+    is our bug, not a peer's).
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        return _optional(_converter(args[0] if args[1] is type(None) else args[1]))
+    if origin is list and len(args) == 1:
+        return _list(_converter(args[0]))
+    if origin is tuple and args and Ellipsis not in args:
+        return _tuple([_converter(a) for a in args])
+    if isinstance(hint, type):
+        if dataclasses.is_dataclass(hint):
+            _fields(hint)  # its own fields are checked now, not at the first decode
+            return functools.partial(_from_plain, hint)
+        if issubclass(hint, enum.IntEnum):
+            return _enum(hint)
+        if hint is float:
+            return _float
+        if hint in (int, str, bool):
+            return _exactly(hint)
+    raise TypeError(f"htex.protocol: no JSON form for the type {hint!r}")
+
+
+_FIELDS: dict[type, dict[str, _Check]] = {}
+
+
+def _fields(cls: type) -> dict[str, _Check]:
+    """Each field of a dataclass and its check (the annotations are strings here: resolve them)."""
+    checks = _FIELDS.get(cls)
+    if checks is None:
+        hints = typing.get_type_hints(cls)
+        checks = _FIELDS[cls] = {f.name: _converter(hints[f.name]) for f in dataclasses.fields(cls)}
+    return checks
+
+
+def _from_plain(cls: type[_T], obj: Any) -> _T:
+    """``cls`` from a parsed JSON object, every field checked; ProtocolError names the first bad one."""
+    if type(obj) is not dict:
+        raise ProtocolError(f"{cls.__name__} should be a JSON object, got {obj!r:.40}")
+    checks = _fields(cls)
+    values = {}
+    for name, value in obj.items():
+        check = checks.get(name)
+        if check is None:
+            raise ProtocolError(f"{cls.__name__} has no field {name!r:.40}")
+        try:
+            values[name] = check(value)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{cls.__name__}.{name}: {exc}") from None
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a field without a default is missing
+        raise ProtocolError(f"bad {cls.__name__}: {exc}") from None
+
+
+def _load(cls: type[_T], data: bytes) -> _T:
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: a body of "[[[[..." nested too deep to parse
+        raise ProtocolError(f"bad {cls.__name__} body: {exc!s:.80}") from None
+    return _from_plain(cls, obj)
+
+
+def _dump(obj: Any) -> bytes:
+    # allow_nan=False: a NaN is refused here, by the sender, rather than by the peer that reads it
+    return json.dumps(dataclasses.asdict(obj), allow_nan=False).encode()
+
+
+# ---------------------------------------------------------------------------
 # Control messages: one JSON frame each
 # ---------------------------------------------------------------------------
 
@@ -229,27 +381,13 @@ class _Json:
     TYPE: ClassVar[int] = 0
 
     def encode(self) -> list[Blob]:
-        return [_HEADERS[self.TYPE] + json.dumps(dataclasses.asdict(self)).encode()]
+        return [_HEADERS[self.TYPE] + _dump(self)]
 
     @classmethod
     def decode(cls, frames: Sequence[Blob]) -> Any:
         if len(frames) != 1:
             raise ProtocolError(f"{cls.__name__} is one frame, got {len(frames)}")
-        try:
-            fields = json.loads(memoryview(as_buffer(frames[0]))[_HEADER.size :].tobytes())
-            msg = cls(**fields)
-        except (ValueError, TypeError) as exc:
-            raise ProtocolError(f"bad {cls.__name__} body: {exc}") from exc
-        # A peer may be hostile: check the scalar fields really have their declared types.
-        for f in dataclasses.fields(cls):
-            want = _SCALARS.get(str(f.type))
-            value = getattr(msg, f.name)
-            if want is not None and (not isinstance(value, want) or isinstance(value, bool)):
-                raise ProtocolError(f"{cls.__name__}.{f.name} should be {f.type}, got {value!r:.40}")
-        return msg
-
-
-_SCALARS: dict[str, type] = {"int": int, "str": str}
+        return _load(cls, memoryview(as_buffer(frames[0]))[_HEADER.size :].tobytes())
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,42 +406,145 @@ class Shutdown(_Json):
     reason: str = ""
 
 
+# -- executor <-> interchange: requests, each answered by one message with its req ---------------
+
+
 @dataclass(frozen=True, slots=True)
-class Command(_Json):
-    """Executor -> interchange: a request answered by a Reply with the same ``req``."""
+class PoolInfo:
+    """What the interchange knows of one pool (manager); ``dataclasses.asdict`` gives Parsl's manager dict."""
+
+    manager: str
+    block_id: str
+    hostname: str
+    pid: int
+    worker_count: int
+    prefetch_capacity: int
+    tasks: int  # sent to it and not done
+    active: bool  # False: held (no new task goes to it)
+    idle_duration: float  # s since it last held no task (0 while it holds some)
+    last_heartbeat: float  # s since we last heard from it
+    python_version: str
+    version: str  # its htex version
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """The interchange's counters.  ``done`` counts every result, ``raised`` those that are exceptions."""
+
+    received: int
+    dispatched: int
+    done: int
+    raised: int
+    lost: int
+    functions_sent: int
+    queued: int
+    pools: int
+    workers: int
+    running: int
+    dropped: int  # messages refused from peers
+    uptime: float  # s, by the interchange's clock: two samples give a rate
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest(_Json):
+    """Executor -> interchange (client socket), or a holder of the run's keys -> its task port (`htex status`)."""
+
+    TYPE: ClassVar[int] = 26
+    req: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply(_Json):
+    TYPE: ClassVar[int] = 27
+    req: int
+    stats: Stats
+    pools: list[PoolInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPools(_Json):
+    """Send no new task to these pools (by manager id); their tasks run on.  Answered by Done(count held)."""
 
     TYPE: ClassVar[int] = 13
     req: int
-    op: str
-    args: list[Any] = field(default_factory=list)
+    managers: list[str]
 
 
 @dataclass(frozen=True, slots=True)
-class Reply(_Json):
+class DropBlocks(_Json):
+    """Forget the pools of these blocks now, and tell them to stop.  Answered by Done(count forgotten).
+
+    ``released``: the executor let them go (scaled in), else their job ended; each pool
+    forgotten is announced by a PoolGone, and the tasks it held fail (TasksFailed).
+    """
+
     TYPE: ClassVar[int] = 14
     req: int
-    result: Any = None
-    error: str = ""
+    blocks: list[str]
+    reason: str
+    released: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Done(_Json):
+    TYPE: ClassVar[int] = 16
+    req: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(_Json):
+    """The answer to a request the interchange could not carry out."""
+
+    TYPE: ClassVar[int] = 17
+    req: int
+    reason: str
+
+
+# -- interchange -> executor: events ------------------------------------------------------------
+
+
+class LostReason(enum.IntEnum):
+    """Why tasks ended without a result; the executor raises the matching exception of htex.errors."""
+
+    MANAGER_LOST = 1  # their pool was lost or released while holding them (errors.ManagerLost)
 
 
 @dataclass(frozen=True, slots=True)
 class TasksFailed(_Json):
-    """Interchange -> executor: tasks that ended without a result (e.g. their pool was lost)."""
-
     TYPE: ClassVar[int] = 15
     ids: list[int]
-    error: str  # a class name from htex.errors
+    error: LostReason
     message: str
 
 
 @dataclass(frozen=True, slots=True)
-class Event(_Json):
-    """Interchange -> executor: something the executor should log or act on."""
+class PoolRegistered(_Json):
+    TYPE: ClassVar[int] = 40
+    pool: PoolInfo
 
-    TYPE: ClassVar[int] = 16
-    kind: str
+
+@dataclass(frozen=True, slots=True)
+class PoolGone(_Json):
+    """A pool the interchange forgot: lost (silent for heartbeat_threshold, or its job ended) or released."""
+
+    TYPE: ClassVar[int] = 41
+    manager: str
+    block_id: str
     message: str
-    data: dict[str, Any] = field(default_factory=dict)
+    released: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRejected(_Json):
+    """A pool refused at registration (a version mismatch): the executor may never get a worker."""
+
+    TYPE: ClassVar[int] = 42
+    manager: str
+    reason: str
+
+
+# -- pool <-> interchange, worker -> pool ---------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,20 +584,6 @@ class Rejected(_Json):
 
 
 @dataclass(frozen=True, slots=True)
-class StatusRequest(_Json):
-    """A holder of the run's keys (or of its private directory) -> interchange: what is going on?"""
-
-    TYPE: ClassVar[int] = 26
-
-
-@dataclass(frozen=True, slots=True)
-class StatusReply(_Json):
-    TYPE: ClassVar[int] = 27
-    stats: dict[str, Any]
-    managers: list[dict[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
 class WorkerReady(_Json):
     """Worker -> pool, once at start-up."""
 
@@ -365,16 +592,20 @@ class WorkerReady(_Json):
     pid: int
 
 
+Request = StatusRequest | HoldPools | DropBlocks
+Answer = StatusReply | Done | Failed
+PoolEvent = PoolRegistered | PoolGone | PoolRejected
 Message = (
-    Tasks | Results | Ready | Heartbeat | Shutdown | Command | Reply | TasksFailed | Event
-    | Probe | ProbeReply | Register | Registered | Rejected | StatusRequest | StatusReply | WorkerReady
+    Tasks | Results | Ready | Heartbeat | Shutdown | Request | Answer | TasksFailed | PoolEvent
+    | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady
 )
 
 _TYPES: dict[int, Any] = {
     cls.TYPE: cls
     for cls in (
-        Tasks, Results, Ready, Heartbeat, Shutdown, Command, Reply, TasksFailed, Event,
-        Probe, ProbeReply, Register, Registered, Rejected, StatusRequest, StatusReply, WorkerReady,
+        Tasks, Results, Ready, Heartbeat, Shutdown, StatusRequest, StatusReply, HoldPools, DropBlocks, Done, Failed,
+        TasksFailed, PoolRegistered, PoolGone, PoolRejected,
+        Probe, ProbeReply, Register, Registered, Rejected, WorkerReady,
     )
 }
 _HEADERS = {t: _HEADER.pack(MAGIC, PROTOCOL_VERSION, t) for t in _TYPES}
@@ -405,3 +636,40 @@ def decode(frames: Sequence[Blob]) -> Message:
         raise ProtocolError(f"unknown message type {msg_type}")
     msg: Message = cls.decode(frames)
     return msg
+
+
+# ---------------------------------------------------------------------------
+# The interchange's configuration: not a message, but read with the same checks
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterchangeConfig:
+    """Written by the executor as JSON on the interchange's stdin (a command line is readable by every local user)."""
+
+    client_url: str
+    client_identity: str
+    tcp: bool = True  # listen on TCP worker ports (else UNIX sockets only)
+    bind_address: str = "127.0.0.1"
+    worker_ports: tuple[int, int] | None = None  # (task, result); None: a free pair in worker_port_range
+    worker_port_range: tuple[int, int] = (54000, 55000)
+    heartbeat_period: float = 30.0
+    heartbeat_threshold: float = 120.0
+    logdir: str = "."
+    debug: bool = False
+    cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
+    listen_fds: list[int] | None = None  # listening sockets the executor bound for us (task, result)
+    ipc_name: str | None = None  # also listen on ipc://NAME-tasks and -results (a private directory)
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> InterchangeConfig:
+        """The configuration; ProtocolError names the first field of a wrong type."""
+        return _load(cls, data)
+
+
+# Every JSON field's check is built now: a field of a type with no JSON form fails the import, not a peer.
+for _cls in [*(c for c in _TYPES.values() if issubclass(c, _Json)), InterchangeConfig]:
+    _fields(_cls)

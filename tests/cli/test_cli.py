@@ -92,7 +92,7 @@ def test_status_rate_from_two_samples(make_executor: Any) -> None:
             f.result(20)
         second = client.sample()
     rate = cli.rate_between(first, second)
-    assert second.stats["done"] - first.stats["done"] == 200
+    assert second.stats.done - first.stats.done == 200
     assert rate is not None and rate > 0
 
 

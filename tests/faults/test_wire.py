@@ -32,7 +32,8 @@ def _valid_messages() -> list[list[bytes]]:
         protocol.Results(ids, [b"\x00garbage", b"\x01x", b""]),
         protocol.Tasks(ids, array("Q", [1, 1, 1]), [b"a", b"b", b"c"], {1: b"not a function"}),
         protocol.Heartbeat(), protocol.StatusRequest(), protocol.Shutdown(reason="fuzz"),
-        protocol.Command(req=1, op="hold_worker", args=["x"]), protocol.Probe(), _register(),
+        protocol.HoldPools(req=1, managers=["x"]), protocol.DropBlocks(req=2, blocks=["9"], reason="fuzz", released=True),
+        protocol.StatusRequest(req=3), protocol.Probe(), _register(),
     ]
     return [[bytes(protocol.as_buffer(f)) for f in m.encode()] for m in msgs]
 

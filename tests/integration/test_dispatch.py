@@ -1,4 +1,4 @@
-"""How the interchange shares queued tasks among pools (interchange.Interchange._dispatch).
+"""How the interchange shares queued tasks among pools (interchange.Interchange._dispatch, dispatch.plan).
 
 A real Interchange object with its real sockets on 127.0.0.1, and pools that
 are plain DEALER sockets speaking the protocol (registering, then reading
@@ -48,10 +48,10 @@ class Bench:
 
     def dispatch(self, n: int) -> dict[str, list[int]]:
         """Queue n new tasks, dispatch once, and return the task ids each pool received."""
-        start = self.ic.counts["received"]
+        start = self.ic.counts.received
         self.ic.functions[7] = b"fn"
         self.ic.queue.extend((start + i, 7, b"payload") for i in range(n))
-        self.ic.counts["received"] += n
+        self.ic.counts.received += n
         self.ic._dispatch()
         got: dict[str, list[int]] = {}
         for name, sock in self.pools.items():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 import struct
+from typing import Any
 
 import pytest
 import zmq
@@ -32,7 +35,7 @@ def test_json_messages_round_trip() -> None:
     reg = protocol.Register(manager_id="m", block_id="0", hostname="h", pid=1, worker_count=2,
                             prefetch_capacity=0, htex_version="0.1.0", python_version="3.11.7")
     assert protocol.decode(reg.encode()) == reg
-    cmd = protocol.Command(req=3, op="hold_worker", args=["m"])
+    cmd = protocol.HoldPools(req=3, managers=["m"])
     assert protocol.decode(cmd.encode()) == cmd
 
 
@@ -119,3 +122,190 @@ def test_random_bytes_never_raise_anything_but_protocol_error() -> None:
             protocol.decode(frames)
         except ProtocolError:
             pass
+
+
+# -- the typed control plane: every JSON message, nested types, hostile values ---------------------
+
+_POOL = protocol.PoolInfo(
+    manager="m1", block_id="0", hostname="h", pid=7, worker_count=2, prefetch_capacity=1, tasks=1, active=True,
+    idle_duration=0.0, last_heartbeat=1.5, python_version="3.11.7", version="0.1.0",
+)
+_STATS = protocol.Stats(received=10, dispatched=9, done=8, raised=1, lost=1, functions_sent=2, queued=1, pools=1,
+                        workers=2, running=1, dropped=0, uptime=12.5)
+_SAMPLES: list[Any] = [
+    protocol.Ready(task_port=1, result_port=2, pid=3),
+    protocol.Shutdown(reason="bye"),
+    protocol.StatusRequest(req=4),
+    protocol.StatusReply(req=4, stats=_STATS, pools=[_POOL, dataclasses.replace(_POOL, manager="m2", active=False)]),
+    protocol.HoldPools(req=5, managers=["m1", "m2"]),
+    protocol.DropBlocks(req=6, blocks=["0"], reason="its job ended", released=False),
+    protocol.Done(req=6, count=2),
+    protocol.Failed(req=7, reason="KeyError: 'x'"),
+    protocol.TasksFailed(ids=[1, 2**63], error=protocol.LostReason.MANAGER_LOST, message="lost"),
+    protocol.PoolRegistered(pool=_POOL),
+    protocol.PoolGone(manager="m1", block_id="0", message="released", released=True),
+    protocol.PoolRejected(manager="m3", reason="version mismatch"),
+    protocol.Probe(),
+    protocol.ProbeReply(),
+    protocol.Register(manager_id="m", block_id="0", hostname="h", pid=1, worker_count=2, prefetch_capacity=0,
+                      htex_version="0.1.0", python_version="3.11.7"),
+    protocol.Registered(),
+    protocol.Rejected(reason="no"),
+    protocol.WorkerReady(rank=0, pid=9),
+]
+
+
+def test_every_json_message_round_trips() -> None:
+    json_types = {cls for cls in protocol._TYPES.values() if issubclass(cls, protocol._Json)}
+    assert {type(m) for m in _SAMPLES} == json_types  # a new message type needs a sample here
+    for msg in _SAMPLES:
+        back = protocol.decode([zmq.Frame(f) for f in msg.encode()])
+        assert back == msg and type(back) is type(msg)
+    reply = protocol.decode(_SAMPLES[3].encode())
+    assert isinstance(reply, protocol.StatusReply)
+    assert all(type(p) is protocol.PoolInfo for p in reply.pools) and type(reply.stats) is protocol.Stats
+    failed = protocol.decode(_SAMPLES[8].encode())
+    assert isinstance(failed, protocol.TasksFailed) and type(failed.error) is protocol.LostReason
+
+
+def test_status_request_defaults_to_req_0() -> None:
+    assert protocol.StatusRequest() == protocol.StatusRequest(req=0)  # what `htex status` sends
+
+
+def test_pool_info_is_parsls_manager_dict() -> None:
+    assert set(dataclasses.asdict(_POOL)) == {
+        "manager", "block_id", "hostname", "pid", "worker_count", "prefetch_capacity", "tasks", "active",
+        "idle_duration", "last_heartbeat", "python_version", "version",
+    }
+
+
+def _body(msg: Any) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(bytes(protocol.as_buffer(msg.encode()[0]))[4:])
+    return body
+
+
+def _frames(cls: Any, body: Any) -> list[bytes]:
+    return [_hdr(cls.TYPE) + json.dumps(body).encode()]
+
+
+def _reply_with(**pool_fields: Any) -> dict[str, Any]:
+    body = _body(_SAMPLES[3])
+    body["pools"][1].update(pool_fields)
+    return body
+
+
+@pytest.mark.parametrize("cls, body", [
+    (protocol.StatusReply, _reply_with(pid="7")),  # a str for an int, in a PoolInfo in a list
+    (protocol.StatusReply, _reply_with(active=1)),  # an int for a bool
+    (protocol.StatusReply, _reply_with(worker_count=True)),  # a bool for an int
+    (protocol.StatusReply, _reply_with(idle_duration="0.5")),  # a str for a float
+    (protocol.StatusReply, _reply_with(idle_duration=None)),  # null where None is not allowed
+    (protocol.StatusReply, _reply_with(tasks=1.0)),  # a float for an int
+    (protocol.StatusReply, _reply_with(secret=1)),  # a field PoolInfo does not have
+    (protocol.StatusReply, {**_body(_SAMPLES[3]), "pools": [_body(_SAMPLES[9])["pool"], "m"]}),  # not an object
+    (protocol.StatusReply, {**_body(_SAMPLES[3]), "pools": {"m": _body(_SAMPLES[9])["pool"]}}),  # not a list
+    (protocol.StatusReply, {**_body(_SAMPLES[3]), "stats": [1, 2, 3]}),
+    (protocol.StatusReply, {**_body(_SAMPLES[3]), "stats": {**_body(_SAMPLES[3])["stats"], "done": "8"}}),
+    (protocol.StatusReply, {k: v for k, v in _body(_SAMPLES[3]).items() if k != "stats"}),  # a field missing
+    (protocol.PoolRegistered, {"pool": {k: v for k, v in _body(_SAMPLES[9])["pool"].items() if k != "pid"}}),
+    (protocol.PoolRegistered, {"pool": None}),
+    (protocol.TasksFailed, {**_body(_SAMPLES[8]), "error": 99}),  # no such LostReason
+    (protocol.TasksFailed, {**_body(_SAMPLES[8]), "error": "ManagerLost"}),  # no more class names on the wire
+    (protocol.TasksFailed, {**_body(_SAMPLES[8]), "ids": [1, "2"]}),
+    (protocol.TasksFailed, {**_body(_SAMPLES[8]), "ids": 1}),
+    (protocol.HoldPools, {"req": 1, "managers": [1]}),
+    (protocol.HoldPools, {"req": 1, "managers": "m1"}),  # a str is not a list of them
+    (protocol.DropBlocks, {"req": 1, "blocks": ["0"], "reason": "x", "released": "yes"}),
+    (protocol.Done, {"req": 1, "count": None}),
+    (protocol.StatusRequest, {"req": "0"}),
+])
+def test_wrong_types_anywhere_raise_protocol_error(cls: Any, body: Any) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.decode(_frames(cls, body))
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", "1" + "0" * 400])
+def test_floats_must_be_finite(value: str) -> None:
+    body = json.dumps(_reply_with()).replace('"idle_duration": 0.0', f'"idle_duration": {value}', 1)
+    assert value in body
+    with pytest.raises(ProtocolError):
+        protocol.decode([_hdr(protocol.StatusReply.TYPE) + body.encode()])
+
+
+def test_an_int_is_a_float() -> None:
+    back = protocol.decode(_frames(protocol.StatusReply, _reply_with(idle_duration=3)))
+    assert isinstance(back, protocol.StatusReply)
+    assert back.pools[1].idle_duration == 3.0 and type(back.pools[1].idle_duration) is float
+
+
+def test_deep_nesting_is_a_protocol_error_not_a_recursion_error() -> None:
+    with pytest.raises(ProtocolError):
+        protocol.decode([_hdr(protocol.Register.TYPE) + b"[" * 200_000])
+
+
+def test_a_nan_is_refused_by_its_sender() -> None:
+    with pytest.raises(ValueError):
+        protocol.StatusReply(req=0, stats=dataclasses.replace(_STATS, uptime=float("nan")), pools=[]).encode()
+
+
+def test_random_mutations_of_every_json_message_raise_only_protocol_error() -> None:
+    rng = random.Random(4321)
+    valid = [bytes(protocol.as_buffer(m.encode()[0])) for m in _SAMPLES]
+    for _ in range(20000):
+        frame = bytearray(rng.choice(valid))
+        for _ in range(rng.randrange(1, 4)):
+            frame[rng.randrange(len(frame))] = rng.randrange(256)
+        try:
+            protocol.decode([bytes(frame)])
+        except ProtocolError:
+            pass
+
+
+def test_a_type_without_a_json_form_fails_at_import_not_at_a_peer() -> None:
+    with pytest.raises(TypeError, match="no JSON form"):
+        protocol._converter(dict[str, int])
+
+
+# -- the interchange's configuration ------------------------------------------------------------
+
+
+def _config(**kw: Any) -> protocol.InterchangeConfig:
+    fields: dict[str, Any] = dict(
+        client_url="ipc:///tmp/x/client", client_identity="ic", tcp=True, bind_address="*", worker_ports=(54001, 54002),
+        worker_port_range=(54000, 55000), heartbeat_period=2, heartbeat_threshold=10.0, logdir="/tmp/x",
+        debug=True, cert_dir=None, listen_fds=[5, 6], ipc_name="/tmp/x/pools",
+    )
+    fields.update(kw)
+    return protocol.InterchangeConfig(**fields)
+
+
+def test_interchange_config_round_trips() -> None:
+    cfg = _config()
+    back = protocol.InterchangeConfig.from_json(cfg.to_json())
+    assert back == cfg and type(back.worker_ports) is tuple and type(back.heartbeat_period) is float
+    minimal = protocol.InterchangeConfig.from_json(b'{"client_url": "ipc:///c", "client_identity": "ic"}')
+    assert minimal == protocol.InterchangeConfig(client_url="ipc:///c", client_identity="ic")  # the defaults
+    assert minimal.worker_port_range == (54000, 55000) and minimal.worker_ports is None
+
+
+@pytest.mark.parametrize("change", [
+    {"worker_ports": [54001]},  # a pair is two
+    {"worker_ports": ["54001", "54002"]},
+    {"worker_port_range": None},
+    {"listen_fds": "5"},
+    {"heartbeat_period": "30"},
+    {"tcp": 1},
+    {"debug": "false"},
+    {"client_url": None},
+    {"unknown": 1},
+])
+def test_interchange_config_refuses_wrong_types(change: dict[str, Any]) -> None:
+    raw = {**json.loads(_config().to_json()), **change}
+    with pytest.raises(ProtocolError):
+        protocol.InterchangeConfig.from_json(json.dumps(raw).encode())
+
+
+@pytest.mark.parametrize("data", [b"", b"not json", b"[]", b'{"client_url": "ipc:///c"}', b"\xff\xfe"])
+def test_interchange_config_refuses_garbage(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.InterchangeConfig.from_json(data)
