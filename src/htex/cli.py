@@ -35,10 +35,10 @@ from typing import IO, Any
 
 import zmq
 
-from . import __version__, poolcmd, protocol, security
+from . import __version__, poolcmd, protocol, rundir, security
 from .progress import format_line
 
-CONNECTION_FILE = "connection.json"
+CONNECTION_FILE = rundir.CONNECTION_FILE
 
 
 class CliError(Exception):
@@ -50,7 +50,7 @@ class CliError(Exception):
 # ---------------------------------------------------------------------------
 
 
-def find_connection(path: str) -> tuple[str, dict[str, Any]]:
+def find_connection(path: str) -> tuple[str, rundir.ConnectionInfo]:
     """The label directory and its connection.json, from a run_dir/<label> or a run_dir with one label.
 
     A run directory with several executors is ambiguous: the error lists them.
@@ -58,13 +58,13 @@ def find_connection(path: str) -> tuple[str, dict[str, Any]]:
     path = os.path.abspath(path)
     direct = os.path.join(path, CONNECTION_FILE)
     if os.path.isfile(direct):
-        return path, _read_json(direct)
+        return path, _read_info(direct)
     if not os.path.isdir(path):
         raise CliError(f"{path}: no such directory")
     found = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, CONNECTION_FILE)))
     if len(found) == 1:
         label_dir = os.path.join(path, found[0])
-        return label_dir, _read_json(os.path.join(label_dir, CONNECTION_FILE))
+        return label_dir, _read_info(os.path.join(label_dir, CONNECTION_FILE))
     if found:
         choices = ", ".join(os.path.join(path, d) for d in found)
         raise CliError(f"{path} holds several executors; name one: {choices}")
@@ -74,19 +74,16 @@ def find_connection(path: str) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _read_json(path: str) -> dict[str, Any]:
+def _read_info(path: str) -> rundir.ConnectionInfo:
     try:
-        with open(path) as f:
-            info: dict[str, Any] = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise CliError(f"cannot read {path}: {exc}") from None
-    return info
+        return rundir.ConnectionInfo.read(path)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
-def _cert_dir(label_dir: str, info: dict[str, Any]) -> str | None:
-    explicit = info.get("cert_dir")
-    if explicit:
-        return str(explicit)
+def _cert_dir(label_dir: str, info: rundir.ConnectionInfo) -> str | None:
+    if info.cert_dir:
+        return info.cert_dir
     certs = os.path.join(label_dir, "certs")
     return certs if os.path.isdir(certs) else None
 
@@ -106,11 +103,11 @@ def _pick_address(addresses: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def pool_argv(label_dir: str, info: dict[str, Any]) -> list[str]:
+def pool_argv(label_dir: str, info: rundir.ConnectionInfo) -> list[str]:
     """process_worker_pool flags that connect to the executor described by connection.json."""
     return poolcmd.join_argv(
-        info["addresses"], info["task_port"], info["result_port"],
-        heartbeat_period=info.get("heartbeat_period", 30), heartbeat_threshold=info.get("heartbeat_threshold", 120),
+        info.addresses, info.task_port, info.result_port,
+        heartbeat_period=info.heartbeat_period, heartbeat_threshold=info.heartbeat_threshold,
         logdir=label_dir, cert_dir=_cert_dir(label_dir, info),
     )
 
@@ -124,9 +121,9 @@ def cmd_pool(args: argparse.Namespace, rest: list[str]) -> int:
             label_dir, info = find_connection(args.run_dir)
             # The user's own flags come last: argparse keeps the last value, so they override the file.
             argv = pool_argv(label_dir, info) + argv
-        except (CliError, KeyError) as exc:
+        except CliError as exc:
             raise CliError(f"htex pool: {exc}") from None
-        print(f"htex pool: joining {info.get('label', '?')} at {','.join(info['addresses'])}:{info['task_port']}; "
+        print(f"htex pool: joining {info.label} at {','.join(info.addresses)}:{info.task_port}; "
               f"logs under {label_dir}", file=sys.stderr, flush=True)
     return process_worker_pool.main(argv)
 
@@ -267,14 +264,10 @@ def _status_target(args: argparse.Namespace) -> tuple[str, str | None, str]:
     if not args.target:
         raise CliError("give a run directory (run_dir or run_dir/<label>) or --address HOST:PORT")
     label_dir, info = find_connection(args.target)
-    label = str(info.get("label", ""))
-    ipc = info.get("ipc_tasks")
-    if isinstance(ipc, str) and os.path.exists(ipc.removeprefix("ipc://")):
-        return ipc, None, label  # on the executor's host: its private UNIX socket
-    try:
-        host, port = _pick_address(info["addresses"]), int(info["task_port"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CliError(f"{label_dir}/{CONNECTION_FILE} is incomplete: {exc}") from None
+    label = info.label
+    if info.ipc_tasks and os.path.exists(info.ipc_tasks.removeprefix("ipc://")):
+        return info.ipc_tasks, None, label  # on the executor's host: its private UNIX socket
+    host, port = _pick_address(info.addresses), info.task_port
     if not port:
         raise CliError(f"the executor of {label_dir} listens on no TCP port; run htex status on its host")
     return f"tcp://{host}:{port}", args.cert_dir or _cert_dir(label_dir, info), label

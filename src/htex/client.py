@@ -41,6 +41,7 @@ log = logging.getLogger("htex.executor")
 
 READY_SECONDS = 30.0  # for the interchange to start and say Ready
 INTERCHANGE_STOP_SECONDS = 2.0  # for the interchange to stop when asked, before it is killed
+THREAD_JOIN_SECONDS = 5.0  # for the I/O thread to finish at shutdown
 _BATCH = 1024  # tasks per message to the interchange, at most
 # Bytes of payload per message, about: the interchange keeps a task's payload as a view of
 # the frame it came in, so one task still running keeps its whole message in memory.
@@ -161,7 +162,7 @@ class ClientThread(threading.Thread):
         self.process: InterchangeProcess | None = None
         self._replies: dict[int, Future[Any]] = {}
         self._req = 0
-        self._stop = False
+        self._stopping = False
         self._last_heard = self._last_sent = self._next_trim = 0.0
         # Made here, before the interchange is spawned (it needs the URL); from now on only run() uses them.
         self._ctx = zmq.Context()
@@ -176,11 +177,30 @@ class ClientThread(threading.Thread):
 
     # -- from other threads ------------------------------------------------------
 
-    def run_interchange(self, process: InterchangeProcess) -> None:
-        """Watch this interchange (its pidfd) and start the loop."""
-        self.process = process
-        self._pidfd = os.pidfd_open(process.pid)
+    def spawn_interchange(self, config: protocol.InterchangeConfig, pass_fds: list[int],
+                          logdir: str) -> InterchangeProcess:
+        """Start the interchange, watch it (its pidfd), and start the loop."""
+        self.process = InterchangeProcess(config, pass_fds, logdir)
+        self._pidfd = os.pidfd_open(self.process.pid)
         self.start()
+        return self.process
+
+    def wait_ready(self) -> None:
+        """Until the interchange says Ready; raises InterchangeLost if it died or stayed silent."""
+        self.ready.wait(READY_SECONDS + 5.0)
+        if self.start_error is not None:
+            raise self.start_error
+
+    def abandon(self) -> None:
+        """start() failed: kill the interchange, stop the loop (or close what a loop never ran for)."""
+        if self.process is not None and self.process.proc.poll() is None:
+            self.process.proc.kill()
+            self.process.proc.wait()
+        if self.is_alive():
+            self.stop()
+            self.join(READY_SECONDS)
+        elif self.ident is None:
+            self.discard()
 
     def send(self, task: tuple[int, int, bytes] | None = None, function: tuple[int, bytes] | None = None,
              control: protocol.Message | None = None) -> None:
@@ -197,8 +217,24 @@ class ClientThread(threading.Thread):
         return fut
 
     def stop(self) -> None:
-        self._stop = True
+        self._stopping = True
         self.outbox.wake()
+
+    def stop_interchange(self) -> None:
+        """Ask the interchange to stop (it tells its pools), and kill it after INTERCHANGE_STOP_SECONDS."""
+        if self.process is not None and self.process.proc.poll() is None:
+            self.send(control=protocol.Shutdown(reason="client shutdown"))
+            self.process.stop()
+
+    def close(self) -> None:
+        """Stop the loop: it fails what is still pending with ExecutorShutdown and closes what it owns."""
+        self.stop()
+        if self.is_current():  # shutdown() from a done-callback: the loop closes when the callback returns
+            self.inflight.fail_all(shutdown_error())
+            return
+        self.join(THREAD_JOIN_SECONDS)
+        if self.is_alive():
+            log.warning("the I/O thread did not stop in %g s (a done-callback still running?)", THREAD_JOIN_SECONDS)
 
     def discard(self) -> None:
         """Close what was made for a thread that never ran (start() failed before the interchange)."""
@@ -220,7 +256,7 @@ class ClientThread(threading.Thread):
         self._last_heard = self._last_sent = time.monotonic()
         reason: BaseException = shutdown_error()
         try:
-            while not self._stop:
+            while not self._stopping:
                 events = dict(poller.poll(self._timeout_ms()))
                 if self._wake_r in events:
                     self._drain_wakeups()
@@ -299,9 +335,10 @@ class ClientThread(threading.Thread):
                 self._lost(tid, cls(msg.message))
         elif isinstance(msg, protocol.StatusReply | protocol.Done | protocol.Failed):
             reply = self._replies.pop(msg.req, None)
-            if reply is not None:
-                ok = not isinstance(msg, protocol.Failed)
-                settle(reply, ok, msg if ok else CommandFailed(f"the interchange could not do it: {msg.reason}"))
+            if reply is not None and isinstance(msg, protocol.Failed):
+                settle(reply, False, CommandFailed(f"the interchange could not do it: {msg.reason}"))
+            elif reply is not None:
+                settle(reply, True, msg)
         elif isinstance(msg, protocol.Ready):
             self.ready.set()
         elif not isinstance(msg, protocol.Heartbeat):
@@ -330,7 +367,7 @@ class ClientThread(threading.Thread):
         assert self.process is not None
         self.process.proc.wait()
         if self.lifecycle.shutting_down:
-            self._stop = True
+            self._stopping = True
             return
         reason = InterchangeLost(f"the interchange (pid {self.process.pid}) died: {self.process.describe_exit()}. "
                                  "Every pending task failed; create a new executor to go on")
@@ -354,7 +391,7 @@ class ClientThread(threading.Thread):
     def _fail_start_or_break(self, reason: BaseException) -> None:
         if not self.ready.is_set():
             self.start_error = reason
-            self._stop = True
+            self._stopping = True
             self.ready.set()  # start() is waiting: it raises start_error
         else:
             self.on_broken(reason)

@@ -23,9 +23,6 @@ import dataclasses
 import logging
 import math
 import os
-import random
-import shlex
-import socket
 import sys
 import threading
 import weakref
@@ -33,10 +30,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from . import protocol, rundir, security, serialize, shm
-from .client import READY_SECONDS, ClientThread, InterchangeProcess
+from . import endpoints, poolcmd, protocol, rundir, security, serialize, shm
+from .client import ClientThread, InterchangeProcess
 from .errors import ConfigurationError, InvalidResourceSpecification
-from .inflight import Inflight, Lifecycle, shutdown_error
+from .inflight import Inflight, Lifecycle
 from .mapping import map_in_order
 from .providers.base import ExecutionProvider, JobStatus
 from .providers.local import LocalProvider
@@ -47,16 +44,8 @@ __all__ = ["HighThroughputExecutor", "StdlibView"]
 log = logging.getLogger("htex.executor")
 
 COMMAND_SECONDS = 10.0  # for the interchange to answer a control request
-THREAD_JOIN_SECONDS = 5.0  # for the I/O thread to finish at shutdown
 SECOND_SHUTDOWN_SECONDS = 30.0  # a second shutdown() waits this long for the first to finish
 
-DEFAULT_LAUNCH_CMD = (
-    "{python} -m htex.process_worker_pool {debug} --max_workers={max_workers} -a {addresses} "
-    "-t {task_port} -r {result_port} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} "
-    "--poll {poll_period} --logdir={logdir} --block_id={block_id} --hb_period={heartbeat_period} "
-    "--hb_threshold={heartbeat_threshold} --address_probe_timeout={address_probe_timeout} "
-    "--nodes_per_block={nodes_per_block} --cert_dir={cert_dir} {pool_urls}"
-)
 
 
 class HighThroughputExecutor:
@@ -146,8 +135,7 @@ class HighThroughputExecutor:
         self._functions = serialize.FunctionRegistry()
         self._blocks = Blocks(self.provider, label, self.launch_command, self._ask, self._lifecycle,
                               lambda: len(self._inflight), max_idletime, self.set_bad_state_and_fail_all)
-        self._ipc_dir: str | None = None
-        self._ipc_name: str | None = None
+        self._endpoints = endpoints.Endpoints(address, self.provider)  # made again at start(), as set then
         self._client: ClientThread | None = None
         self._interchange: InterchangeProcess | None = None
         self._poller: BlockPoller | None = None
@@ -162,25 +150,27 @@ class HighThroughputExecutor:
         """Start the interchange, connect to it, and start the first blocks.
 
         Configuration is checked first, so a bad launch_cmd fails here with
-        nothing started; a failure after the interchange is up shuts it down.
+        nothing started; a failure after the interchange is up undoes it all.
         """
         self._decide_defaults()
         if self.managed:
             self.launch_command("0")  # raises ConfigurationError for an unknown placeholder
         self._lifecycle.start()
-        self._make_run_dir()
-        self._client = self._make_client()
-        listeners = self._listen_for_pools() if self._needs_tcp() else []
         try:
-            self._spawn_interchange(listeners)
+            self._make_run_dir()
+            self._open_endpoints()
+            self._client = self._make_client()
+            self._spawn_interchange()
             if self.managed:  # the ports are ours already: the first blocks start while the interchange boots
                 self.initialize_scaling()
-            self._wait_for_interchange()
+            self._client.wait_ready()
         except BaseException:
             self._abandon_start()
             raise
         _live_executors.add(self)
-        self._write_connection_file()
+        assert self._interchange is not None
+        self._endpoints.write_connection_file(self.logdir, self.label, self.heartbeat_period,
+                                              self.heartbeat_threshold, self._interchange.pid)
         if self.managed:
             self._poller = BlockPoller(self._blocks, self.status_polling_interval)
             self._poller.start()
@@ -202,108 +192,48 @@ class HighThroughputExecutor:
         self.cert_dir = os.path.join(self.logdir, "certs") if self.encrypted else None
         if self.cert_dir:
             security.make_keys(self.cert_dir)
-        # Every channel on this host is a UNIX socket in a directory only this user can enter (0700).
-        self._ipc_dir = security.private_dir()
-        self._ipc_name = None if self.provider.remote else f"{self._ipc_dir}/pools"
+
+    def _open_endpoints(self) -> None:
+        tcp = endpoints.needs_tcp(bool(self.encrypted), self.provider, self.address, self.launch_cmd, self.managed)
+        if tcp and not self.encrypted:
+            log.warning("executor %s is not encrypted: anyone who can reach its worker ports can register a pool "
+                        "and read tasks; use encrypted=False only on a trusted network", self.label)
+        self._endpoints = endpoints.Endpoints(self.address, self.provider)
+        self._blocks.provider = self.provider
+        self._endpoints.open(tcp, self.worker_ports, self.worker_port_range)
+        self.worker_task_port = self._endpoints.task_port or None
+        self.worker_result_port = self._endpoints.result_port or None
 
     def _make_client(self) -> ClientThread:
-        assert self._ipc_dir is not None
         self._inflight.arena = shm.Arena() if self.shared_memory else None
-        return ClientThread(self.label, self._ipc_dir, self.heartbeat_period, self.heartbeat_threshold,
+        return ClientThread(self.label, self._endpoints.ipc_dir, self.heartbeat_period, self.heartbeat_threshold,
                             self._lifecycle, self._inflight, self._inflight.arena,
                             on_event=self._blocks.on_event, on_broken=self.set_bad_state_and_fail_all)
 
-    def _needs_tcp(self) -> bool:
-        """Bind the worker ports?  Always when encrypted (CURVE guards them); without encryption only
-        when pools may need TCP: they may be remote, an address or launch_cmd was given, or they are
-        started by hand."""
-        need = bool(self.encrypted or self.provider.remote or self.address or self.launch_cmd or not self.managed)
-        if need and not self.encrypted:
-            log.warning(
-                "executor %s is not encrypted: anyone who can reach ports %s can register a pool and read tasks; "
-                "use encrypted=False only on a trusted network", self.label, self.worker_ports or self.worker_port_range,
-            )
-        return need
-
-    def _listen_for_pools(self) -> list[socket.socket]:
-        """Bind the task and result ports here, and hand the listening sockets to the interchange.
-
-        Knowing the ports before the interchange runs lets blocks start at once,
-        and no other process can take a port between our choice and its bind.
-        """
-        host = "0.0.0.0" if self._bind_address() == "*" else "127.0.0.1"
-        listeners = []
-        for i in range(2):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.worker_ports:
-                sock.bind((host, self.worker_ports[i]))
-            else:
-                _bind_in_range(sock, host, self.worker_port_range)
-            sock.listen(1024)
-            listeners.append(sock)
-        self.worker_task_port, self.worker_result_port = (s.getsockname()[1] for s in listeners)
-        return listeners
-
-    def _spawn_interchange(self, listeners: list[socket.socket]) -> None:
+    def _spawn_interchange(self) -> None:
         assert self._client is not None
+        ends = self._endpoints
         config = protocol.InterchangeConfig(
-            tcp=bool(listeners), client_url=self._client.url, client_identity=self._client.identity.decode(),
-            bind_address=self._bind_address(),
-            worker_ports=(self.worker_task_port, self.worker_result_port) if listeners else None,  # type: ignore[arg-type]
-            listen_fds=[s.fileno() for s in listeners], heartbeat_period=float(self.heartbeat_period),
+            tcp=bool(ends.task_port), client_url=self._client.url, client_identity=self._client.identity.decode(),
+            bind_address=ends.bind_address(),
+            worker_ports=(ends.task_port, ends.result_port) if ends.task_port else None,
+            listen_fds=ends.listening_fds(), heartbeat_period=float(self.heartbeat_period),
             heartbeat_threshold=float(self.heartbeat_threshold), logdir=self.logdir, debug=self.worker_debug,
-            cert_dir=self.cert_dir, ipc_name=self._ipc_name,
+            cert_dir=self.cert_dir, ipc_name=ends.ipc_name,
         )
         try:
-            self._interchange = InterchangeProcess(config, [s.fileno() for s in listeners], self.logdir)
+            self._interchange = self._client.spawn_interchange(config, ends.listening_fds(), self.logdir)
         finally:
-            for sock in listeners:
-                sock.close()  # the interchange holds them now
-        self._client.run_interchange(self._interchange)
-
-    def _wait_for_interchange(self) -> None:
-        assert self._client is not None
-        self._client.ready.wait(READY_SECONDS + THREAD_JOIN_SECONDS)
-        if self._client.start_error is not None:
-            raise self._client.start_error
+            ends.handed_over()  # the interchange holds the listening sockets now
 
     def _abandon_start(self) -> None:
         """start() failed: undo what it did, in reverse."""
         self._lifecycle.begin_shutdown()
         self._blocks.cancel_all()
-        if self._interchange is not None and self._interchange.proc.poll() is None:
-            self._interchange.proc.kill()
-            self._interchange.proc.wait()
         if self._client is not None:
-            if self._client.is_alive():
-                self._client.stop()
-                self._client.join(THREAD_JOIN_SECONDS)
-            elif self._client.ident is None:
-                self._client.discard()
-        security.remove_private_dir(self._ipc_dir)
+            self._client.abandon()
+        self._endpoints.remove()
         self._lifecycle.shut_down.set()
-
-    def _bind_address(self) -> str:
-        addrs = self._addresses()
-        return "127.0.0.1" if all(a.startswith("127.") or a == "localhost" for a in addrs) else "*"
-
-    def _addresses(self) -> list[str]:
-        if self.address:
-            return [a.strip() for a in self.address.split(",") if a.strip()]
-        if not self.provider.remote:
-            return ["127.0.0.1"]
-        return _all_addresses()
-
-    def _write_connection_file(self) -> None:
-        """What `htex pool` (or a hand-started process_worker_pool) and `htex status` need to connect."""
-        rundir.ConnectionInfo(
-            label=self.label, addresses=self._addresses(), task_port=self.worker_task_port or 0,
-            result_port=self.worker_result_port or 0, heartbeat_period=self.heartbeat_period,
-            heartbeat_threshold=self.heartbeat_threshold,
-            interchange_pid=self._interchange.pid if self._interchange else None, client_pid=os.getpid(),
-            ipc_dir=self._ipc_dir, ipc_tasks=f"ipc://{self._ipc_name}-tasks" if self._ipc_name else None,
-        ).write(self.logdir)
 
     # -- submit and friends ------------------------------------------------------------
 
@@ -322,7 +252,7 @@ class HighThroughputExecutor:
         client = self._client
         if client is None:
             raise RuntimeError("call start() (or use `with HighThroughputExecutor(...) as ex`) before submit()")
-        payload, lease = self._pack_args(args, kwargs, client)
+        payload, lease = serialize.pack_task_args(args, kwargs, self._inflight.arena, may_wait=not client.is_current())
         fut: Future[Any] = Future()
         fut.set_running_or_notify_cancel()
         key, blob = self._functions.key_for(func)
@@ -331,23 +261,6 @@ class HighThroughputExecutor:
         fut.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
         client.send(task=(task_id, key, payload), function=(key, blob) if blob is not None else None)
         return fut
-
-    def _pack_args(self, args: tuple[Any, ...], kwargs: dict[str, Any],
-                   client: ClientThread) -> tuple[bytes, shm.Lease | None]:
-        """The task's payload, in-band or (large, for pools on this host) a reference to shared memory."""
-        arena = self._inflight.arena
-        if arena is None:
-            return serialize.pack_args(args, kwargs), None
-        stream, buffers = serialize.pack_args_split(args, kwargs)
-        if not buffers and len(stream) < shm.THRESHOLD:
-            return stream, None  # small: in-band
-        # Wait for room, but never on the I/O thread: only it frees room (a done-callback that submits).
-        placed = arena.put([stream, *buffers], wait=0.0 if client.is_current() else shm.WAIT_SECONDS)
-        if placed is not None:
-            return placed
-        # The arena stayed full: in-band, with the bytes inside the stream this time (a second pickling,
-        # only after a wait for room, which is when time matters least).
-        return (serialize.pack_args(args, kwargs) if buffers else stream), None
 
     def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
@@ -452,39 +365,20 @@ class HighThroughputExecutor:
 
     def launch_command(self, block_id: str) -> str:
         """The shell command that starts one pool of ``block_id`` (launch_cmd, formatted)."""
-        template = self.launch_cmd or DEFAULT_LAUNCH_CMD
-        values = self._launch_values(block_id)
-        try:
-            cmd = template.format(**values)
-        except (KeyError, IndexError) as exc:
-            raise ConfigurationError(f"launch_cmd has an unknown placeholder {exc}; known ones: {sorted(values)}") from None
-        cmd = cmd.replace("{block_id}", block_id)  # Parsl-style templates escape it as {{block_id}}
-        if self.cert_dir and "{cert_dir}" not in template:
-            # A launch_cmd written before encryption (Parsl 1.0's): the pool finds the keys here.
-            cmd = f"export HTEX_CERT_DIR={shlex.quote(self.cert_dir)}; {cmd}"
-        if self.working_dir:
-            cmd = f"cd {shlex.quote(self.working_dir)} && {cmd}"
-        return cmd
+        return poolcmd.launch_command(self.launch_cmd, self._pool_launch(), block_id)
 
-    def _launch_values(self, block_id: str) -> dict[str, Any]:
-        addresses = self._addresses()
-        logdir = os.path.join(self.worker_logdir_root, self.label) if self.worker_logdir_root else self.logdir
-        ipc = self._ipc_name if not self.address else None  # an address: pools may be in another namespace
-        return {
-            "python": shlex.quote(sys.executable), "debug": "--debug" if self.worker_debug else "",
-            "max_workers": "inf" if self.max_workers == math.inf else self.max_workers,
-            "addresses": ",".join(addresses),
-            "task_port": self.worker_task_port or 0, "result_port": self.worker_result_port or 0,
-            "task_url": f"tcp://{addresses[0]}:{self.worker_task_port}",
-            "result_url": f"tcp://{addresses[0]}:{self.worker_result_port}",
-            "pool_urls": f"--task_url=ipc://{ipc}-tasks --result_url=ipc://{ipc}-results" if ipc else "",
-            "prefetch_capacity": self.prefetch_capacity, "cores_per_worker": self.cores_per_worker,
-            "mem_per_worker": self.mem_per_worker, "poll_period": self.poll_period, "logdir": shlex.quote(logdir),
-            "block_id": block_id, "heartbeat_period": self.heartbeat_period,
-            "heartbeat_threshold": self.heartbeat_threshold, "address_probe_timeout": self.address_probe_timeout or 30,
-            "nodes_per_block": self.provider.nodes_per_block,
-            "cert_dir": shlex.quote(self.cert_dir) if self.cert_dir else "", "uid": "",
-        }
+    def _pool_launch(self) -> poolcmd.PoolLaunch:
+        return poolcmd.PoolLaunch(
+            python=sys.executable, debug=self.worker_debug, max_workers=self.max_workers,
+            addresses=self._endpoints.addresses(), task_port=self._endpoints.task_port,
+            result_port=self._endpoints.result_port, ipc_prefix=self._endpoints.pool_ipc_prefix,
+            prefetch_capacity=self.prefetch_capacity, cores_per_worker=self.cores_per_worker,
+            mem_per_worker=self.mem_per_worker, poll_period=self.poll_period,
+            logdir=os.path.join(self.worker_logdir_root, self.label) if self.worker_logdir_root else self.logdir,
+            heartbeat_period=self.heartbeat_period, heartbeat_threshold=self.heartbeat_threshold,
+            address_probe_timeout=self.address_probe_timeout or poolcmd.DEFAULT_PROBE_TIMEOUT,
+            nodes_per_block=self.provider.nodes_per_block, cert_dir=self.cert_dir, working_dir=self.working_dir,
+        )
 
     def initialize_scaling(self) -> list[str]:
         """Start the provider's first blocks: init_blocks, or min_blocks if that is more."""
@@ -541,34 +435,17 @@ class HighThroughputExecutor:
             concurrent.futures.wait(list(self._inflight.futures.values()))
         if self._poller is not None:
             self._poller.stop()
-        self._stop_interchange()
+        if client is not None:
+            client.stop_interchange()
         self._blocks.cancel_all()
-        self._stop_client()
+        if client is not None:
+            client.close()
         if self._inflight.arena is not None:
             self._inflight.arena.close()  # workers that still map a segment keep it until they unmap it
-        security.remove_private_dir(self._ipc_dir)
+        self._endpoints.remove()
         _live_executors.discard(self)
         self._lifecycle.shut_down.set()
         log.info("executor %s shut down", self.label)
-
-    def _stop_interchange(self) -> None:
-        ic = self._interchange
-        if ic is None or ic.proc.poll() is not None or self._client is None:
-            return
-        self._client.send(control=protocol.Shutdown(reason="client shutdown"))
-        ic.stop()
-
-    def _stop_client(self) -> None:
-        client = self._client
-        if client is None:
-            return
-        client.stop()
-        if not client.is_current():
-            client.join(THREAD_JOIN_SECONDS)
-            if client.is_alive():
-                log.warning("the I/O thread did not stop in %g s (a done-callback still running?)", THREAD_JOIN_SECONDS)
-        else:
-            self._inflight.fail_all(shutdown_error())  # we are the I/O thread: it closes when this callback returns
 
 
 class StdlibView(concurrent.futures.Executor):
@@ -611,27 +488,6 @@ def _check(ok: bool, message: str) -> None:
 def _default_provider() -> LocalProvider:
     # The spec's default for this executor.
     return LocalProvider(init_blocks=4, min_blocks=0, max_blocks=10, nodes_per_block=1, parallelism=1)
-
-
-def _bind_in_range(sock: socket.socket, host: str, port_range: tuple[int, int]) -> None:
-    """Bind to a random free port in [low, high), as ZeroMQ's bind_to_random_port does."""
-    low, high = port_range
-    for _ in range(200):
-        try:
-            sock.bind((host, random.randrange(low, high)))
-            return
-        except OSError:
-            continue
-    raise ConfigurationError(f"no free port in {port_range} after 200 tries; widen worker_port_range")
-
-
-def _all_addresses() -> list[str]:
-    """Every IPv4 address of this host, loopback last: the pools probe them in parallel."""
-    import psutil
-
-    found = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family == socket.AF_INET]
-    found.sort(key=lambda a: a.startswith("127."))
-    return found or ["127.0.0.1"]
 
 
 # Executors still running at interpreter exit are shut down, so that Ctrl-C or a

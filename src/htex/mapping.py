@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future
 from typing import Any
 
 
 def map_in_order(submit: Callable[..., Future[Any]], fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
                  timeout: float | None, chunksize: int, on_result: Callable[[Future[Any]], None] | None = None
-                 ) -> Iterator[Any]:
+                 ) -> Generator[Any, None, None]:
     """``Executor.map`` over a ``submit(fn, *args)``: every task submitted now, results in order, lazily.
 
     With ``chunksize > 1`` each task runs that many calls (``run_chunk``).  Closing the iterator early
@@ -30,7 +30,7 @@ def map_in_order(submit: Callable[..., Future[Any]], fn: Callable[..., Any], ite
     else:
         futures = [submit(run_chunk, fn, chunk) for chunk in _chunks(calls, chunksize)]
 
-    def results() -> Iterator[Any]:
+    def results() -> Generator[Any, None, None]:
         try:
             futures.reverse()  # pop from the end: done futures are released as we go
             while futures:
@@ -53,6 +53,6 @@ def run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]
     return [fn(*args) for args in chunk]
 
 
-def _chunks(iterable: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+def _chunks(iterable: Iterable[tuple[Any, ...]], size: int) -> Generator[list[tuple[Any, ...]], None, None]:
     while chunk := list(itertools.islice(iterable, size)):
         yield chunk

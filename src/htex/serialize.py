@@ -29,6 +29,7 @@ from typing import Any
 
 import cloudpickle
 
+from . import shm
 from .errors import (
     DeserializationError,
     RemoteError,
@@ -215,6 +216,26 @@ def pack_args_split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[byte
         return stream, buffers
     except Exception:
         return pack_args(args, kwargs), []  # needs cloudpickle (or cannot be pickled): in-band
+
+
+def pack_task_args(args: tuple[Any, ...], kwargs: dict[str, Any], arena: shm.Arena | None,
+                   may_wait: bool) -> tuple[bytes, shm.Lease | None]:
+    """A task's payload: in-band, or (large, for pools on the client's host) a reference into ``arena``.
+
+    ``may_wait``: a full arena may make the caller wait for room (not on the client's I/O thread,
+    the only one that frees room: a done-callback that submits must not wait for itself).
+    """
+    if arena is None:
+        return pack_args(args, kwargs), None
+    stream, buffers = pack_args_split(args, kwargs)
+    if not buffers and len(stream) < shm.THRESHOLD:
+        return stream, None  # small: in-band
+    placed = arena.put([stream, *buffers], wait=shm.WAIT_SECONDS if may_wait else 0.0)
+    if placed is not None:
+        return placed
+    # The arena stayed full: in-band, with the bytes inside the stream this time (a second pickling,
+    # only after a wait for room, which is when time matters least).
+    return (pack_args(args, kwargs) if buffers else stream), None
 
 
 def _is_large_bytes(value: Any) -> bool:

@@ -60,7 +60,7 @@ def test_garbage_on_every_port_is_dropped_and_tasks_still_run(make_executor: Any
     endpoints = {
         "task": f"tcp://127.0.0.1:{ex.worker_task_port}",
         "result": f"tcp://127.0.0.1:{ex.worker_result_port}",
-        "task-ipc": f"ipc://{ex._ipc_name}-tasks",
+        "task-ipc": f"ipc://{ex._endpoints.ipc_name}-tasks",
         "client": ex._client.url,  # the executor's own UNIX socket
     }
     rng = random.Random(20261124)

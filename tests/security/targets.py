@@ -131,7 +131,7 @@ def needles(ex: Any, logdir: str) -> dict[str, bytes]:
                 key = f.read().strip()
             if key:
                 out[f"the secret key in certs/{name}"] = key
-    identity = getattr(ex, "_ic_identity", None)  # the interchange's identity on the client socket (if any)
+    identity = ex._client.identity  # the interchange's identity on the client socket
     if identity:
         out["the interchange's identity on the client socket"] = bytes(identity)
     return out

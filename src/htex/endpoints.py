@@ -1,0 +1,125 @@
+"""Where the pools find the interchange: the run's private UNIX sockets, and TCP ports when needed.
+
+Every channel on the client's host is a UNIX socket in a directory made for
+the run with mode 0700 (the kernel keeps other users out, whether or not the
+run is encrypted).  TCP worker ports are bound only when pools may need them,
+and then with CURVE unless the user opted out (see README, Security).
+
+The ports are bound here, in the client, and the listening sockets handed to
+the interchange: blocks can start before the interchange runs, and no other
+process can take a port between our choice and its bind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+from dataclasses import dataclass, field
+
+from . import rundir, security
+from .errors import ConfigurationError
+from .providers.base import ExecutionProvider
+
+log = logging.getLogger("htex.executor")
+
+
+@dataclass
+class Endpoints:
+    """Decided at start(): the addresses pools are told, the private directory, the TCP ports."""
+
+    address: str | None  # the executor's `address`: comma-separated, or None
+    provider: ExecutionProvider
+    ipc_dir: str = ""
+    task_port: int = 0  # 0: no TCP port
+    result_port: int = 0
+    _listeners: list[socket.socket] = field(default_factory=list)
+
+    @property
+    def ipc_name(self) -> str | None:
+        """Prefix of the pools' UNIX sockets (``-tasks``, ``-results``); None when pools are remote."""
+        return None if self.provider.remote else f"{self.ipc_dir}/pools"
+
+    @property
+    def pool_ipc_prefix(self) -> str | None:
+        """What a local pool connects to; with an address given, pools may be in another namespace: TCP."""
+        return self.ipc_name if not self.address else None
+
+    def addresses(self) -> list[str]:
+        if self.address:
+            return [a.strip() for a in self.address.split(",") if a.strip()]
+        if not self.provider.remote:
+            return ["127.0.0.1"]
+        return _all_addresses()
+
+    def bind_address(self) -> str:
+        return "127.0.0.1" if all(a.startswith("127.") or a == "localhost" for a in self.addresses()) else "*"
+
+    def open(self, tcp: bool, worker_ports: tuple[int, int] | None, port_range: tuple[int, int]) -> None:
+        """Make the private directory, and bind the task and result ports if ``tcp``."""
+        self.ipc_dir = security.private_dir()
+        if not tcp:
+            return
+        host = "0.0.0.0" if self.bind_address() == "*" else "127.0.0.1"
+        for i in range(2):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if worker_ports:
+                sock.bind((host, worker_ports[i]))
+            else:
+                _bind_in_range(sock, host, port_range)
+            sock.listen(1024)
+        self.task_port, self.result_port = (s.getsockname()[1] for s in self._listeners)
+
+    def listening_fds(self) -> list[int]:
+        return [s.fileno() for s in self._listeners]
+
+    def handed_over(self) -> None:
+        """The interchange holds the listening sockets now (or start failed): close our copies."""
+        for sock in self._listeners:
+            sock.close()
+        self._listeners = []
+
+    def write_connection_file(self, logdir: str, label: str, heartbeat_period: float, heartbeat_threshold: float,
+                              interchange_pid: int) -> None:
+        """What `htex pool` (or a hand-started process_worker_pool) and `htex status` need to connect."""
+        rundir.ConnectionInfo(
+            label=label, addresses=self.addresses(), task_port=self.task_port, result_port=self.result_port,
+            heartbeat_period=heartbeat_period, heartbeat_threshold=heartbeat_threshold,
+            interchange_pid=interchange_pid, client_pid=os.getpid(), ipc_dir=self.ipc_dir,
+            ipc_tasks=f"ipc://{self.ipc_name}-tasks" if self.ipc_name else None,
+        ).write(logdir)
+
+    def remove(self) -> None:
+        self.handed_over()
+        security.remove_private_dir(self.ipc_dir)
+
+
+def needs_tcp(encrypted: bool, provider: ExecutionProvider, address: str | None, launch_cmd: str | None,
+              managed: bool) -> bool:
+    """Bind the worker ports?  Always when encrypted (CURVE guards them); without encryption only when
+    pools may need TCP: they may be remote, an address or launch_cmd was given, or they start by hand."""
+    return bool(encrypted or provider.remote or address or launch_cmd or not managed)
+
+
+def _bind_in_range(sock: socket.socket, host: str, port_range: tuple[int, int]) -> None:
+    """Bind to a random free port in [low, high), as ZeroMQ's bind_to_random_port does."""
+    low, high = port_range
+    for _ in range(200):
+        try:
+            sock.bind((host, random.randrange(low, high)))
+            return
+        except OSError:
+            continue
+    raise ConfigurationError(f"no free port in {port_range} after 200 tries; widen worker_port_range")
+
+
+def _all_addresses() -> list[str]:
+    """Every IPv4 address of this host, loopback last: the pools probe them in parallel."""
+    import psutil
+
+    found = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family == socket.AF_INET]
+    found.sort(key=lambda a: a.startswith("127."))
+    return found or ["127.0.0.1"]
