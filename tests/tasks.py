@@ -47,13 +47,18 @@ def mark_then_sleep(marker: str, seconds: float, value: Any = None) -> Any:
     return value
 
 
-def record_then(log: str, index: int, seconds: float) -> str:
-    """Append ``index`` to ``log`` (one write: atomic with O_APPEND), sleep, return the pool's id."""
+def _record(log: str, index: int) -> None:
+    """Append ``index`` to ``log``: one write, atomic with O_APPEND, so concurrent tasks never interleave."""
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{index}\n".encode())
     finally:
         os.close(fd)
+
+
+def record_then(log: str, index: int, seconds: float) -> str:
+    """Record that task ``index`` started, sleep, return the pool's id."""
+    _record(log, index)
     time.sleep(seconds)
     return os.environ["PARSL_WORKER_POOL_ID"]
 
@@ -199,12 +204,8 @@ def start_daemon() -> int:
 
 
 def append_then_sleep(path: str, index: int, seconds: float) -> int:
-    """Record that task ``index`` started (one O_APPEND write: atomic), then work ``seconds``; return ``index``."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{index}\n".encode())
-    finally:
-        os.close(fd)
+    """Record that task ``index`` started, then work ``seconds``; return ``index``."""
+    _record(path, index)
     if seconds > 0:
         time.sleep(seconds)
     return index
