@@ -366,9 +366,19 @@ def _load(cls: type[_T], data: bytes) -> _T:
     return _from_plain(cls, obj)
 
 
+def _as_dict(obj: Any) -> dict[str, Any]:
+    """json's hook for what it cannot write itself: a dataclass, as the object of its fields (shallow)."""
+    checks = _FIELDS.get(type(obj))
+    if checks is None:
+        raise TypeError(f"{type(obj).__name__} is not a JSON message or a part of one")
+    return {name: getattr(obj, name) for name in checks}
+
+
 def _dump(obj: Any) -> bytes:
-    # allow_nan=False: a NaN is refused here, by the sender, rather than by the peer that reads it
-    return json.dumps(dataclasses.asdict(obj), allow_nan=False).encode()
+    # Not dataclasses.asdict: it deep-copies every value (~60 us a PoolInfo, 13 ms a StatusReply of
+    # 1,000 pools); json's C encoder walks lists, ints (IntEnums too) and strings itself.
+    # allow_nan=False: a NaN is refused here, by the sender, rather than by the peer that reads it.
+    return json.dumps(obj, default=_as_dict, allow_nan=False).encode()
 
 
 # ---------------------------------------------------------------------------
