@@ -314,7 +314,7 @@ class HighThroughputExecutor:
 
     def stats(self) -> dict[str, Any]:
         """Counters of the interchange: received, dispatched, done, lost, queued, pools, workers."""
-        reply: protocol.StatusReply = self._ask(lambda req: protocol.StatusRequest(req=req))
+        reply: protocol.StatusReply = self._ask(lambda req: protocol.StatusRequest(req=req, pools=False))
         return dataclasses.asdict(reply.stats)
 
     @property

@@ -219,7 +219,7 @@ class Interchange:
         """Carry out a request of the client: what goes wrong is its answer (Failed), not our end."""
         try:
             if isinstance(msg, protocol.StatusRequest):
-                return self._status(msg.req)
+                return self._status(msg.req, msg.pools)
             if isinstance(msg, protocol.HoldPools):
                 return protocol.Done(req=msg.req, count=self._hold(msg.managers))
             return protocol.Done(req=msg.req, count=self._drop_blocks(msg.blocks, msg.reason, msg.released))
@@ -227,10 +227,10 @@ class Interchange:
             log.exception("could not carry out %s", type(msg).__name__)
             return protocol.Failed(req=msg.req, reason=f"{type(exc).__name__}: {exc}")
 
-    def _status(self, req: int) -> protocol.StatusReply:
+    def _status(self, req: int, with_pools: bool = True) -> protocol.StatusReply:
         now = time.monotonic()
         stats = self.counts.stats(len(self.queue), list(self.pools.values()), self.dropped, now - self.started)
-        return protocol.StatusReply(req=req, stats=stats, pools=[p.info(now) for p in self.pools.values()])
+        return protocol.StatusReply(req=req, stats=stats, pools=[p.info(now) for p in self.pools.values()] if with_pools else [])
 
     def _hold(self, managers: list[str]) -> int:
         wanted = set(managers)
@@ -275,7 +275,7 @@ class Interchange:
             if isinstance(msg, protocol.Probe):
                 self._to_pool(identity, protocol.ProbeReply())
             elif isinstance(msg, protocol.StatusRequest):
-                self._to_pool(identity, self._status(msg.req))  # `htex status` (req 0)
+                self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
             elif isinstance(msg, protocol.Register):
                 self._register(identity, msg)
             elif pool is None:

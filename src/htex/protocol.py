@@ -461,6 +461,7 @@ class StatusRequest(_Json):
 
     TYPE: ClassVar[int] = 26
     req: int = 0
+    pools: bool = True  # False: the counters alone (cheap with 1,000 pools: `stats()`)
 
 
 @dataclass(frozen=True, slots=True)
