@@ -28,6 +28,11 @@ def _public() -> dict[str, str]:
 def __getattr__(name: str) -> Any:
     if name == "__all__":
         return sorted([*_public(), "__version__"])
+    if not name[:1].isupper():
+        # Every public name is a class.  A lowercase one is a submodule that `from . import framing`
+        # asks the package for before importing it: answering must not import the public modules
+        # (a worker would pay for the executor, zmq's auth, the providers: +2 MiB and 60 ms).
+        raise AttributeError(f"module 'htex' has no attribute {name!r}")
     module = _public().get(name)
     if module is None:
         raise AttributeError(f"module 'htex' has no attribute {name!r}")

@@ -160,7 +160,8 @@ class ClientThread(threading.Thread):
         self.ready = threading.Event()
         self.start_error: BaseException | None = None
         self.process: InterchangeProcess | None = None
-        self._replies: dict[int, Future[Any]] = {}
+        self._replies: dict[int, Future[Any]] = {}  # under outbox.lock: request() adds, the loop settles
+        self._closed = False
         self._req = 0
         self._stopping = False
         self._last_heard = self._last_sent = self._next_trim = 0.0
@@ -210,10 +211,15 @@ class ClientThread(threading.Thread):
         """Send the control message ``make(req)``; the future gets the interchange's answer."""
         fut: Future[Any] = Future()
         with self.outbox.lock:
+            closed = self._closed
             self._req += 1
             req = self._req
-            self._replies[req] = fut
-        self.send(control=make(req))
+            if not closed:
+                self._replies[req] = fut
+        if closed:  # nobody would ever answer
+            settle(fut, False, shutdown_error())
+        else:
+            self.send(control=make(req))
         return fut
 
     def stop(self) -> None:
@@ -334,7 +340,8 @@ class ClientThread(threading.Thread):
             for tid in msg.ids:
                 self._lost(tid, cls(msg.message))
         elif isinstance(msg, protocol.StatusReply | protocol.Done | protocol.Failed):
-            reply = self._replies.pop(msg.req, None)
+            with self.outbox.lock:  # request() adds replies from other threads
+                reply = self._replies.pop(msg.req, None)
             if reply is not None and isinstance(msg, protocol.Failed):
                 settle(reply, False, CommandFailed(f"the interchange could not do it: {msg.reason}"))
             elif reply is not None:
@@ -400,9 +407,11 @@ class ClientThread(threading.Thread):
         """The thread's last act: fail what still waits, close what it owns."""
         self._send_outbox()  # a Shutdown queued last
         self.inflight.fail_all(reason)
-        for reply in list(self._replies.values()):
+        with self.outbox.lock:
+            replies, self._replies = self._replies, {}
+            self._closed = True
+        for reply in replies.values():
             settle(reply, False, reason)
-        self._replies.clear()
         self._sock.close(linger=0)
         self._ctx.term()
         self.outbox.close()

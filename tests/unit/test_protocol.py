@@ -309,3 +309,11 @@ def test_interchange_config_refuses_wrong_types(change: dict[str, Any]) -> None:
 def test_interchange_config_refuses_garbage(data: bytes) -> None:
     with pytest.raises(ProtocolError):
         protocol.InterchangeConfig.from_json(data)
+
+
+def test_every_json_field_has_a_check() -> None:
+    """Checks are built lazily (not at import); build them all here, so a field of a type with no
+    JSON form fails this test instead of a peer's first message."""
+    for cls in protocol.json_classes():
+        checks = protocol._fields(cls)  # raises TypeError for a field with no JSON form
+        assert set(checks) == {f.name for f in dataclasses.fields(cls)}, cls
