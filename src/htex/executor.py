@@ -126,6 +126,7 @@ class HighThroughputExecutor:
         self.max_idletime = max_idletime  # seconds a block may sit idle before it is scaled in
         self.shared_memory = shared_memory  # None: on when every pool runs on this host; decided at start()
         self.cert_dir: str | None = None
+        self.client_dir: str | None = None  # the directory start() was called in: where tasks run by default
         self.hub_address: str | None = None  # monitoring hub: accepted, unused
         self.hub_port: int | None = None
         self.worker_task_port: int | None = None
@@ -152,6 +153,7 @@ class HighThroughputExecutor:
         Configuration is checked first, so a bad launch_cmd fails here with
         nothing started; a failure after the interchange is up undoes it all.
         """
+        self.client_dir = os.getcwd()
         self._decide_defaults()
         if self.managed:
             self.launch_command("0")  # raises ConfigurationError for an unknown placeholder
@@ -377,7 +379,9 @@ class HighThroughputExecutor:
             logdir=os.path.join(self.worker_logdir_root, self.label) if self.worker_logdir_root else self.logdir,
             heartbeat_period=self.heartbeat_period, heartbeat_threshold=self.heartbeat_threshold,
             address_probe_timeout=self.address_probe_timeout or poolcmd.DEFAULT_PROBE_TIMEOUT,
-            nodes_per_block=self.provider.nodes_per_block, cert_dir=self.cert_dir, working_dir=self.working_dir,
+            nodes_per_block=self.provider.nodes_per_block, cert_dir=self.cert_dir,
+            working_dir=os.path.join(self.client_dir or "", self.working_dir) if self.working_dir else None,
+            client_dir=self.client_dir,
         )
 
     def initialize_scaling(self) -> list[str]:

@@ -45,28 +45,39 @@ This module imports Parsl; the rest of htex never does.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 try:
+    from parsl.executors import errors as parsl_executor_errors
     from parsl.executors.base import ParslExecutor
+    from parsl.executors.high_throughput import errors as parsl_htex_errors
     from parsl.jobs.states import JobState as ParslJobState
     from parsl.providers.base import ExecutionProvider as ParslExecutionProvider
     from parsl.providers.local.local import LocalProvider as ParslLocalProvider
+    from parsl.serialize import errors as parsl_serialize_errors
 except ImportError as exc:  # pragma: no cover - exercised only where Parsl is missing
     raise ImportError(
         f"htex.parsl needs Parsl, which is not installed here ({exc}). Install it with: pip install htex[parsl]"
     ) from exc
 
-from . import procs
+from . import errors, poolcmd, procs
 from .errors import ConfigurationError, ProviderError
 from .executor import HighThroughputExecutor as _HtexExecutor
 from .providers.base import ExecutionProvider, JobState, JobStatus
 
-__all__ = ["HighThroughputExecutor", "ParslProvider", "to_htex_state"]
+__all__ = [
+    "BadStateException", "DeserializationError", "HighThroughputExecutor", "InterchangeLost",
+    "InvalidResourceSpecification", "ManagerLost", "ParslProvider", "ScaleOutFailed", "SerializationError",
+    "WorkerLost", "to_htex_state",
+]
+
+log = logging.getLogger("htex.parsl")
 
 # Parsl's JobState -> htex's.  SCALED_IN is Parsl's name for "we cancelled it on purpose".
 _STATES: dict[ParslJobState, JobState] = {
@@ -183,16 +194,145 @@ def as_htex_provider(provider: Any) -> ExecutionProvider | None:
     )
 
 
+# ---------------------------------------------------------------------------
+# Errors: htex's, as Parsl's classes
+# ---------------------------------------------------------------------------
+#
+# Parsl code (the DFK, Parsl's tests, users' except clauses) catches Parsl's classes; htex code
+# catches htex's.  Each class here is both, so that either except clause works.  htex's core
+# never imports Parsl: its errors are translated here, at the boundary, by _to_parsl.
+
+
+class _ParslFlavour(errors.HtexError):
+    """Pickles without the executor that Parsl's ExecutorError family carries as an attribute."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = {k: v for k, v in self.__dict__.items() if k != "executor"}
+        return (self.__class__, (self.message,), state)
+
+
+class SerializationError(_ParslFlavour, errors.SerializationError, parsl_serialize_errors.SerializationError):
+    """A function or argument will not pickle (Parsl's class: ``fname`` names the function)."""
+
+
+class DeserializationError(_ParslFlavour, errors.DeserializationError, parsl_serialize_errors.DeserializationError):
+    """A worker could not load what was sent, or a result could not be loaded (``reason`` says why)."""
+
+
+# Parsl's class declares a writable ``message``; ours is htex's read-only property (same text).
+class InvalidResourceSpecification(_ParslFlavour, errors.InvalidResourceSpecification,  # type: ignore[override]
+                                   parsl_executor_errors.InvalidResourceSpecification):
+    """submit() got a resource_specification htex cannot honour (``invalid_keys`` names them)."""
+
+
+class BadStateException(_ParslFlavour, errors.ExecutorBroken, parsl_executor_errors.BadStateException):
+    """The executor can run nothing more (Parsl's class for every task of a broken executor)."""
+
+
+class InterchangeLost(BadStateException, errors.InterchangeLost):
+    """The interchange died or went silent."""
+
+
+class ScaleOutFailed(_ParslFlavour, errors.ScaleOutFailed, parsl_executor_errors.BadStateException):
+    """Blocks kept failing to start: Parsl fails the tasks of such an executor with BadStateException."""
+
+
+class ManagerLost(_ParslFlavour, errors.ManagerLost, parsl_htex_errors.ManagerLost):
+    """A whole pool (node) died or went silent with the task."""
+
+
+class WorkerLost(_ParslFlavour, errors.WorkerLost, parsl_htex_errors.WorkerLost):
+    """The worker process running the task died."""
+
+
+# Most specific first: _to_parsl takes the first class the error is an instance of.
+_PARSL_CLASSES: list[tuple[type[errors.HtexError], type[errors.HtexError]]] = [
+    (errors.SerializationError, SerializationError),
+    (errors.DeserializationError, DeserializationError),
+    (errors.InvalidResourceSpecification, InvalidResourceSpecification),
+    (errors.InterchangeLost, InterchangeLost),
+    (errors.ExecutorBroken, BadStateException),
+    (errors.ScaleOutFailed, ScaleOutFailed),
+    (errors.ManagerLost, ManagerLost),
+    (errors.WorkerLost, WorkerLost),
+]
+
+
+def _to_parsl(exc: BaseException, executor: Any, fname: str = "") -> BaseException:
+    """``exc`` as the class Parsl code catches (with the attributes Parsl's class has); others unchanged."""
+    if isinstance(exc, _ParslFlavour) or not isinstance(exc, errors.HtexError):
+        return exc
+    for htex_cls, parsl_cls in _PARSL_CLASSES:
+        if isinstance(exc, htex_cls):
+            new = parsl_cls(exc.message, **exc.__dict__)
+            # What Parsl's own classes set in their __init__ (ours keep htex's message as str()).
+            new.__dict__.update(fname=fname, reason=exc.message, executor=executor,
+                                troubleshooting="https://parsl.readthedocs.io/en/latest/faq.html"
+                                                "#addressing-serializationerror")
+            new.__cause__ = exc
+            new.__traceback__ = exc.__traceback__
+            return new
+    return exc
+
+
+def _translated(fut: Future[Any], executor: Any, fname: str) -> Future[Any]:
+    """A future that ends as ``fut`` does, its exception as Parsl's class."""
+    out: Future[Any] = Future()
+    if hasattr(fut, "parsl_executor_task_id"):  # the DFK logs it
+        out.parsl_executor_task_id = fut.parsl_executor_task_id  # type: ignore[attr-defined]
+
+    def copy(done: Future[Any]) -> None:
+        if done.cancelled():
+            out.cancel()
+        elif (exc := done.exception()) is not None:
+            out.set_exception(_to_parsl(exc, executor, fname))
+        else:
+            out.set_result(done.result())
+
+    fut.add_done_callback(copy)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The executor
+# ---------------------------------------------------------------------------
+
 _HTEX_PARAMS = frozenset(inspect.signature(_HtexExecutor.__init__).parameters) - {"self"}
+
+# Today's Parsl parameters htex does not act on yet, with Parsl's defaults: stored, and logged
+# once at INFO when given another value (a site config copied from Parsl's docs must load).
+_NOT_USED_YET: dict[str, Any] = {
+    "interchange_launch_cmd": None,
+    "loopback_address": "127.0.0.1",
+    "worker_port": None,
+    "cpu_affinity": "none",
+    "available_accelerators": (),
+    "drain_period": None,
+    "manager_selector": None,
+    "block_error_handler": True,
+}
+
+
+class _ParslHtex(_HtexExecutor):
+    """htex's executor, filling the launch_cmd placeholders only Parsl's parameters give."""
+
+    parsl_values: dict[str, Any] = {}
+
+    def _pool_launch(self) -> poolcmd.PoolLaunch:
+        return dataclasses.replace(super()._pool_launch(), extra=self.parsl_values)
 
 
 class HighThroughputExecutor(ParslExecutor):
     """Parsl's HighThroughputExecutor, run by htex.
 
-    Takes the parameters of ``htex.HighThroughputExecutor`` (see htex's
-    README), and ``remote_monitoring_radio`` for Parsl's resource monitoring.
-    ``provider`` may be an htex or a Parsl provider.  A parameter htex does
-    not know is a ``ConfigurationError`` that names it, not a silent no-op.
+    Takes every parameter of today's Parsl HTEX and of Parsl 1.0's, and
+    those of ``htex.HighThroughputExecutor`` (see htex's README).  Those htex
+    does not act on yet (``_NOT_USED_YET``) are stored as attributes and
+    named in one INFO log line.  ``working_dir`` keeps Parsl's meaning: it is
+    stored for Parsl's staging, and tasks run in the directory the client
+    was in at ``start()``.  ``provider`` may be an htex or a Parsl provider.
+    A parameter that neither Parsl nor htex knows is a ``ConfigurationError``
+    that names it, not a silent no-op.
     """
 
     def __init__(
@@ -203,13 +343,21 @@ class HighThroughputExecutor(ParslExecutor):
         storage_access: list[Any] | None = None,
         working_dir: str | None = None,
         remote_monitoring_radio: Any = None,
+        interchange_launch_cmd: Sequence[str] | None = None,
+        loopback_address: str = "127.0.0.1",
+        worker_port: int | None = None,
+        cpu_affinity: str = "none",
+        available_accelerators: int | Sequence[str] = (),
+        drain_period: int | None = None,
+        manager_selector: Any = None,
+        block_error_handler: Any = True,
         **kwargs: Any,
     ) -> None:
         unknown = sorted(set(kwargs) - _HTEX_PARAMS)
         if unknown:
             raise ConfigurationError(
                 f"htex.parsl.HighThroughputExecutor does not support {', '.join(unknown)}; "
-                f"supported: {', '.join(sorted(_HTEX_PARAMS))}"
+                f"supported: {', '.join(sorted(_HTEX_PARAMS | set(_NOT_USED_YET) | {'remote_monitoring_radio'}))}"
             )
         run_dir = kwargs.pop("run_dir", None)
         super().__init__(run_dir=run_dir or ".")
@@ -218,13 +366,33 @@ class HighThroughputExecutor(ParslExecutor):
         self.provider = provider
         # None, not []: Parsl's data manager falls back to its default staging only on None.
         self.storage_access = storage_access
+        # Parsl's meaning (the executor's own directory, for staging): not where tasks run, so not htex's.
         self.working_dir = working_dir
         if remote_monitoring_radio is not None:
             self.remote_monitoring_radio = remote_monitoring_radio
-        self.htex = _HtexExecutor(
-            label=label, provider=as_htex_provider(provider), storage_access=storage_access,
-            working_dir=working_dir, **kwargs,
+        given = dict(interchange_launch_cmd=interchange_launch_cmd, loopback_address=loopback_address,
+                     worker_port=worker_port, cpu_affinity=cpu_affinity, drain_period=drain_period,
+                     manager_selector=manager_selector, block_error_handler=block_error_handler,
+                     available_accelerators=available_accelerators)
+        for name, value in given.items():
+            setattr(self, name, value)
+        # As Parsl: an int n means accelerators "0".."n-1".
+        self.available_accelerators = (
+            [str(i) for i in range(available_accelerators)] if isinstance(available_accelerators, int)
+            else list(available_accelerators)
         )
+        unused = sorted(n for n, v in given.items() if v != _NOT_USED_YET[n] and not (n == "available_accelerators"
+                                                                                      and not self.available_accelerators))
+        if unused:
+            log.info("executor %s: accepted, not used yet: %s", label,
+                     ", ".join(f"{n}={given[n]!r}" for n in unused))
+        self.htex = _ParslHtex(
+            label=label, provider=as_htex_provider(provider), storage_access=storage_access, **kwargs,
+        )
+        self.htex.parsl_values = {
+            "cpu_affinity": cpu_affinity, "drain_period": drain_period,
+            "accelerators": " ".join(self.available_accelerators),
+        }
         if provider is None:
             self.provider = self.htex.provider
 
@@ -237,7 +405,15 @@ class HighThroughputExecutor(ParslExecutor):
 
     def submit(self, func: Callable[..., Any], resource_specification: dict[str, Any], *args: Any,
                **kwargs: Any) -> Future[Any]:
-        return self.htex.submit(func, resource_specification, *args, **kwargs)
+        fname = getattr(func, "__name__", repr(func))
+        try:
+            fut = self.htex.submit(func, resource_specification, *args, **kwargs)
+        except errors.HtexError as exc:
+            parsl_exc = _to_parsl(exc, self, fname)
+            if isinstance(parsl_exc, InvalidResourceSpecification):
+                parsl_exc.invalid_keys = set(resource_specification or ())  # htex takes none of them
+            raise parsl_exc from exc
+        return _translated(fut, self, fname)
 
     def shutdown(self) -> None:
         # As Parsl's own executor: the DFK has waited for what it wanted; what still runs is abandoned
@@ -271,9 +447,15 @@ class HighThroughputExecutor(ParslExecutor):
 
     @property
     def executor_exception(self) -> BaseException | None:
-        return self.htex.executor_exception
+        exc = self.htex.executor_exception
+        return None if exc is None else _to_parsl(exc, self)
 
     def set_bad_state_and_fail_all(self, exception: BaseException) -> None:
+        # As Parsl's executor: every task fails with a BadStateException whose cause is ``exception``.
+        if not isinstance(exception, parsl_executor_errors.BadStateException):
+            cause = exception
+            exception = BadStateException(str(cause), executor=self, reason=str(cause))
+            exception.__cause__ = cause
         self.htex.set_bad_state_and_fail_all(exception)
 
     @property

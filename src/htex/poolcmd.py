@@ -25,7 +25,8 @@ import logging
 import math
 import shlex
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -36,12 +37,27 @@ from .errors import ConfigurationError
 log = logging.getLogger("htex.pool")
 
 DEFAULT_LAUNCH_CMD = (
-    "{python} -m htex.process_worker_pool {debug} --max_workers={max_workers} -a {addresses} "
+    "{python} -m htex.process_worker_pool {debug} {max_workers} -a {addresses} "
     "-t {task_port} -r {result_port} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} "
     "--poll {poll_period} --logdir={logdir} --block_id={block_id} --hb_period={heartbeat_period} "
     "--hb_threshold={heartbeat_threshold} --address_probe_timeout={address_probe_timeout} "
     "--nodes_per_block={nodes_per_block} --cert_dir={cert_dir} {pool_urls}"
 )
+# Parsl 1.0's default launch_cmd, word for word but for the executable's name (Parsl's own
+# script is process_worker_pool.py): a launch_cmd copied from a 1.0 site config must start a pool.
+PARSL_1_0_LAUNCH_CMD = (
+    "process_worker_pool {debug} {max_workers} -a {addresses} -p {prefetch_capacity} "
+    "-c {cores_per_worker} -m {mem_per_worker} --poll {poll_period} --task_port={task_port} "
+    "--result_port={result_port} --logdir={logdir} --block_id={{block_id}} --hb_period={heartbeat_period} "
+    "{address_probe_timeout_string} --hb_threshold={heartbeat_threshold} "
+)
+# Placeholders of today's Parsl that describe things htex's pool does not do yet (placement, MPI,
+# draining): filled with what Parsl fills when they are unset, so a template naming them formats.
+# htex.parsl passes the user's values in PoolLaunch.extra.
+PARSL_ONLY_DEFAULTS: dict[str, Any] = {
+    "logconf": "", "drain_period": None, "cpu_affinity": "none", "enable_mpi_mode": "",
+    "mpi_launcher": "mpiexec", "accelerators": "",
+}
 # How long a pool probes its candidate addresses when launch_cmd leaves it unsaid (Parsl's default).
 DEFAULT_PROBE_TIMEOUT = 30.0
 # Probes are resent this often: IMMEDIATE drops those sent before a connection is up.
@@ -74,14 +90,32 @@ class PoolLaunch:
     address_probe_timeout: float
     nodes_per_block: int
     cert_dir: str | None
-    working_dir: str | None
+    working_dir: str | None  # the user's: where tasks run, and a block fails if it is missing
+    # Placeholders only a Parsl template names (see PARSL_ONLY_DEFAULTS); they override the defaults.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    # The client's directory at start(): where tasks run when working_dir is not given, as with Parsl
+    # (its LocalProvider's blocks inherit it; sbatch/qsub, called from it, start jobs there).
+    client_dir: str | None = None
 
     def values(self, block_id: str) -> dict[str, Any]:
-        """The placeholders a launch_cmd may use (Parsl's, and ours), shell-quoted where they are paths."""
+        """The placeholders a launch_cmd may use (Parsl's, and ours), shell-quoted where they are paths.
+
+        Where Parsl filled a placeholder with a whole flag, so do we: ``{max_workers}`` (Parsl 1.0) and
+        ``{max_workers_per_node}`` (today) are ``--max_workers=N``, or nothing for no cap;
+        ``{address_probe_timeout_string}`` is ``--address_probe_timeout=S``.  ``{worker_port}`` (today's
+        Parsl has one port) is the task port.
+        """
+        cap = "" if self.max_workers == math.inf else _number(self.max_workers)
+        probe = self.address_probe_timeout or DEFAULT_PROBE_TIMEOUT
         return {
+            **PARSL_ONLY_DEFAULTS,
+            **self.extra,
             "python": shlex.quote(self.python),
             "debug": "--debug" if self.debug else "",
-            "max_workers": "inf" if self.max_workers == math.inf else self.max_workers,
+            "max_workers": f"--max_workers={cap}" if cap else "",
+            "max_workers_per_node": f"--max_workers_per_node={cap}" if cap else "",
+            "address_probe_timeout_string": f"--address_probe_timeout={_number(probe)}",
+            "worker_port": self.task_port,
             "addresses": ",".join(self.addresses),
             "task_port": self.task_port,
             "result_port": self.result_port,
@@ -101,11 +135,16 @@ class PoolLaunch:
             "block_id": block_id,
             "heartbeat_period": self.heartbeat_period,
             "heartbeat_threshold": self.heartbeat_threshold,
-            "address_probe_timeout": self.address_probe_timeout or DEFAULT_PROBE_TIMEOUT,
+            "address_probe_timeout": probe,
             "nodes_per_block": self.nodes_per_block,
             "cert_dir": shlex.quote(self.cert_dir) if self.cert_dir else "",
             "uid": "",
         }
+
+
+def _number(x: float) -> str:
+    """``8`` for 8.0, ``2.5`` for 2.5: no ``1e+06`` for a large cap."""
+    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def launch_command(template: str | None, launch: PoolLaunch, block_id: str) -> str:
@@ -115,7 +154,9 @@ def launch_command(template: str | None, launch: PoolLaunch, block_id: str) -> s
     Parsl-style templates escape the block id as ``{{block_id}}``: it is
     filled in too.  A template without ``{cert_dir}`` (written before
     encryption, as Parsl 1.0's) gets the keys through ``HTEX_CERT_DIR``; and
-    ``working_dir`` is where the command runs.
+    ``working_dir`` is where the command runs (a missing one fails the block),
+    else ``client_dir`` (a node that lacks it, without a shared file system,
+    stays where the scheduler started it, as a Slurm job does).
     """
     template = template or DEFAULT_LAUNCH_CMD
     values = launch.values(block_id)
@@ -128,6 +169,9 @@ def launch_command(template: str | None, launch: PoolLaunch, block_id: str) -> s
         cmd = f"export HTEX_CERT_DIR={shlex.quote(launch.cert_dir)}; {cmd}"
     if launch.working_dir:
         cmd = f"cd {shlex.quote(launch.working_dir)} && {cmd}"
+    elif launch.client_dir:
+        where = shlex.quote(launch.client_dir)
+        cmd = f'{{ cd {where} || echo htex: no directory {where} here, tasks run in "$PWD" >&2; }}; {cmd}'
     return cmd
 
 

@@ -67,3 +67,16 @@ def total(*values: int) -> int:
 def fan_out(n: int) -> Any:
     # Runs in the DFK (its internal executor); the apps it launches run on htex.
     return total(*[add(i, i) for i in range(n)])
+
+
+@python_app
+def cwd() -> str:
+    import os
+
+    return os.getcwd()
+
+
+@bash_app
+def write_relative(name: str, text: str, stdout: str | None = None) -> str:
+    # A relative path, as a user writes it: it must land in the client's directory.
+    return f"echo {text} > {name}; echo {text}"

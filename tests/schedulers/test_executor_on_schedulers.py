@@ -98,6 +98,22 @@ def test_burst_scales_out_to_max_blocks_then_in_to_min(sched: Any) -> None:
     wait_for(lambda: not _jobs_in_queue(sched, ex), timeout=30, what="the jobs to leave the queue")
 
 
+def test_tasks_run_in_the_clients_directory(sched: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 13: as with Parsl (sbatch/qsub called from the client's directory start the job there).
+    s, _ = sched
+    if s.name == "condor":
+        pytest.skip("HTCondor runs root's jobs as condorci here, who cannot enter the client's private tmp_path")
+    here = tmp_path / "client"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    ex = _executor(sched, init_blocks=1, min_blocks=0, max_blocks=1)
+    try:
+        assert ex.submit(os.getcwd, {}).result(timeout=90) == str(here)
+        assert os.listdir(here) == []  # the job's script and output stay under the run directory
+    finally:
+        ex.shutdown()
+
+
 def test_a_job_cancelled_from_outside_is_noticed_and_replaced(sched: Any) -> None:
     s, _ = sched
     ex = _executor(sched, init_blocks=1, min_blocks=1, max_blocks=1)

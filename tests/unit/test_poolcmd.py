@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import math
 import shlex
+import subprocess
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,9 @@ PLACEHOLDERS = {
     "python", "debug", "max_workers", "addresses", "task_port", "result_port", "task_url", "result_url", "pool_urls",
     "prefetch_capacity", "cores_per_worker", "mem_per_worker", "poll_period", "logdir", "block_id",
     "heartbeat_period", "heartbeat_threshold", "address_probe_timeout", "nodes_per_block", "cert_dir", "uid",
+    # Parsl's: 1.0's and today's
+    "max_workers_per_node", "address_probe_timeout_string", "worker_port", "logconf", "drain_period",
+    "cpu_affinity", "enable_mpi_mode", "mpi_launcher", "accelerators",
 }
 
 
@@ -47,7 +51,7 @@ def test_every_placeholder_has_a_value() -> None:
     values = launch().values("4")
     assert set(values) == PLACEHOLDERS
     assert values["python"] == "'/opt/py thon/bin/python3'" and values["logdir"] == "'/runs/my run/000/htex'"
-    assert values["debug"] == "--debug" and values["max_workers"] == "inf" and values["block_id"] == "4"
+    assert values["debug"] == "--debug" and values["max_workers"] == "" and values["block_id"] == "4"
     assert values["addresses"] == "10.0.0.5,192.168.1.2"
     assert values["task_url"] == "tcp://10.0.0.5:54001" and values["result_url"] == "tcp://10.0.0.5:54002"
     assert values["pool_urls"] == "" and values["cert_dir"] == "" and values["uid"] == ""
@@ -58,10 +62,30 @@ def test_every_placeholder_has_a_value() -> None:
 def test_values_follow_the_launch() -> None:
     values = launch(debug=False, max_workers=8, ipc_prefix="/run/h x/pools", cert_dir="/k d",
                     address_probe_timeout=0).values("0")
-    assert values["debug"] == "" and values["max_workers"] == 8 and values["cert_dir"] == "'/k d'"
+    assert values["debug"] == "" and values["max_workers"] == "--max_workers=8" and values["cert_dir"] == "'/k d'"
     assert shlex.split(values["pool_urls"]) == ["--task_url=ipc:///run/h x/pools-tasks",
                                                 "--result_url=ipc:///run/h x/pools-results"]
     assert values["address_probe_timeout"] == poolcmd.DEFAULT_PROBE_TIMEOUT  # 0 means unset, as in Parsl
+    # Parsl filled these with whole flags (1.0: {max_workers}; today: {max_workers_per_node}).
+    assert values["max_workers_per_node"] == "--max_workers_per_node=8"
+    assert values["address_probe_timeout_string"] == "--address_probe_timeout=30"
+    assert launch(max_workers=1_000_000).values("0")["max_workers"] == "--max_workers=1000000"
+
+
+def test_parsl_1_0_default_launch_cmd_parses_back() -> None:
+    cmd = poolcmd.launch_command(poolcmd.PARSL_1_0_LAUNCH_CMD, launch(max_workers=3), "5")
+    words = shlex.split(cmd)
+    args = poolcmd.build_parser().parse_args(words[words.index("process_worker_pool") + 1:])
+    assert (args.max_workers, args.task_port, args.result_port, args.block_id) == (3, 54001, 54002, "5")
+    assert args.addresses == "10.0.0.5,192.168.1.2" and args.address_probe_timeout == 45.0
+
+
+def test_parsl_only_placeholders_take_the_given_values() -> None:
+    extra = {"cpu_affinity": "alternating", "accelerators": "0 1 2 3", "drain_period": 600}
+    cmd = poolcmd.launch_command("x --cpu-affinity {cpu_affinity} --available-accelerators {accelerators} "
+                                 "--drain_period={drain_period} {enable_mpi_mode}", launch(extra=extra), "0")
+    assert cmd.split() == ["x", "--cpu-affinity", "alternating", "--available-accelerators", "0", "1", "2", "3",
+                           "--drain_period=600"]
 
 
 def test_parsl_style_escaped_block_id() -> None:
@@ -168,3 +192,19 @@ def test_probing_gives_up_and_says_what_to_set(interchange: int) -> None:
 def test_pool_launch_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         launch().debug = False  # type: ignore[misc]
+
+
+def test_client_dir_is_where_the_command_runs(tmp_path: Any) -> None:
+    here = tmp_path / "client dir"
+    here.mkdir()
+    cmd = poolcmd.launch_command("pwd", launch(client_dir=str(here)), "0")
+    run = subprocess.run(["/bin/bash", "-c", cmd], cwd="/", capture_output=True, text=True, timeout=10)
+    assert run.stdout.strip() == str(here)
+    # A node without it (no shared file system) stays where the scheduler started it, and says so.
+    cmd = poolcmd.launch_command("pwd", launch(client_dir=str(tmp_path / "gone")), "0")
+    run = subprocess.run(["/bin/bash", "-c", cmd], cwd="/", capture_output=True, text=True, timeout=10)
+    assert run.returncode == 0 and run.stdout.strip() == "/" and "no directory" in run.stderr
+    # The user's working_dir wins over it.
+    cmd = poolcmd.launch_command("pwd", launch(client_dir="/nowhere", working_dir=str(here)), "0")
+    run = subprocess.run(["/bin/bash", "-c", cmd], cwd="/", capture_output=True, text=True, timeout=10)
+    assert run.stdout.strip() == str(here)
