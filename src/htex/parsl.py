@@ -36,6 +36,16 @@ or a Parsl one (``parsl.providers.LocalProvider``, ``SlurmProvider``, ...).  A
 Parsl provider is wrapped in ``ParslProvider``, which presents it through
 htex's provider interface (string job ids, htex ``JobStatus``).
 
+Parameters: every one of today's Parsl HTEX and of Parsl 1.0's is accepted;
+those htex does not act on yet are stored and named once in an INFO log
+line.  ``working_dir`` keeps Parsl's meaning (the executor's directory for
+staging): tasks run where the client was at ``start()``, as with Parsl.
+
+Errors: htex's errors leave this module as classes that are both htex's and
+Parsl's (``SerializationError`` is a ``parsl.serialize.errors.SerializationError``),
+translated at the boundary (``submit`` and the futures it returns), so the
+DFK's and users' ``except`` clauses for Parsl's classes work.
+
 Not supported: per-task ``resource_specification`` (as in htex, it must be
 empty) and Parsl's resource monitoring unless a ``remote_monitoring_radio``
 (e.g. ``parsl.monitoring.radios.filesystem.FilesystemRadio()``) is given.
@@ -204,7 +214,14 @@ def as_htex_provider(provider: Any) -> ExecutionProvider | None:
 
 
 class _ParslFlavour(errors.HtexError):
-    """Pickles without the executor that Parsl's ExecutorError family carries as an attribute."""
+    """Made from a message and attributes, as every htex error; pickles without the executor that
+    Parsl's ExecutorError family carries as an attribute."""
+
+    def __init__(self, message: str = "", **attributes: Any) -> None:
+        # Not HtexError's (it calls super()): past htex's classes the MRO reaches Parsl's __init__s,
+        # whose arguments differ.  Parsl's attributes are set by _to_parsl.
+        Exception.__init__(self, message)
+        self.__dict__.update(attributes)
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = {k: v for k, v in self.__dict__.items() if k != "executor"}

@@ -22,6 +22,8 @@ pytest.importorskip("parsl.config", reason="Parsl is not installed (pip install 
 
 import parsl
 import parsl.executors
+import parsl.executors.high_throughput.errors
+import parsl.serialize.errors
 from parsl.executors.errors import BadStateException, InvalidResourceSpecification
 from parsl.executors.high_throughput.manager_selector import RandomManagerSelector
 from parsl.serialize.errors import SerializationError
@@ -200,3 +202,23 @@ def test_working_dir_keeps_parsls_meaning(load_dfk: Any, tmp_path: Any, monkeypa
     ex = dfk.executors["HighThroughputExecutor"]
     assert ex.working_dir == "/no/such/dir/on/this/site" and ex.htex.working_dir is None
     assert cwd().result() == str(tmp_path)
+
+
+@pytest.mark.parametrize(("htex_error", "parsl_class"), [
+    (errors.SerializationError("x"), SerializationError),
+    (errors.DeserializationError("x"), parsl.serialize.errors.DeserializationError),
+    (errors.InvalidResourceSpecification("x"), InvalidResourceSpecification),
+    (errors.ExecutorBroken("x"), BadStateException),
+    (errors.InterchangeLost("x"), BadStateException),
+    (errors.ScaleOutFailed("x"), BadStateException),
+    (errors.ManagerLost("x", host="n1"), parsl.executors.high_throughput.errors.ManagerLost),
+    (errors.WorkerLost("x", rank=0), parsl.executors.high_throughput.errors.WorkerLost),
+])
+def test_each_htex_error_is_also_parsls(htex_error: errors.HtexError, parsl_class: type[Exception]) -> None:
+    from htex.parsl import _to_parsl
+
+    translated = _to_parsl(htex_error, object(), "f")
+    assert isinstance(translated, parsl_class) and isinstance(translated, type(htex_error))
+    assert str(translated) == "x" and translated.__cause__ is htex_error
+    again = pickle.loads(pickle.dumps(translated))  # without the executor it names
+    assert type(again) is type(translated) and str(again) == "x"
