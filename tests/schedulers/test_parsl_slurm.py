@@ -15,7 +15,7 @@ parsl = pytest.importorskip("parsl", reason="Parsl is not installed (pip install
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_parsl_slurm_provider_blocks_run_parsl_apps(tmp_path: Any) -> None:
+def test_parsl_slurm_provider_blocks_run_parsl_apps(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from parsl.app.app import python_app
     from parsl.config import Config
     from parsl.providers import SlurmProvider as ParslSlurmProvider
@@ -32,6 +32,9 @@ def test_parsl_slurm_provider_blocks_run_parsl_apps(tmp_path: Any) -> None:
     )
     executor = HighThroughputExecutor(label="htex_slurm", provider=provider, address="127.0.0.1", max_workers=1,
                                       heartbeat_period=1, heartbeat_threshold=6)
+    client = tmp_path / "client"
+    client.mkdir()
+    monkeypatch.chdir(client)
     dfk = parsl.load(Config(executors=[executor], run_dir=str(tmp_path / "runinfo")))
     try:
         job_env = python_app(os.getenv, executors=["htex_slurm"])
@@ -39,6 +42,8 @@ def test_parsl_slurm_provider_blocks_run_parsl_apps(tmp_path: Any) -> None:
         assert len(job_ids) == 1 and None not in job_ids  # the tasks ran inside one Slurm job
         (job,) = job_ids
         assert job in executor.htex.blocks.values()  # the block htex asked Parsl's provider for
+        # Issue 13: tasks run in the client's directory, as under Parsl's own executor.
+        assert python_app(os.getcwd, executors=["htex_slurm"])().result(timeout=30) == str(client)
     finally:
         dfk.cleanup()
         parsl.clear()
