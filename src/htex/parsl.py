@@ -59,8 +59,9 @@ import dataclasses
 import inspect
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from types import MappingProxyType
 from typing import Any
 
 try:
@@ -333,7 +334,8 @@ _NOT_USED_YET: dict[str, Any] = {
 class _ParslHtex(_HtexExecutor):
     """htex's executor, filling the launch_cmd placeholders only Parsl's parameters give."""
 
-    parsl_values: dict[str, Any] = {}
+    # Set by htex.parsl.HighThroughputExecutor after construction; empty: Parsl's defaults.
+    parsl_values: Mapping[str, Any] = MappingProxyType({})
 
     def _pool_launch(self) -> poolcmd.PoolLaunch:
         return dataclasses.replace(super()._pool_launch(), extra=self.parsl_values)
@@ -387,28 +389,25 @@ class HighThroughputExecutor(ParslExecutor):
         self.working_dir = working_dir
         if remote_monitoring_radio is not None:
             self.remote_monitoring_radio = remote_monitoring_radio
+        # As Parsl: an int n means accelerators "0".."n-1".
+        accelerators = ([str(i) for i in range(available_accelerators)] if isinstance(available_accelerators, int)
+                        else list(available_accelerators))
         given = dict(interchange_launch_cmd=interchange_launch_cmd, loopback_address=loopback_address,
                      worker_port=worker_port, cpu_affinity=cpu_affinity, drain_period=drain_period,
                      manager_selector=manager_selector, block_error_handler=block_error_handler,
-                     available_accelerators=available_accelerators)
+                     available_accelerators=tuple(accelerators))
         for name, value in given.items():
             setattr(self, name, value)
-        # As Parsl: an int n means accelerators "0".."n-1".
-        self.available_accelerators = (
-            [str(i) for i in range(available_accelerators)] if isinstance(available_accelerators, int)
-            else list(available_accelerators)
-        )
-        unused = sorted(n for n, v in given.items() if v != _NOT_USED_YET[n] and not (n == "available_accelerators"
-                                                                                      and not self.available_accelerators))
+        self.available_accelerators = accelerators  # a list, as Parsl keeps it
+        unused = [f"{n}={v!r}" for n, v in sorted(given.items()) if v != _NOT_USED_YET[n]]
         if unused:
-            log.info("executor %s: accepted, not used yet: %s", label,
-                     ", ".join(f"{n}={given[n]!r}" for n in unused))
+            log.info("executor %s: accepted, not used yet: %s", label, ", ".join(unused))
         self.htex = _ParslHtex(
             label=label, provider=as_htex_provider(provider), storage_access=storage_access, **kwargs,
         )
         self.htex.parsl_values = {
             "cpu_affinity": cpu_affinity, "drain_period": drain_period,
-            "accelerators": " ".join(self.available_accelerators),
+            "accelerators": " ".join(accelerators),
         }
         if provider is None:
             self.provider = self.htex.provider
