@@ -284,9 +284,12 @@ def _to_parsl(exc: BaseException, executor: Any, fname: str = "") -> BaseExcepti
         if isinstance(exc, htex_cls):
             new = parsl_cls(exc.message, **exc.__dict__)
             # What Parsl's own classes set in their __init__ (ours keep htex's message as str()).
-            new.__dict__.update(fname=fname, reason=exc.message, executor=executor,
-                                troubleshooting="https://parsl.readthedocs.io/en/latest/faq.html"
-                                                "#addressing-serializationerror")
+            new.__dict__.setdefault("reason", exc.message)
+            if isinstance(new, parsl_executor_errors.ExecutorError):
+                new.__dict__["executor"] = executor
+            if isinstance(new, SerializationError):
+                new.__dict__.update(fname=fname, troubleshooting="https://parsl.readthedocs.io/en/latest/faq.html"
+                                                                 "#addressing-serializationerror")
             new.__cause__ = exc
             new.__traceback__ = exc.__traceback__
             return new
