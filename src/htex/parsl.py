@@ -36,8 +36,9 @@ or a Parsl one (``parsl.providers.LocalProvider``, ``SlurmProvider``, ...).  A
 Parsl provider is wrapped in ``ParslProvider``, which presents it through
 htex's provider interface (string job ids, htex ``JobStatus``).
 
-Not supported: per-task ``resource_specification`` (as in htex, it must be
-empty) and Parsl's resource monitoring unless a ``remote_monitoring_radio``
+Per-task ``resource_specification`` (an app's ``parsl_resource_specification``)
+takes ``priority``, as in Parsl's HTEX, and nothing else.  Not supported:
+Parsl's resource monitoring unless a ``remote_monitoring_radio``
 (e.g. ``parsl.monitoring.radios.filesystem.FilesystemRadio()``) is given.
 
 This module imports Parsl; the rest of htex never does.

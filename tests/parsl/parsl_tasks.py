@@ -67,3 +67,9 @@ def total(*values: int) -> int:
 def fan_out(n: int) -> Any:
     # Runs in the DFK (its internal executor); the apps it launches run on htex.
     return total(*[add(i, i) for i in range(n)])
+
+
+@python_app
+def add_with_spec(a: int, b: int = 0, parsl_resource_specification: dict[str, Any] | None = None) -> int:
+    """Parsl passes the app's parsl_resource_specification to the executor and to the function too."""
+    return a + b
