@@ -35,13 +35,14 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
 T = TypeVar("T")
 # Where a task taken from the heap came from: (its priority, its arrival number), to put it back exactly.
 Rank = tuple[float, int]
+_NO_RANKS: tuple[Rank, ...] = ()  # shared: a take without priorities allocates nothing for them
 
 
 class TaskQueue(Generic[T]):
@@ -82,18 +83,20 @@ class TaskQueue(Generic[T]):
                 plain.append(task)
         self._arrivals = n
 
-    def take(self, n: int) -> tuple[list[T], list[Rank]]:
+    def take(self, n: int) -> tuple[list[T], Sequence[Rank]]:
         """The next ``n`` tasks (n <= len), and the ranks of those that came from the heap (they come first)."""
         if not self._ranked:
-            popleft = self._plain.popleft
-            return [popleft() for _ in range(n)], []
+            plain = self._plain
+            if n == 1:  # without prefetch, most turns send one task: no comprehension for it
+                return [plain.popleft()], _NO_RANKS
+            return [plain.popleft() for _ in range(n)], _NO_RANKS
         ranked, pop = self._ranked, heapq.heappop
         k = min(n, len(ranked))
         entries = [pop(ranked) for _ in range(k)]
         popleft = self._plain.popleft
         return [e[2] for e in entries] + [popleft() for _ in range(n - k)], [(e[0], e[1]) for e in entries]
 
-    def put_back(self, tasks: list[T], ranks: list[Rank]) -> None:
+    def put_back(self, tasks: list[T], ranks: Sequence[Rank]) -> None:
         """Undo a ``take``: every task back where it was (a pool was unreachable)."""
         k = len(ranks)
         for (priority, arrival), task in zip(ranks, tasks[:k], strict=True):

@@ -182,7 +182,7 @@ def test_queue_without_priorities_is_first_in_first_out_and_never_uses_the_heap(
     q.extend(["a", "b", "c"])
     q.extend_ranked(["d", "e"], [math.nan, math.nan])  # a batch that carried priorities, none set
     batch, ranks = q.take(2)
-    assert (batch, ranks) == (["a", "b"], [])
+    assert (batch, list(ranks)) == (["a", "b"], [])
     assert not q._ranked
     assert _drain(q) == ["c", "d", "e"]
 
