@@ -77,6 +77,7 @@ _N = struct.Struct("<I")
 _NFP = struct.Struct("<III")
 # A task's priority on the wire when it has none (f64): NaN, which a user may not pass as one.
 NO_PRIORITY = math.nan
+_NO_PRIORITIES = array("d")  # shared, never written: what a batch without priorities packs
 # The first byte of a result blob (``serialize`` writes it): lets the interchange count
 # tasks that raised without unpickling anything.
 RESULT_OK = 0
@@ -189,8 +190,10 @@ class Tasks:
         n, f = len(self.ids), len(self.functions)
         if len(self.fn_keys) != n or len(self.payloads) != n:
             raise ValueError(f"Tasks: {n} ids, {len(self.fn_keys)} function keys, {len(self.payloads)} payloads")
-        ranks = self.priorities if self.priorities is not None else array("d")
-        if ranks.typecode != "d" or len(ranks) not in (0, n):
+        ranks = self.priorities
+        if ranks is None:  # the common case: no check, no array of our own
+            ranks = _NO_PRIORITIES
+        elif ranks.typecode != "d" or len(ranks) not in (0, n):
             raise ValueError(f"Tasks: {n} ids, {len(ranks)} priorities (array {ranks.typecode!r}, want 'd')")
         head = _HEADERS[self.TYPE] + _NFP.pack(n, f, len(ranks))
         keys = array("Q", self.functions.keys())
