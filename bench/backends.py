@@ -123,6 +123,29 @@ class HtexPrefetchBackend(HtexBackend):
         super().__init__(run_root, prefetch_capacity=256)
 
 
+class HtexPriorityBackend(HtexBackend):
+    """htex with a priority on every task (eight values in turn): what the interchange's heap costs."""
+
+    name = "htex-prio"
+    title = "htex, every task prioritized"
+
+    def __init__(self, run_root: str, **executor_kwargs: Any) -> None:
+        super().__init__(run_root, **executor_kwargs)
+        self.n = 0
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self.n += 1
+        return self.ex.submit(fn, {"priority": self.n % 8}, *args)
+
+
+class HtexPrefetchPriorityBackend(HtexPriorityBackend):
+    name = "htex-pf-prio"
+    title = "htex (prefetch 256), every task prioritized"
+
+    def __init__(self, run_root: str) -> None:
+        super().__init__(run_root, prefetch_capacity=256)
+
+
 class HtexTcpBackend(HtexBackend):
     """Pools over loopback TCP (an ``address`` is given), plain: what a remote pool's path costs."""
 
@@ -268,6 +291,8 @@ class RayBackend(Backend):
 ALL: dict[str, tuple[type[Backend], str | None]] = {
     "htex": (HtexBackend, None),
     "htex-pf": (HtexPrefetchBackend, None),
+    "htex-prio": (HtexPriorityBackend, None),
+    "htex-pf-prio": (HtexPrefetchPriorityBackend, None),
     "htex-tcp": (HtexTcpBackend, None),
     "htex-curve": (HtexCurveBackend, None),
     "ppe": (ProcessPoolBackend, None),

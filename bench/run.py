@@ -151,10 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     _watchdog((90.0 + 120.0 * slow) if args.smoke
               else 300.0 + (150.0 + 120.0 * slow) * args.rounds + (240.0 if "SCALE" in args.only else 0.0))
 
-    default = available
+    # The priority runs measure one feature's cost against htex's own: only when named in --backends.
+    default = [b for b in available if not b.endswith("-prio")]
+    skipped.update({b: "run only when named in --backends" for b in available if b.endswith("-prio")})
     if args.smoke and not args.backends:  # CI's check of htex: keep it fast; name others with --backends to include them
         default = [b for b in available if b in ("htex", "htex-pf", BASELINE)]
-        skipped.update({b: "not run with --smoke unless named in --backends" for b in available if b not in default})
+        skipped.update({b: "not run with --smoke unless named in --backends" for b in available if b not in default
+                        and b not in skipped})
     chosen = [b for b in (args.backends or default) if b in available]
     for b in args.backends or []:
         if b not in backends.ALL:

@@ -47,8 +47,8 @@ def mark_then_sleep(marker: str, seconds: float, value: Any = None) -> Any:
     return value
 
 
-def _record(log: str, index: int) -> None:
-    """Append ``index`` to ``log``: one write, atomic with O_APPEND, so concurrent tasks never interleave."""
+def _record(log: str, index: int | str) -> None:
+    """Append ``index`` (a number or a label) to ``log``: one write, atomic with O_APPEND (never interleaved)."""
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{index}\n".encode())
@@ -209,3 +209,17 @@ def append_then_sleep(path: str, index: int, seconds: float) -> int:
     if seconds > 0:
         time.sleep(seconds)
     return index
+
+
+def record(log: str, label: str) -> None:
+    """Append ``label`` to ``log`` (one O_APPEND write): the order tasks started in."""
+    _record(log, label)
+
+
+def record_then_wait_for(log: str, label: str, gate: str, seconds: float = 60.0) -> None:
+    """Record that this task started, then hold its worker until the test creates ``gate``."""
+    _record(log, label)
+    deadline = time.monotonic() + seconds  # never hold a worker for ever if the test died
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.005)
+

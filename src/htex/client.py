@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -47,6 +48,8 @@ _BATCH = 1024  # tasks per message to the interchange, at most
 # the frame it came in, so one task still running keeps its whole message in memory.
 _BATCH_BYTES = 1 << 20
 _LOST = {protocol.LostReason.MANAGER_LOST: ManagerLost}
+# A task as the Outbox holds it: (id, function key, payload, priority: protocol.NO_PRIORITY for none).
+Task = tuple[int, int, bytes, float]
 
 
 class InterchangeProcess:
@@ -95,12 +98,13 @@ class Outbox:
     def __init__(self, wake_fd: int) -> None:
         self.lock = threading.Lock()
         self.wake_fd = wake_fd
-        self.tasks: list[tuple[int, int, bytes]] = []
+        self.tasks: list[Task] = []
+        self.ranked = False  # some task waiting has a priority: the batch carries them
         self.functions: dict[int, protocol.Blob] = {}
         self.control: list[protocol.Message] = []
         self.awake = False  # a wake-up is on its way: no need for another
 
-    def put(self, task: tuple[int, int, bytes] | None = None, function: tuple[int, bytes] | None = None,
+    def put(self, task: Task | None = None, function: tuple[int, bytes] | None = None,
             control: protocol.Message | None = None) -> None:
         """Queue, and wake the I/O thread unless a wake-up is on its way already."""
         with self.lock:
@@ -108,6 +112,8 @@ class Outbox:
                 self.functions[function[0]] = function[1]
             if task is not None:
                 self.tasks.append(task)
+                if task[3] == task[3]:  # not NaN: it has a priority
+                    self.ranked = True
             if control is not None:
                 self.control.append(control)
             if not self.awake:
@@ -130,10 +136,11 @@ class Outbox:
             fd, self.wake_fd = self.wake_fd, -1
         os.close(fd)
 
-    def take(self) -> tuple[list[tuple[int, int, bytes]], dict[int, protocol.Blob], list[protocol.Message]]:
+    def take(self) -> tuple[list[Task], bool, dict[int, protocol.Blob], list[protocol.Message]]:
+        """Everything waiting: tasks, whether any of them has a priority, functions, control messages."""
         with self.lock:
-            taken = self.tasks, self.functions, self.control
-            self.tasks, self.functions, self.control = [], {}, []
+            taken = self.tasks, self.ranked, self.functions, self.control
+            self.tasks, self.ranked, self.functions, self.control = [], False, {}, []
             self.awake = False
             return taken
 
@@ -203,7 +210,7 @@ class ClientThread(threading.Thread):
         elif self.ident is None:
             self.discard()
 
-    def send(self, task: tuple[int, int, bytes] | None = None, function: tuple[int, bytes] | None = None,
+    def send(self, task: Task | None = None, function: tuple[int, bytes] | None = None,
              control: protocol.Message | None = None) -> None:
         self.outbox.put(task, function, control)
 
@@ -300,11 +307,13 @@ class ClientThread(threading.Thread):
     def _send_outbox(self) -> None:
         if not self.outbox.awake:
             return
-        tasks, functions, control = self.outbox.take()
+        tasks, ranked, functions, control = self.outbox.take()
         for chunk in _batches(tasks):
             ids = protocol.u64_array(t[0] for t in chunk)
+            # Priorities only when some task has one: plain batches stay as small and cheap as before.
+            priorities = array("d", [t[3] for t in chunk]) if ranked else None
             self._to_interchange(protocol.Tasks(ids, protocol.u64_array(t[1] for t in chunk), [t[2] for t in chunk],
-                                                functions))
+                                                functions, priorities))
             functions = {}
         if functions:  # functions of tasks already failed at submit: harmless to send
             self._to_interchange(protocol.Tasks(protocol.u64_array(), protocol.u64_array(), [], functions))
@@ -421,7 +430,7 @@ class ClientThread(threading.Thread):
         self.ready.set()
 
 
-def _batches(tasks: list[tuple[int, int, bytes]]) -> Iterator[list[tuple[int, int, bytes]]]:
+def _batches(tasks: list[Task]) -> Iterator[list[Task]]:
     """Cut the outbox into messages of at most _BATCH tasks and about _BATCH_BYTES of payload."""
     start, size = 0, 0
     for i, task in enumerate(tasks):

@@ -1,4 +1,4 @@
-"""How the interchange shares its queued tasks among pools: a pure function, ``plan``.
+"""How the interchange orders its queued tasks (``TaskQueue``) and shares them among pools (``plan``, a pure function).
 
 The interchange calls ``plan`` with the length of its queue and its pools with
 room, in turn order, and applies the turns it returns: to each pool named, the
@@ -22,14 +22,86 @@ The rules, in order:
 
 It reads only as many pools as it serves: with a short queue and 1,000 pools
 it stops at the first few (the interchange calls it on every turn of its loop).
+
+"The next tasks of the queue" are in the order of ``TaskQueue``, Parsl's
+convention for priorities: a lower priority value first; tasks without a
+priority after every task that has one; arrival order among equals.  Every
+turn (idle workers and prefetch alike) takes from the front, so what a pool
+prefetches follows the same order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TypeVar
+import heapq
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Generic, TypeVar
 
 K = TypeVar("K")
+T = TypeVar("T")
+# Where a task taken from the heap came from: (its priority, its arrival number), to put it back exactly.
+Rank = tuple[float, int]
+_NO_RANKS: tuple[Rank, ...] = ()  # shared: a take without priorities allocates nothing for them
+
+
+class TaskQueue(Generic[T]):
+    """Queued tasks in dispatch order: prioritized ones in a heap, the others in a deque.
+
+    Tasks without a priority (the common case) never touch the heap: while it is
+    empty, ``take`` is the plain deque's popleft, as fast as before priorities
+    existed.  The heap orders by (priority, arrival number): the number breaks
+    ties in arrival order and keeps tuple comparison from ever reaching a task.
+    """
+
+    __slots__ = ("_arrivals", "_plain", "_ranked")
+
+    def __init__(self) -> None:
+        self._plain: deque[T] = deque()
+        self._ranked: list[tuple[float, int, T]] = []
+        self._arrivals = 0
+
+    def __len__(self) -> int:
+        return len(self._plain) + len(self._ranked)
+
+    def extend(self, tasks: Iterable[T]) -> None:
+        """Queue tasks without a priority, behind every queued one."""
+        self._plain.extend(tasks)
+
+    def extend_ranked(self, tasks: Iterable[T], priorities: Iterable[float]) -> None:
+        """Queue tasks with their priorities (NaN: none).
+
+        A task of priority +inf joins those without one, as in Parsl (whose default
+        priority is inf): both wait behind every finite priority, in arrival order.
+        """
+        plain, ranked, push, n = self._plain, self._ranked, heapq.heappush, self._arrivals
+        for task, priority in zip(tasks, priorities, strict=True):
+            if priority < math.inf:  # False for NaN (no priority) and +inf
+                push(ranked, (priority, n, task))
+                n += 1
+            else:
+                plain.append(task)
+        self._arrivals = n
+
+    def take(self, n: int) -> tuple[list[T], Sequence[Rank]]:
+        """The next ``n`` tasks (n <= len), and the ranks of those that came from the heap (they come first)."""
+        if not self._ranked:
+            plain = self._plain
+            if n == 1:  # without prefetch, most turns send one task: no comprehension for it
+                return [plain.popleft()], _NO_RANKS
+            return [plain.popleft() for _ in range(n)], _NO_RANKS
+        ranked, pop = self._ranked, heapq.heappop
+        k = min(n, len(ranked))
+        entries = [pop(ranked) for _ in range(k)]
+        popleft = self._plain.popleft
+        return [e[2] for e in entries] + [popleft() for _ in range(n - k)], [(e[0], e[1]) for e in entries]
+
+    def put_back(self, tasks: list[T], ranks: Sequence[Rank]) -> None:
+        """Undo a ``take``: every task back where it was (a pool was unreachable)."""
+        k = len(ranks)
+        for (priority, arrival), task in zip(ranks, tasks[:k], strict=True):
+            heapq.heappush(self._ranked, (priority, arrival, task))
+        self._plain.extendleft(reversed(tasks[k:]))
 
 # A pool as ``plan`` sees it: (the pool, its idle workers, its room).  Room is the
 # tasks it may still take (workers + prefetch capacity - tasks it holds); idle <= room.

@@ -22,6 +22,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import math
+import numbers
 import os
 import sys
 import threading
@@ -244,10 +245,11 @@ class HighThroughputExecutor:
     ) -> Future[Any]:
         """Run ``func(*args, **kwargs)`` on a worker; return a Future for its result.
 
-        ``resource_specification`` must be empty (``{}`` or None): per-task
-        resources are not supported by this executor, as in Parsl 1.0.
+        ``resource_specification``: ``{}``, None, or ``{"priority": p}`` as in Parsl's
+        HTEX: ``p`` a number (int or float, not NaN); a lower value runs first, tasks
+        without a priority after every task that has one, submission order among equals.
         """
-        _check_submit(func, resource_specification)
+        priority = _check_submit(func, resource_specification)
         if self._lifecycle.forked_copy:
             raise RuntimeError(f"this executor belongs to process {self._lifecycle.owner_pid}; a forked child "
                                "cannot submit to it (create an executor in the child)")
@@ -259,9 +261,9 @@ class HighThroughputExecutor:
         fut.set_running_or_notify_cancel()
         key, blob = self._functions.key_for(func)
         # Not on the I/O thread: a done-callback that submits must not wait for room only that thread makes.
-        task_id = self._inflight.add(fut, key, payload, lease, may_wait=not client.is_current())
+        task_id = self._inflight.add(fut, key, payload, lease, not client.is_current(), priority)
         fut.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
-        client.send(task=(task_id, key, payload), function=(key, blob) if blob is not None else None)
+        client.send(task=(task_id, key, payload, priority), function=(key, blob) if blob is not None else None)
         return fut
 
     def map(
@@ -453,35 +455,74 @@ class HighThroughputExecutor:
 
 
 class StdlibView(concurrent.futures.Executor):
-    """A ``concurrent.futures.Executor`` over an htex executor, for code written for the stdlib."""
+    """A ``concurrent.futures.Executor`` over an htex executor, for code written for the stdlib.
 
-    def __init__(self, htex: HighThroughputExecutor) -> None:
+    ``submit(fn, *args)`` has no room for a priority (every positional argument is
+    ``fn``'s), so a view carries one: ``ex.stdlib.with_priority(1).submit(fn, x)``;
+    its ``map`` submits at that priority too.
+    """
+
+    def __init__(self, htex: HighThroughputExecutor, priority: float | None = None) -> None:
         self.htex = htex
+        # Checked now, so a bad priority fails where it was written, not at the first submit.
+        self._spec: dict[str, Any] = {} if priority is None else {"priority": priority}
+        _check_resources(self._spec)
+
+    def with_priority(self, priority: float | None) -> StdlibView:
+        """A view whose tasks have this priority (None: none), as ``submit(func, {"priority": p})``."""
+        return StdlibView(self.htex, priority)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return self.htex.submit(fn, {}, *args, **kwargs)
+        return self.htex.submit(fn, self._spec, *args, **kwargs)
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, **kw: Any) -> Iterator[Any]:
-        return self.htex.map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        if not self._spec:
+            return self.htex.map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        return map_in_order(lambda f, *a: self.htex.submit(f, self._spec, *a), fn, iterables, timeout, chunksize)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.htex.shutdown(wait, cancel_futures=cancel_futures)
 
 
-def _check_submit(func: Callable[..., Any], resource_specification: dict[str, Any] | None) -> None:
+RESOURCE_KEYS = ("priority",)  # what a resource_specification may hold (Parsl's HTEX takes the same)
+
+
+def _check_submit(func: Callable[..., Any], resource_specification: dict[str, Any] | None) -> float:
+    """The task's priority (protocol.NO_PRIORITY for none); raises for a bad specification or function."""
     if resource_specification is not None and not isinstance(resource_specification, dict):
         raise TypeError(
             f"submit(func, resource_specification, *args): resource_specification must be a dict or None, "
             f"got {type(resource_specification).__name__}. For the stdlib's submit(fn, *args), use ex.stdlib.submit"
         )
-    if resource_specification:
-        raise InvalidResourceSpecification(
-            f"this executor does not take per-task resource specifications (got keys "
-            f"{sorted(resource_specification)}); pass {{}}"
-        )
+    priority = _check_resources(resource_specification) if resource_specification else protocol.NO_PRIORITY
     if not callable(func):
         raise TypeError(f"submit() needs a callable, got {type(func).__name__}")
+    return priority
+
+
+def _check_resources(spec: dict[str, Any]) -> float:
+    """The priority a resource specification asks for (NO_PRIORITY if none); InvalidResourceSpecification if bad."""
+    unknown = sorted(str(k) for k in spec if k not in RESOURCE_KEYS)
+    if unknown:
+        raise InvalidResourceSpecification(
+            f"unknown resource_specification keys {unknown}: this executor takes only {list(RESOURCE_KEYS)}"
+        )
+    if "priority" not in spec:
+        return protocol.NO_PRIORITY
+    value = spec["priority"]
+    # bool is an int, but True as a priority is surely a mistake; numbers.Real takes numpy's numbers.
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            priority = float(value)
+        except (OverflowError, ValueError, TypeError):
+            pass
+        else:
+            if not math.isnan(priority):  # NaN compares false with everything: it has no place in an order
+                return priority
+    raise InvalidResourceSpecification(
+        f"resource_specification['priority'] must be a number (int or float, not NaN), got {value!r:.60}"
+    )
 
 
 def _check(ok: bool, message: str) -> None:

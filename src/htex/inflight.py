@@ -80,6 +80,7 @@ class _Task:
     payload: bytes
     tries_left: int
     lease: shm.Lease | None
+    priority: float  # protocol.NO_PRIORITY (NaN) for none; a resend keeps it
 
 
 class Inflight:
@@ -104,7 +105,8 @@ class Inflight:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def add(self, fut: Future[Any], fn_key: int, payload: bytes, lease: shm.Lease | None, may_wait: bool) -> int:
+    def add(self, fut: Future[Any], fn_key: int, payload: bytes, lease: shm.Lease | None, may_wait: bool,
+            priority: float) -> int:
         """Register a task (waiting for room if the window is full and ``may_wait``); return its id."""
         with self._room:
             self.lifecycle.check_open()
@@ -118,19 +120,19 @@ class Inflight:
                     self._waiting -= 1
             task_id = self._next_id
             self._next_id += 1
-            self._tasks[task_id] = _Task(fut, fn_key, payload, self.retries, lease)
+            self._tasks[task_id] = _Task(fut, fn_key, payload, self.retries, lease, priority)
             self.futures[task_id] = fut
             return task_id
 
-    def resend(self, task_id: int, why: BaseException) -> tuple[int, bytes] | None:
-        """(function key, payload) if a lost task may be sent again (lost_task_retries); else None."""
+    def resend(self, task_id: int, why: BaseException) -> tuple[int, bytes, float] | None:
+        """(function key, payload, priority) if a lost task may be sent again (lost_task_retries); else None."""
         with self._room:
             task = self._tasks.get(task_id)
             if task is None or task.tries_left <= 0 or not self.lifecycle.running:
                 return None
             task.tries_left -= 1
             log.warning("task %d lost (%s); sending it again (%d tries left)", task_id, why, task.tries_left)
-            return task.fn_key, task.payload
+            return task.fn_key, task.payload, task.priority
 
     def finish(self, task_id: int, lost: bool = False) -> Future[Any] | None:
         """Forget a task that ended; return its future (None if it had ended already)."""

@@ -48,7 +48,7 @@ import platform
 import signal
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,7 +140,7 @@ class Interchange:
     def __init__(self, cfg: InterchangeConfig) -> None:
         self.cfg = cfg
         self.ctx = zmq.Context()
-        self.queue: deque[tuple[int, int, protocol.Blob]] = deque()
+        self.queue: dispatch.TaskQueue[tuple[int, int, protocol.Blob]] = dispatch.TaskQueue()
         self.next_liveness_check = 0.0
         self.results_out: list[Sequence[protocol.Blob]] = []  # results read this turn, sent to the client after dispatch
         self.functions: dict[int, protocol.Blob] = {}
@@ -206,7 +206,11 @@ class Interchange:
                 continue
             if isinstance(msg, protocol.Tasks):
                 self.functions.update(msg.functions)
-                self.queue.extend(zip(msg.ids, msg.fn_keys, msg.payloads, strict=False))
+                tasks = zip(msg.ids, msg.fn_keys, msg.payloads, strict=False)
+                if msg.priorities is None:  # the common case: no heap, no per-task test
+                    self.queue.extend(tasks)
+                else:
+                    self.queue.extend_ranked(tasks, msg.priorities)
                 self.counts.received += len(msg.ids)
             elif isinstance(msg, protocol.Request):
                 self._to_client(self._answer(msg))
@@ -352,7 +356,7 @@ class Interchange:
     # -- step 3: dispatch -------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand queued tasks, oldest first, to pools with room, as ``dispatch.plan`` says (its rules are there)."""
+        """Hand queued tasks, in queue order, to pools with room, as ``dispatch.plan`` says (its rules are there)."""
         room = self.with_room
         while self.queue and room:
             if self._take_turns(dispatch.plan(len(self.queue), ((p, p.idle, p.free) for p in room.values()))):
@@ -373,12 +377,12 @@ class Interchange:
 
     def _send_tasks(self, pool: _Pool, n: int) -> bool:
         """Send the next n queued tasks to the pool; False (the tasks back in the queue) if it is unreachable."""
-        batch = [self.queue.popleft() for _ in range(n)]
+        batch, ranks = self.queue.take(n)
         known, ours = pool.functions, self.functions  # each function goes to a pool once, with its first task
         functions = {key: ours[key] for _, key, _ in batch if key not in known and key in ours}
         ids, keys = protocol.u64_array(t[0] for t in batch), protocol.u64_array(t[1] for t in batch)
         if not self._to_pool(pool.identity, protocol.Tasks(ids, keys, [t[2] for t in batch], functions)):
-            self.queue.extendleft(reversed(batch))  # never left: back to the front
+            self.queue.put_back(batch, ranks)  # never left: back where they were
             self.with_room.pop(pool.identity, None)
             return False
         pool.functions.update(functions)

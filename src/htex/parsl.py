@@ -46,8 +46,9 @@ Parsl's (``SerializationError`` is a ``parsl.serialize.errors.SerializationError
 translated at the boundary (``submit`` and the futures it returns), so the
 DFK's and users' ``except`` clauses for Parsl's classes work.
 
-Not supported: per-task ``resource_specification`` (as in htex, it must be
-empty) and Parsl's resource monitoring unless a ``remote_monitoring_radio``
+Per-task ``resource_specification`` (an app's ``parsl_resource_specification``)
+takes ``priority``, as in Parsl's HTEX, and nothing else.  Not supported:
+Parsl's resource monitoring unless a ``remote_monitoring_radio``
 (e.g. ``parsl.monitoring.radios.filesystem.FilesystemRadio()``) is given.
 
 This module imports Parsl; the rest of htex never does.

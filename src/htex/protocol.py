@@ -7,9 +7,10 @@ A message is one packed ZeroMQ frame, followed by the blobs too large to pack::
 
 Bodies (integers little-endian)::
 
-    TASKS     u32 n, u32 f; u64 ids[n], u64 fn_keys[n], u64 keys[f] of the functions
-              this message carries; u32 sizes[f + n] (EXTERNAL: the blob is the next
-              frame); the packed blobs: the f functions, then the n tasks
+    TASKS     u32 n, u32 f, u32 p; u64 ids[n], u64 fn_keys[n], u64 keys[f] of the functions
+              this message carries; f64 priorities[p] (p is 0 or n; NaN: this task has
+              none); u32 sizes[f + n] (EXTERNAL: the blob is the next frame); the packed
+              blobs: the f functions, then the n tasks
     RESULTS   u32 n; u64 ids[n]; u32 sizes[n]; the packed result blobs
     HEARTBEAT nothing
     others    one JSON object: a control message, small, safe to parse from a peer
@@ -65,7 +66,7 @@ import zmq
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5  # 5: TASKS carries per-task priorities
 MAGIC = b"HX"
 _HEADER = struct.Struct("<2sBB")
 # Blobs smaller than this are copied into the packed frame; pyzmq copies anything
@@ -73,7 +74,10 @@ _HEADER = struct.Struct("<2sBB")
 INLINE_MAX = 64 * 1024
 EXTERNAL = 0xFFFFFFFF  # a size that means "this blob is the next frame of its own"
 _N = struct.Struct("<I")
-_NF = struct.Struct("<II")
+_NFP = struct.Struct("<III")
+# A task's priority on the wire when it has none (f64): NaN, which a user may not pass as one.
+NO_PRIORITY = math.nan
+_NO_PRIORITIES = array("d")  # shared, never written: what a batch without priorities packs
 # The first byte of a result blob (``serialize`` writes it): lets the interchange count
 # tasks that raised without unpickling anything.
 RESULT_OK = 0
@@ -168,34 +172,48 @@ class _Unpacker:
 
 @dataclass(slots=True)
 class Tasks:
-    """A batch of tasks; ``functions`` holds the blobs of functions the receiver has not seen."""
+    """A batch of tasks; ``functions`` holds the blobs of functions the receiver has not seen.
+
+    ``priorities`` (f64, one per task, NaN for a task without one) only when some task of the
+    batch has one: the client sends them to the interchange, which orders its queue by them;
+    batches without any (and every batch to a pool) carry none and cost nothing more.
+    """
 
     TYPE: ClassVar[int] = 1
     ids: array  # type: ignore[type-arg]
     fn_keys: array  # type: ignore[type-arg]
     payloads: list[Blob]
     functions: dict[int, Blob] = field(default_factory=dict)
+    priorities: array | None = None  # type: ignore[type-arg]
 
     def encode(self) -> list[Blob]:
         n, f = len(self.ids), len(self.functions)
         if len(self.fn_keys) != n or len(self.payloads) != n:
             raise ValueError(f"Tasks: {n} ids, {len(self.fn_keys)} function keys, {len(self.payloads)} payloads")
-        head = _HEADERS[self.TYPE] + _NF.pack(n, f)
+        ranks = self.priorities
+        if ranks is None:  # the common case: no check, no array of our own
+            ranks = _NO_PRIORITIES
+        elif ranks.typecode != "d" or len(ranks) not in (0, n):
+            raise ValueError(f"Tasks: {n} ids, {len(ranks)} priorities (array {ranks.typecode!r}, want 'd')")
+        head = _HEADERS[self.TYPE] + _NFP.pack(n, f, len(ranks))
         keys = array("Q", self.functions.keys())
-        return _pack(head, (self.ids, self.fn_keys, keys), [*self.functions.values(), *self.payloads])
+        return _pack(head, (self.ids, self.fn_keys, keys, ranks), [*self.functions.values(), *self.payloads])
 
     @classmethod
     def decode(cls, frames: Sequence[Blob]) -> Tasks:
         u = _Unpacker("TASKS", frames)
-        n, f = u.counts(_NF, 8 + 8 + 4, 8 + 4)
+        n, f, p = u.counts(_NFP, 8 + 8 + 4, 8 + 4, 8)
+        if p not in (0, n):
+            raise ProtocolError(f"TASKS message has {p} priorities for {n} tasks")
         ids, fn_keys, keys = u.ints("Q", n), u.ints("Q", n), u.ints("Q", f)
+        priorities = u.ints("d", p) if p else None
         blobs = u.blobs(u.ints("I", f + n))
         # Functions are kept for as long as the peer lives: a copy of their own,
         # so they do not pin the (maybe large) frame they came in.
         functions: dict[int, Blob] = {
             k: bytes(b) if isinstance(b, memoryview) else b for k, b in zip(keys, blobs[:f], strict=True)
         }
-        return cls(ids, fn_keys, blobs[f:], functions)
+        return cls(ids, fn_keys, blobs[f:], functions, priorities)
 
 
 @dataclass(slots=True)

@@ -104,3 +104,13 @@ def test_prefetch_slots_are_shared_fairly_after_the_idle_workers(bench: Bench) -
     got = bench.dispatch(10)
     assert (len(got["A"]), len(got["B"])) == (2, 2)
     assert len(bench.ic.queue) == 6
+
+
+def test_prefetch_follows_priority_order(bench: Bench) -> None:
+    bench.add_pool("A", workers=1, prefetch=3)
+    bench.ic.functions[7] = b"fn"
+    # Queued before the pool had a look: 0-3 without priority, 4-7 with priorities 5, 1, 5, 1.
+    bench.ic.queue.extend((i, 7, b"p") for i in range(4))
+    bench.ic.queue.extend_ranked(((i, 7, b"p") for i in range(4, 8)), [5.0, 1.0, 5.0, 1.0])
+    assert bench.dispatch(0) == {"A": [5, 7, 4, 6]}  # the idle worker's task, then its prefetch, in order
+    assert [t[0] for t in bench.ic.queue.take(4)[0]] == [0, 1, 2, 3]

@@ -80,3 +80,9 @@ def cwd() -> str:
 def write_relative(name: str, text: str, stdout: str | None = None) -> str:
     # A relative path, as a user writes it: it must land in the client's directory.
     return f"echo {text} > {name}; echo {text}"
+
+
+@python_app
+def add_with_spec(a: int, b: int = 0, parsl_resource_specification: dict[str, Any] | None = None) -> int:
+    """Parsl passes the app's parsl_resource_specification to the executor and to the function too."""
+    return a + b

@@ -26,6 +26,7 @@ from parsl.dataflow.memoization import BasicMemoizer
 from parsl.utils import get_all_checkpoints
 from parsl_tasks import (
     add,
+    add_with_spec,
     counted_square,
     echo_to,
     exit_with,
@@ -194,3 +195,10 @@ def test_parsl_local_provider(load_dfk: Any, tmp_path: Any) -> None:
 def test_unknown_parameter_is_named() -> None:
     with pytest.raises(htex.ConfigurationError, match="enable_mpi_mode"):
         HighThroughputExecutor(enable_mpi_mode=True)
+
+
+def test_parsl_priority_is_accepted_and_other_keys_refused(load_dfk: Any) -> None:
+    load_dfk()
+    assert add_with_spec(1, 2, parsl_resource_specification={"priority": 1}).result() == 3
+    with pytest.raises(htex.InvalidResourceSpecification, match=r"\['priority'\]"):
+        add_with_spec(1, 2, parsl_resource_specification={"cores": 2}).result()

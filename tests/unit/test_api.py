@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import math
 import pickle
 
 import pytest
@@ -84,13 +85,13 @@ def test_bad_configuration_is_refused(kw: dict[str, object]) -> None:
 def test_outbox_is_cut_into_messages_by_count_and_by_bytes() -> None:
     from htex import client
 
-    small = [(i, 1, b"x" * 10) for i in range(2500)]
+    small = [(i, 1, b"x" * 10, math.nan) for i in range(2500)]
     cut = list(client._batches(small))
     assert [len(c) for c in cut] == [client._BATCH, client._BATCH, 2500 - 2 * client._BATCH]
-    big = [(i, 1, b"x" * (client._BATCH_BYTES // 3)) for i in range(7)]
+    big = [(i, 1, b"x" * (client._BATCH_BYTES // 3), math.nan) for i in range(7)]
     cut = list(client._batches(big))
     assert [len(c) for c in cut] == [3, 3, 1]
-    huge = [(0, 1, b"x" * (2 * client._BATCH_BYTES)), (1, 1, b"y")]  # one task larger than the cap goes alone
+    huge = [(0, 1, b"x" * (2 * client._BATCH_BYTES), math.nan), (1, 1, b"y", math.nan)]  # one task larger than the cap goes alone
     assert [[t[0] for t in c] for c in client._batches(huge)] == [[0], [1]]
     assert [t for c in client._batches(small + big) for t in c] == small + big  # all of them, in order
     assert list(client._batches([])) == []

@@ -15,7 +15,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from htex.dispatch import Room, Turn, plan
+from htex.dispatch import Room, TaskQueue, Turn, plan
 
 
 class _Pool:
@@ -164,3 +164,61 @@ def test_plan_does_what_the_interchange_did_before_it() -> None:
                 if p.free > 0:
                     old_room.setdefault(p.name, p)
                     new_room.setdefault(p.name, new_pools[p.name])
+
+
+# -- TaskQueue: the order tasks leave the interchange in -----------------------------------------
+
+
+def _drain(q: TaskQueue[str], step: int = 1) -> list[str]:
+    out: list[str] = []
+    while len(q):
+        batch, _ = q.take(min(step, len(q)))
+        out += batch
+    return out
+
+
+def test_queue_without_priorities_is_first_in_first_out_and_never_uses_the_heap() -> None:
+    q: TaskQueue[str] = TaskQueue()
+    q.extend(["a", "b", "c"])
+    q.extend_ranked(["d", "e"], [math.nan, math.nan])  # a batch that carried priorities, none set
+    batch, ranks = q.take(2)
+    assert (batch, list(ranks)) == (["a", "b"], [])
+    assert not q._ranked
+    assert _drain(q) == ["c", "d", "e"]
+
+
+def test_queue_orders_lower_first_then_arrival_then_unprioritized() -> None:
+    q: TaskQueue[str] = TaskQueue()
+    q.extend(["none-0"])
+    q.extend_ranked(["p10-0", "none-1", "p1-0", "p10-1", "inf-0"], [10, math.nan, 1, 10, math.inf])
+    q.extend_ranked(["m2-0", "p1-1", "p1.5-0"], [-2, 1, 1.5])
+    q.extend(["none-2"])
+    assert len(q) == 10
+    assert _drain(q, step=3) == [
+        "m2-0", "p1-0", "p1-1", "p1.5-0", "p10-0", "p10-1",  # lower first; equals in arrival order
+        "none-0", "none-1", "inf-0", "none-2",  # then the rest in arrival order (+inf: Parsl's default)
+    ]
+
+
+def test_queue_hundred_then_ten_urgent() -> None:
+    q: TaskQueue[int] = TaskQueue()
+    q.extend_ranked(range(100), [10.0] * 100)
+    q.extend_ranked(range(100, 110), [1.0] * 10)
+    assert _drain(q, step=7) == [*range(100, 110), *range(100)]
+
+
+def test_put_back_restores_the_exact_order() -> None:
+    rng = random.Random(15)
+    for _ in range(200):
+        q: TaskQueue[int] = TaskQueue()
+        ref: TaskQueue[int] = TaskQueue()  # the same arrivals, never taken from
+        for start in range(0, 40, 8):
+            ids = list(range(start, start + 8))
+            ranks = [rng.choice([math.nan, math.inf, 0.0, 1.0, 2.5, -1.0]) for _ in ids]
+            for queue in (q, ref):
+                queue.extend_ranked(ids, ranks)
+        n = rng.randrange(1, 41)
+        batch, taken = q.take(n)
+        assert len(batch) == n and len(taken) <= n
+        q.put_back(batch, taken)  # as the interchange does when a pool was unreachable
+        assert _drain(q, step=5) == _drain(ref, step=3)

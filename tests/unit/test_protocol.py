@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import struct
+from array import array
 from typing import Any
 
 import pytest
@@ -21,6 +23,29 @@ def test_tasks_round_trip() -> None:
     assert isinstance(back, protocol.Tasks)
     assert list(back.ids) == [1, 2] and list(back.fn_keys) == [7, 7]
     assert back.payloads == [b"a", b"bb"] and back.functions == {7: b"fn"}
+    assert back.priorities is None  # none sent: the common case carries no array at all
+
+
+def test_tasks_round_trip_with_priorities() -> None:
+    ranks = array("d", [3.0, protocol.NO_PRIORITY, -1.5, math.inf])
+    msg = protocol.Tasks(protocol.u64_array([1, 2, 3, 4]), protocol.u64_array([7] * 4), [b"a", b"b", b"c", b"d"],
+                         {7: b"fn"}, ranks)
+    back = protocol.decode(msg.encode())
+    assert isinstance(back, protocol.Tasks) and back.priorities is not None
+    assert list(back.ids) == [1, 2, 3, 4] and back.payloads == [b"a", b"b", b"c", b"d"]
+    got = list(back.priorities)
+    assert got[0] == 3.0 and math.isnan(got[1]) and got[2:] == [-1.5, math.inf]
+    # Without priorities the message is 4 bytes longer than version 4's, not 8 per task.
+    plain = protocol.Tasks(msg.ids, msg.fn_keys, msg.payloads, msg.functions).encode()
+    assert len(msg.encode()[0]) - len(plain[0]) == 8 * 4
+
+
+def test_tasks_encode_refuses_priorities_that_do_not_match() -> None:
+    with pytest.raises(ValueError, match="priorities"):
+        protocol.Tasks(protocol.u64_array([1, 2]), protocol.u64_array([7, 7]), [b"a", b"b"], {},
+                       array("d", [1.0])).encode()
+    with pytest.raises(ValueError, match="priorities"):
+        protocol.Tasks(protocol.u64_array([1]), protocol.u64_array([7]), [b"a"], {}, array("q", [1])).encode()
 
 
 def test_results_round_trip_with_zmq_frames() -> None:
@@ -78,12 +103,17 @@ _BIG = b"x" * protocol.INLINE_MAX
     [_hdr(1, version=9)],  # another protocol version
     [_hdr(0xFF)],  # unknown type
     [_hdr(1)],  # TASKS with no body
-    [_hdr(1) + struct.pack("<II", 1, 0)],  # one task announced, nothing follows
-    [_hdr(1) + struct.pack("<II", 2**31, 2**31)],  # absurd counts
-    [_hdr(1) + struct.pack("<II", 1, 0) + struct.pack("<QQI", 1, 7, 5) + b"abc"],  # payload shorter than its size
-    [_hdr(1) + struct.pack("<II", 1, 0) + struct.pack("<QQI", 1, 7, 1) + b"abc"],  # bytes left over
-    [_hdr(1) + struct.pack("<II", 1, 0) + struct.pack("<QQI", 1, 7, protocol.EXTERNAL)],  # the big frame is missing
-    [_hdr(1) + struct.pack("<II", 1, 0) + struct.pack("<QQI", 1, 7, 1) + b"a", _BIG],  # a frame nobody announced
+    [_hdr(1) + struct.pack("<III", 1, 0, 0)],  # one task announced, nothing follows
+    [_hdr(1) + struct.pack("<III", 2**31, 2**31, 0)],  # absurd counts
+    [_hdr(1) + struct.pack("<III", 1, 0, 0) + struct.pack("<QQI", 1, 7, 5) + b"abc"],  # payload shorter than its size
+    [_hdr(1) + struct.pack("<III", 1, 0, 0) + struct.pack("<QQI", 1, 7, 1) + b"abc"],  # bytes left over
+    [_hdr(1) + struct.pack("<III", 1, 0, 0) + struct.pack("<QQI", 1, 7, protocol.EXTERNAL)],  # the big frame is missing
+    [_hdr(1) + struct.pack("<III", 1, 0, 0) + struct.pack("<QQI", 1, 7, 1) + b"a", _BIG],  # a frame nobody announced
+    [_hdr(1) + struct.pack("<II", 1, 0) + struct.pack("<QQI", 1, 7, 1) + b"a"],  # version 4's layout (no p)
+    [_hdr(1) + struct.pack("<III", 2, 0, 1) + struct.pack("<QQQQdII", 1, 2, 7, 7, 1.0, 1, 1) + b"ab"],  # 1 priority, 2 tasks
+    [_hdr(1) + struct.pack("<III", 1, 0, 2) + struct.pack("<QQddI", 1, 7, 1.0, 2.0, 1) + b"a"],  # 2 priorities, 1 task
+    [_hdr(1) + struct.pack("<III", 1, 0, 2**31) + struct.pack("<QQdI", 1, 7, 1.0, 1) + b"a"],  # absurd priority count
+    [_hdr(1) + struct.pack("<III", 1, 0, 1) + struct.pack("<QQd", 1, 7, 1.0)],  # priorities, then truncated
     [_hdr(2) + struct.pack("<I", 2) + struct.pack("<QQII", 1, 2, 1, 1) + b"x"],  # two results, one payload
     [_hdr(11) + b"{}"],  # HEARTBEAT is a header alone
     [_hdr(25) + b"\x00" * 7],  # PROGRESS too short
@@ -122,6 +152,25 @@ def test_random_bytes_never_raise_anything_but_protocol_error() -> None:
             protocol.decode(frames)
         except ProtocolError:
             pass
+
+
+def test_mutated_tasks_with_priorities_decode_whole_or_raise_protocol_error() -> None:
+    rng = random.Random(15)
+    valid = protocol.Tasks(protocol.u64_array([1, 2, 3]), protocol.u64_array([7, 7, 7]), [b"a", b"bb", b"c"],
+                           {7: b"fn"}, array("d", [2.0, protocol.NO_PRIORITY, -3.0])).encode()[0]
+    for _ in range(3000):
+        frame = bytearray(valid)
+        for _ in range(rng.randrange(1, 4)):
+            frame[rng.randrange(4, len(frame))] = rng.randrange(256)  # the header intact: reach the body's checks
+        if rng.random() < 0.2:
+            frame = frame[: rng.randrange(4, len(frame))]
+        try:
+            msg = protocol.decode([bytes(frame)])
+        except ProtocolError:
+            continue
+        assert isinstance(msg, protocol.Tasks)
+        assert len(msg.fn_keys) == len(msg.payloads) == len(msg.ids)
+        assert msg.priorities is None or len(msg.priorities) == len(msg.ids)
 
 
 # -- the typed control plane: every JSON message, nested types, hostile values ---------------------
