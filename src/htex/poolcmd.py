@@ -165,14 +165,19 @@ def launch_command(template: str | None, launch: PoolLaunch, block_id: str) -> s
     except (KeyError, IndexError) as exc:
         raise ConfigurationError(f"launch_cmd has an unknown placeholder {exc}; known ones: {sorted(values)}") from None
     cmd = cmd.replace("{block_id}", block_id)
+    before = []
     if launch.cert_dir and "{cert_dir}" not in template:
-        cmd = f"export HTEX_CERT_DIR={shlex.quote(launch.cert_dir)}; {cmd}"
+        before.append(f"export HTEX_CERT_DIR={shlex.quote(launch.cert_dir)}")
     if launch.working_dir:
-        cmd = f"cd {shlex.quote(launch.working_dir)} && {cmd}"
+        before.append(f"cd {shlex.quote(launch.working_dir)} || exit 1")
     elif launch.client_dir:
         where = shlex.quote(launch.client_dir)
-        cmd = f'{{ cd {where} || echo htex: no directory {where} here, tasks run in "$PWD" >&2; }}; {cmd}'
-    return cmd
+        before.append(f'cd {where} || echo htex: no directory {where} here, tasks run in "$PWD" >&2')
+    if not before:
+        return cmd
+    # One simple command, whatever it holds: a launcher or a user may put a prefix before it
+    # (`srun ...`, `ip netns exec NS ...`, WrappedLauncher's), which shell syntax would break.
+    return "/bin/sh -c " + shlex.quote("; ".join([*before, cmd]))
 
 
 def join_argv(

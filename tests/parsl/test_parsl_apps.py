@@ -11,7 +11,6 @@ would replace tests/conftest.py in sys.modules for the tests collected after.)
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -43,32 +42,6 @@ pytestmark = pytest.mark.timeout(60)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_HERE, os.environ.get("PYTHONPATH")) if p)
-
-
-@pytest.fixture
-def load_dfk(tmp_path: Any) -> Iterator[Callable[..., Any]]:
-    """``load_dfk(executor_kwargs=..., **config_kwargs)`` loads a DFK on htex; all are cleaned up after."""
-    from parsl.config import Config
-
-    loaded: list[Any] = []
-
-    def load(executor_kwargs: dict[str, Any] | None = None, **config: Any) -> Any:
-        kw: dict[str, Any] = {
-            "provider": htex.LocalProvider(init_blocks=1, max_blocks=1),
-            "max_workers": 2,
-            "heartbeat_period": 1,
-            "heartbeat_threshold": 4,
-        }
-        kw.update(executor_kwargs or {})
-        config.setdefault("run_dir", str(tmp_path / "runinfo"))
-        dfk = parsl.load(Config(executors=[HighThroughputExecutor(**kw)], **config))
-        loaded.append(dfk)
-        return dfk
-
-    yield load
-    for dfk in loaded:
-        if not dfk.cleanup_called:
-            dfk.cleanup()
 
 
 def _marks(path: Any) -> int:

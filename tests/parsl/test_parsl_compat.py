@@ -13,7 +13,6 @@ import os
 import pickle
 import sys
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -56,31 +55,6 @@ PARSL_1_0_DEFAULT_LAUNCH_CMD = (
 )
 
 
-@pytest.fixture
-def load_dfk(tmp_path: Any) -> Iterator[Callable[..., Any]]:
-    """``load_dfk(**executor_kwargs)`` loads a DFK on htex; cleaned up after."""
-    from parsl.config import Config
-
-    loaded: list[Any] = []
-
-    def load(**executor_kwargs: Any) -> Any:
-        kw: dict[str, Any] = {
-            "provider": htex.LocalProvider(init_blocks=1, max_blocks=1),
-            "max_workers": 2,
-            "heartbeat_period": 1,
-            "heartbeat_threshold": 4,
-        }
-        kw.update(executor_kwargs)
-        dfk = parsl.load(Config(executors=[HighThroughputExecutor(**kw)], run_dir=str(tmp_path / "runinfo")))
-        loaded.append(dfk)
-        return dfk
-
-    yield load
-    for dfk in loaded:
-        if not dfk.cleanup_called:
-            dfk.cleanup()
-
-
 # -- point 4: every parameter --------------------------------------------------------------
 
 
@@ -112,9 +86,9 @@ def test_a_parameter_neither_knows_is_named() -> None:
 def test_todays_site_config_runs_and_says_what_it_ignores(load_dfk: Any, caplog: Any) -> None:
     # What Parsl's Polaris and OSG configs pass.
     with caplog.at_level(logging.INFO, logger="htex.parsl"):
-        dfk = load_dfk(available_accelerators=2, cpu_affinity="alternating", drain_period=3600,
-                       worker_port=54999, loopback_address="127.0.0.1", manager_selector=RandomManagerSelector(),
-                       block_error_handler=False, max_workers_per_node=2, encrypted=True)
+        dfk = load_dfk(dict(available_accelerators=2, cpu_affinity="alternating", drain_period=3600,
+                            worker_port=54999, loopback_address="127.0.0.1", manager_selector=RandomManagerSelector(),
+                            block_error_handler=False, max_workers_per_node=2, encrypted=True))
     said = [r.getMessage() for r in caplog.records if "accepted, not used yet" in r.getMessage()]
     assert len(said) == 1
     for name in ("available_accelerators", "cpu_affinity", "drain_period", "worker_port", "manager_selector",
@@ -132,7 +106,7 @@ def test_todays_site_config_runs_and_says_what_it_ignores(load_dfk: Any, caplog:
 def test_parsl_1_0_default_launch_cmd_starts_a_pool(load_dfk: Any) -> None:
     ours = os.path.join(os.path.dirname(sys.executable), "process_worker_pool")
     launch_cmd = PARSL_1_0_DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", ours)
-    dfk = load_dfk(launch_cmd=launch_cmd, address_probe_timeout=10)
+    dfk = load_dfk(dict(launch_cmd=launch_cmd, address_probe_timeout=10))
     cmd = dfk.executors["HighThroughputExecutor"].htex.launch_command("0")
     assert "--max_workers=2 " in cmd and "--address_probe_timeout=10 " in cmd
     assert [f.result() for f in [add(i, i) for i in range(10)]] == [2 * i for i in range(10)]
@@ -191,14 +165,14 @@ def test_parsl_local_provider_runs_tasks_in_the_clients_directory(load_dfk: Any,
     from parsl.providers import LocalProvider as ParslLocalProvider
 
     monkeypatch.chdir(tmp_path)
-    load_dfk(provider=ParslLocalProvider(init_blocks=1, max_blocks=1))
+    load_dfk(dict(provider=ParslLocalProvider(init_blocks=1, max_blocks=1)))
     assert cwd().result() == str(tmp_path)
 
 
 def test_working_dir_keeps_parsls_meaning(load_dfk: Any, tmp_path: Any, monkeypatch: Any) -> None:
     # Site configs ship it as a placeholder path: no pool may cd there (or fail for its absence).
     monkeypatch.chdir(tmp_path)
-    dfk = load_dfk(working_dir="/no/such/dir/on/this/site")
+    dfk = load_dfk(dict(working_dir="/no/such/dir/on/this/site"))
     ex = dfk.executors["HighThroughputExecutor"]
     assert ex.working_dir == "/no/such/dir/on/this/site" and ex.htex.working_dir is None
     assert cwd().result() == str(tmp_path)

@@ -43,6 +43,8 @@ def launch(**kw: Any) -> poolcmd.PoolLaunch:
 def parse_back(cmd: str) -> argparse.Namespace:
     """What the pool makes of a launch command: its words after ``python -m htex.process_worker_pool``."""
     words = shlex.split(cmd)
+    if words[:2] == ["/bin/sh", "-c"]:  # a command with a prologue (cd, keys) is one `sh -c SCRIPT`
+        words = shlex.split(words[2].rpartition("; ")[2])
     rest = words[words.index("htex.process_worker_pool") + 1:]
     return poolcmd.build_parser().parse_args(rest)
 
@@ -101,19 +103,28 @@ def test_an_unknown_placeholder_names_the_known_ones() -> None:
         poolcmd.launch_command("process_worker_pool {0}", launch(), "0")  # a positional one
 
 
+def _run(cmd: str, prefix: str = "") -> subprocess.CompletedProcess[str]:
+    """Run a launch command as a block's script would, optionally behind a launcher's prefix."""
+    return subprocess.run(["/bin/bash", "-c", prefix + cmd], cwd="/", capture_output=True, text=True, timeout=10)
+
+
 def test_keys_reach_a_template_that_does_not_name_them() -> None:
     old_style = "{python} -m htex.process_worker_pool --task_url={task_url} --result_url={result_url}"
-    cmd = poolcmd.launch_command(old_style, launch(cert_dir="/runs/my run/certs"), "0")
-    assert cmd.startswith("export HTEX_CERT_DIR='/runs/my run/certs'; ")
+    cmd = poolcmd.launch_command("echo $HTEX_CERT_DIR", launch(cert_dir="/runs/my run/certs"), "0")
+    for prefix in ("", "env ", "nice -n 0 "):  # also behind a launcher's prefix: one simple command
+        assert _run(cmd, prefix).stdout.strip() == "/runs/my run/certs", prefix
     assert "HTEX_CERT_DIR" not in poolcmd.launch_command(old_style, launch(), "0")  # not encrypted: nothing to give
     assert "HTEX_CERT_DIR" not in poolcmd.launch_command(None, launch(cert_dir="/certs"), "0")  # the default names them
 
 
-def test_working_dir_comes_first() -> None:
-    cmd = poolcmd.launch_command(None, launch(working_dir="/scratch/my dir", cert_dir="/c"), "0")
-    assert cmd.startswith("cd '/scratch/my dir' && '/opt/py thon/bin/python3' -m htex.process_worker_pool ")
-    cmd = poolcmd.launch_command("run {block_id}", launch(working_dir="/w", cert_dir="/c"), "0")
-    assert cmd == "cd /w && export HTEX_CERT_DIR=/c; run 0"
+def test_working_dir_comes_first(tmp_path: Any) -> None:
+    here = tmp_path / "my dir"
+    here.mkdir()
+    cmd = poolcmd.launch_command("pwd; echo {block_id} $HTEX_CERT_DIR", launch(working_dir=str(here), cert_dir="/c"), "3")
+    for prefix in ("", "env "):
+        assert _run(cmd, prefix).stdout.split("\n")[:2] == [str(here), "3 /c"], prefix
+    missing = poolcmd.launch_command("pwd", launch(working_dir=str(tmp_path / "gone")), "0")
+    assert _run(missing).returncode != 0  # the user's working_dir is missing: the block fails
 
 
 def test_both_ends_agree() -> None:
