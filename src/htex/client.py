@@ -195,7 +195,7 @@ class ClientThread(threading.Thread):
 
     def wait_ready(self) -> None:
         """Until the interchange says Ready; raises InterchangeLost if it died or stayed silent."""
-        self.ready.wait(READY_SECONDS + 5.0)
+        self.ready.wait(READY_SECONDS + THREAD_JOIN_SECONDS)  # the thread itself gives up at READY_SECONDS
         if self.start_error is not None:
             raise self.start_error
 
