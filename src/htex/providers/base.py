@@ -66,6 +66,8 @@ class ExecutionProvider(ABC):
     cmd_timeout: int = 30
     launcher: Launcher
     script_dir: str | None = None
+    # The run's CurveZMQ keys (set by the executor; None when unencrypted): cloud nodes get them inline.
+    cert_dir: str | None = None
     # Workers run on other hosts (so the interchange listens on every interface).
     remote: bool = False
 

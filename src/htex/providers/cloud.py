@@ -1,0 +1,222 @@
+"""What the cloud providers share: blocks of rented machines (or pods) that boot a script.
+
+A cloud block is ``nodes_per_block`` machines created through the cloud's API,
+each given a *boot script* (Google Cloud's ``startup-script``, OpenStack's
+user-data, a Kubernetes pod's command).  The node shares no file system with
+the client, so everything the pool needs travels inside that script:
+
+* the run's CurveZMQ keys the pool connects with: the pool's key pair and the
+  server's *public* key, written where the launch command's ``--cert_dir``
+  names them (the interchange's secret key never leaves the client);
+* ``worker_init``, then the launcher's command (the pool, which connects back
+  to the executor's public address over TCP).
+
+Subclasses talk to one cloud through three small methods (``_create``,
+``_states``, ``_delete``); this class turns them into the provider's verbs:
+a block whose machine is gone or failed is over, so its other machines are
+deleted; a terminal state, once seen, is kept; a cloud that does not answer
+makes the block UNKNOWN, never MISSING.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import shlex
+import uuid
+from dataclasses import dataclass
+from types import ModuleType
+
+from ..errors import ConfigurationError, ProviderError
+from ..launchers import Launcher, SingleNodeLauncher
+from ..security import ROLES
+from .base import ExecutionProvider, JobState, JobStatus
+from .cluster import walltime_seconds
+
+log = logging.getLogger("htex.providers")
+
+# The files of the run's key directory a pool needs: never "server.secret".
+POOL_KEY_FILES = ("pool.public", "pool.secret", "server.public")
+assert all(f.split(".")[0] in ROLES for f in POOL_KEY_FILES)
+
+
+def require(module: str, extra: str, package: str, provider: str) -> ModuleType:
+    """Import a cloud's client library, or say which extra brings it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{provider} needs the {package} library: pip install 'htex[{extra}]' ({exc})"
+        ) from exc
+
+
+def key_lines(cert_dir: str) -> list[str]:
+    """Shell lines that recreate the pool's keys at ``cert_dir`` on a node (0700 directory, 0600 files).
+
+    Each file is written beside its final name and renamed, so a pool reading it
+    never sees it half written (several nodes of a test may share one disk).
+    """
+    where = shlex.quote(cert_dir)
+    lines = ["umask 077", f"mkdir -p {where}"]
+    for name in POOL_KEY_FILES:
+        with open(f"{cert_dir}/{name}", "rb") as f:
+            key = f.read().strip().decode("ascii")
+        path = shlex.quote(f"{cert_dir}/{name}")
+        lines.append(f"printf '%s' {shlex.quote(key)} > {path}.$$ && mv -f {path}.$$ {path}")
+    return lines
+
+
+def boot_script(command: str, *, worker_init: str, launcher: Launcher, tasks_per_node: int,
+                cert_dir: str | None, shell: str = "/bin/bash") -> str:
+    """The whole script one node runs: the pool's keys, ``worker_init``, the launched command."""
+    parts = [f"#!{shell}", "# an htex block: the pool's keys, worker_init, then the pool"]
+    if cert_dir:
+        parts += ["(", *key_lines(cert_dir), ") || exit 1"]  # umask only in the subshell
+    if worker_init.strip():
+        parts.append(worker_init.strip("\n"))
+    parts.append(launcher(command, tasks_per_node, 1).rstrip("\n"))
+    return "\n".join(parts) + "\n"
+
+
+def dns_name(text: str, max_len: int = 40) -> str:
+    """``text`` as a name every cloud here takes: lower case letters, digits and '-', a letter first."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    if not name[:1].isalpha():
+        name = "h" + name
+    return name[:max_len].rstrip("-")
+
+
+@dataclass
+class _Block:
+    nodes: list[str]  # the cloud's ids of its machines
+    cancelled: bool = False
+    final: JobStatus | None = None
+
+
+class CloudProvider(ExecutionProvider):
+    """Base of the cloud providers: a block is ``nodes_per_block`` machines, each booting one script."""
+
+    remote = True
+    #: Which cloud this is, in messages ("Google Cloud", "OpenStack", ...).
+    cloud = "the cloud"
+
+    def __init__(
+        self, *, label: str, nodes_per_block: int, init_blocks: int, min_blocks: int, max_blocks: int,
+        parallelism: float, walltime: str, worker_init: str, launcher: Launcher | None, cmd_timeout: int,
+        status_polling_interval: float,
+    ) -> None:
+        if nodes_per_block < 1:
+            raise ConfigurationError(f"nodes_per_block must be at least 1, not {nodes_per_block}")
+        walltime_seconds(walltime)  # refuse a malformed one now; clouds do not end machines by walltime
+        self._configure(
+            label=label, nodes_per_block=nodes_per_block, init_blocks=init_blocks, min_blocks=min_blocks,
+            max_blocks=max_blocks, parallelism=parallelism, walltime=walltime, worker_init=worker_init,
+            launcher=launcher if launcher is not None else SingleNodeLauncher(), cmd_timeout=cmd_timeout,
+        )
+        self._poll_every = status_polling_interval
+        self._blocks: dict[str, _Block] = {}
+        # Tells this provider's machines from others in the same project (a label or tag on each).
+        self.run_tag = uuid.uuid4().hex[:12]
+
+    @property
+    def status_polling_interval(self) -> float:
+        return self._poll_every
+
+    # ------------------------------------------------------------------ what a cloud implements
+
+    def _create(self, name: str, script: str) -> str:
+        """Create one machine booting ``script``; return its id.  ProviderError quoting the cloud."""
+        raise NotImplementedError
+
+    def _states(self, ids: list[str]) -> dict[str, JobStatus]:
+        """The state of each machine of ``ids`` the cloud still knows (others are left out)."""
+        raise NotImplementedError
+
+    def _delete(self, node: str) -> None:
+        """Delete one machine; one already gone is no error.  ProviderError quoting the cloud."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the provider's verbs
+
+    def boot_script(self, command: str, tasks_per_node: int) -> str:
+        return boot_script(command, worker_init=self.worker_init, launcher=self.launcher,
+                           tasks_per_node=tasks_per_node, cert_dir=self.cert_dir)
+
+    def submit(self, command: str, tasks_per_node: int, job_name: str = "htex.block") -> str:
+        """Create the block's machines; if one is refused, delete those already made and raise."""
+        job_id = f"{dns_name(job_name)}-{uuid.uuid4().hex[:8]}"
+        script = self.boot_script(command, tasks_per_node)
+        nodes: list[str] = []
+        try:
+            for i in range(self.nodes_per_block):
+                nodes.append(self._create(job_id if self.nodes_per_block == 1 else f"{job_id}-{i}", script))
+        except BaseException:
+            self._delete_quietly(nodes)
+            raise
+        self._blocks[job_id] = _Block(nodes)
+        log.info("%s block %s: %s", self.cloud, job_id, nodes)
+        return job_id
+
+    def status(self, job_ids: list[str]) -> list[JobStatus]:
+        wanted = [n for j in job_ids if j in self._blocks and not self._blocks[j].final for n in self._blocks[j].nodes]
+        states: dict[str, JobStatus] = {}
+        error = ""
+        if wanted:
+            try:
+                states = self._states(wanted)
+            except ProviderError as exc:  # says nothing about the machines: UNKNOWN, not MISSING
+                error = str(exc)
+        return [self._block_status(j, states, error) for j in job_ids]
+
+    def _block_status(self, job_id: str, states: dict[str, JobStatus], error: str) -> JobStatus:
+        block = self._blocks.get(job_id)
+        if block is None:
+            return JobStatus(JobState.MISSING, f"{job_id} is not a block of this provider")
+        if block.final is not None:
+            return block.final
+        if error:
+            return JobStatus(JobState.UNKNOWN, error)
+        nodes = [states.get(n) or self._gone(n, block) for n in block.nodes]
+        ended = [s for s in nodes if s.terminal]
+        if not ended:
+            pending = any(s.state in (JobState.PENDING, JobState.HELD) for s in nodes)
+            held = next((s for s in nodes if s.state is JobState.HELD), None)
+            return held or JobStatus(JobState.PENDING if pending else JobState.RUNNING)
+        st = ended[0]
+        if block.cancelled:
+            st = JobStatus(JobState.CANCELLED, "cancelled")
+        # One machine gone ends the block: its pools are dropped, so its other machines would idle.
+        self._delete_quietly([n for n, s in zip(block.nodes, nodes, strict=True) if not s.terminal])
+        block.final = st
+        return st
+
+    def _gone(self, node: str, block: _Block) -> JobStatus:
+        if block.cancelled:
+            return JobStatus(JobState.CANCELLED, "cancelled")
+        return JobStatus(JobState.MISSING, f"{self.cloud} no longer knows machine {node}: deleted from outside htex?")
+
+    def cancel(self, job_ids: list[str]) -> list[bool]:
+        """Delete every machine of the blocks; True for a block whose machines are all gone or going."""
+        ok = []
+        for job_id in job_ids:
+            block = self._blocks.get(job_id)
+            if block is None:
+                ok.append(False)
+                continue
+            block.cancelled = True
+            ok.append(self._delete_quietly(block.nodes))
+            if block.final is None:
+                block.final = JobStatus(JobState.CANCELLED, "cancelled")
+        return ok
+
+    def _delete_quietly(self, nodes: list[str]) -> bool:
+        """Delete each machine, going on after a refusal (logged); True if all were accepted."""
+        ok = True
+        for node in nodes:
+            try:
+                self._delete(node)
+            except ProviderError as exc:
+                log.error("%s: could not delete machine %s: %s", self.cloud, node, exc)
+                ok = False
+        return ok
