@@ -145,7 +145,7 @@ class CloudProvider(ExecutionProvider):
 
     def submit(self, command: str, tasks_per_node: int, job_name: str = "htex.block") -> str:
         """Create the block's machines; if one is refused, delete those already made and raise."""
-        job_id = f"{dns_name(job_name)}-{uuid.uuid4().hex[:8]}"
+        job_id = f"{dns_name(self._name_prefix(job_name))}-{uuid.uuid4().hex[:8]}"
         script = self.boot_script(command, tasks_per_node)
         nodes: list[str] = []
         try:
@@ -209,6 +209,10 @@ class CloudProvider(ExecutionProvider):
             if block.final is None:
                 block.final = JobStatus(JobState.CANCELLED, "cancelled")
         return ok
+
+    def _name_prefix(self, job_name: str) -> str:
+        """What a block's machines are named after (the cloud's name rules are applied to it)."""
+        return job_name
 
     def _delete_quietly(self, nodes: list[str]) -> bool:
         """Delete each machine, going on after a refusal (logged); True if all were accepted."""
