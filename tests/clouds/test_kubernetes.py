@@ -9,6 +9,8 @@ command through the test hypervisor, on a host of its own.
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,3 +129,9 @@ def test_image_that_cannot_be_pulled_fails_the_executor_with_the_kubelets_words(
     with pytest.raises(ScaleOutFailed, match=r'ErrImagePull: .*failed to pull and unpack image "no-such-image:1"'):
         future.result(timeout=120)
     assert not kube.names()
+
+
+def test_without_the_library_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=re.escape("pip install 'htex[kubernetes]'")):
+        KubernetesProvider("python:3.11")

@@ -1,12 +1,18 @@
-"""Providers: blocks of nodes from a resource manager, each behind three verbs (see base.py)."""
+"""Providers: blocks of nodes from a resource manager, each behind three verbs (see base.py).
+
+The cloud providers (googlecloud, openstack, kubernetes) import their client library only when made.
+"""
 
 from .base import ExecutionProvider, JobState, JobStatus
 from .cluster import ClusterProvider
 from .cobalt import CobaltProvider
 from .condor import CondorProvider
+from .googlecloud import GoogleCloudProvider
 from .gridengine import GridEngineProvider
+from .kubernetes import KubernetesProvider
 from .local import LocalProvider
 from .lsf import LSFProvider
+from .openstack import JetstreamProvider, OpenStackProvider
 from .pbspro import PBSProProvider
 from .slurm import SlurmProvider
 from .torque import TorqueProvider
@@ -16,11 +22,15 @@ __all__ = [
     "CobaltProvider",
     "CondorProvider",
     "ExecutionProvider",
+    "GoogleCloudProvider",
     "GridEngineProvider",
+    "JetstreamProvider",
     "JobState",
     "JobStatus",
+    "KubernetesProvider",
     "LSFProvider",
     "LocalProvider",
+    "OpenStackProvider",
     "PBSProProvider",
     "SlurmProvider",
     "TorqueProvider",

@@ -99,7 +99,7 @@ class CloudProvider(ExecutionProvider):
 
     remote = True
     #: Which cloud this is, in messages ("Google Cloud", "OpenStack", ...).
-    cloud = "the cloud"
+    cloud_name = "the cloud"
 
     def __init__(
         self, *, label: str, nodes_per_block: int, init_blocks: int, min_blocks: int, max_blocks: int,
@@ -155,7 +155,7 @@ class CloudProvider(ExecutionProvider):
             self._delete_quietly(nodes)
             raise
         self._blocks[job_id] = _Block(nodes)
-        log.info("%s block %s: %s", self.cloud, job_id, nodes)
+        log.info("%s block %s: %s", self.cloud_name, job_id, nodes)
         return job_id
 
     def status(self, job_ids: list[str]) -> list[JobStatus]:
@@ -186,15 +186,16 @@ class CloudProvider(ExecutionProvider):
         st = ended[0]
         if block.cancelled:
             st = JobStatus(JobState.CANCELLED, "cancelled")
-        # One machine gone ends the block: its pools are dropped, so its other machines would idle.
-        self._delete_quietly([n for n, s in zip(block.nodes, nodes, strict=True) if not s.terminal])
+        # One machine gone ends the block: its pools are dropped, so its other machines would idle; and
+        # one that ended but is still there (stopped, in error, a finished pod) still costs: delete them all.
+        self._delete_quietly([n for n in block.nodes if n in states])
         block.final = st
         return st
 
     def _gone(self, node: str, block: _Block) -> JobStatus:
         if block.cancelled:
             return JobStatus(JobState.CANCELLED, "cancelled")
-        return JobStatus(JobState.MISSING, f"{self.cloud} no longer knows machine {node}: deleted from outside htex?")
+        return JobStatus(JobState.MISSING, f"{self.cloud_name} no longer knows machine {node}: deleted from outside htex?")
 
     def cancel(self, job_ids: list[str]) -> list[bool]:
         """Delete every machine of the blocks; True for a block whose machines are all gone or going."""
@@ -221,6 +222,6 @@ class CloudProvider(ExecutionProvider):
             try:
                 self._delete(node)
             except ProviderError as exc:
-                log.error("%s: could not delete machine %s: %s", self.cloud, node, exc)
+                log.error("%s: could not delete machine %s: %s", self.cloud_name, node, exc)
                 ok = False
         return ok

@@ -40,7 +40,7 @@ class GoogleCloudProvider(CloudProvider):
     until its block is cancelled.
     """
 
-    cloud = "Google Cloud"
+    cloud_name = "Google Cloud"
 
     def __init__(
         self,

@@ -36,7 +36,7 @@ class KubernetesProvider(CloudProvider):
     block.  ``walltime`` is recorded, not enforced.
     """
 
-    cloud = "Kubernetes"
+    cloud_name = "Kubernetes"
 
     def __init__(
         self,
