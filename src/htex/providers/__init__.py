@@ -1,5 +1,6 @@
 """Providers: blocks of nodes from a resource manager, each behind three verbs (see base.py)."""
 
+from .aws import AWSProvider, EC2Provider
 from .base import ExecutionProvider, JobState, JobStatus
 from .cluster import ClusterProvider
 from .cobalt import CobaltProvider
@@ -12,9 +13,11 @@ from .slurm import SlurmProvider
 from .torque import TorqueProvider
 
 __all__ = [
+    "AWSProvider",
     "ClusterProvider",
     "CobaltProvider",
     "CondorProvider",
+    "EC2Provider",
     "ExecutionProvider",
     "GridEngineProvider",
     "JobState",

@@ -105,6 +105,11 @@ class ExecutionProvider(ABC):
     def cancel(self, job_ids: list[str]) -> list[bool]:
         """Cancel the jobs; True for each one the scheduler accepted to cancel."""
 
+    def close(self) -> None:
+        """Release what the provider made for its blocks (a cloud's network...): called once at shutdown,
+        after every block was cancelled.  Most providers make nothing: the default does nothing."""
+        return None
+
     @property
     def status_polling_interval(self) -> float:
         """How often, in seconds, the executor should call ``status``."""
