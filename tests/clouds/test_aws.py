@@ -24,7 +24,7 @@ from htex.providers import userdata
 
 import cloudtasks
 import netlab
-from cloudlab import REGION, TESTS, Cloud, QuotaProxy, leftovers
+from cloudlab import REGION, TESTS, Cloud, QuotaProxy, free_port, leftovers
 from support import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -243,3 +243,56 @@ def test_the_user_data_carries_the_pool_keys_only(tmp_path: Any) -> None:
         assert security.load(certs, "pool")[1].decode() in script
         assert security.load(certs, "server")[1].decode() not in script  # the server's secret stays home
         assert script.startswith("#!/bin/bash\n") and script.rstrip().endswith("shutdown -h now")
+
+
+def test_parsl_parameters_reach_ec2(ec2: Any, moto: Any, image_id: str, aws_key_file: str, tmp_path: Any) -> None:
+    """key_name (SSH: the one port let in), spot_max_bid, iam_instance_profile_arn and instance_type, as EC2
+    (moto) records them; no instance is booted (none is needed to read them back)."""
+    import boto3
+
+    ec2.create_key_pair(KeyName="mine")
+    iam = boto3.client("iam", endpoint_url=moto.url, region_name=REGION, aws_access_key_id="testing",
+                       aws_secret_access_key="testing")
+    arn = iam.create_instance_profile(InstanceProfileName="htex")["InstanceProfile"]["Arn"]
+    prov = provider(moto.url, image_id, aws_key_file, tmp_path, key_name="mine", spot_max_bid=0.05,
+                    instance_type="t3.micro", iam_instance_profile_arn=arn)
+    job = prov.submit("true", 1, "b-0")
+    try:
+        (inst,) = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+        assert (inst["KeyName"], inst["InstanceType"], inst.get("InstanceLifecycle")) == ("mine", "t3.micro", "spot")
+        assert inst["IamInstanceProfile"]["Arn"].endswith("instance-profile/htex")
+        group = ec2.describe_security_groups(GroupIds=[prov._state.network.group_id])["SecurityGroups"][0]
+        assert [(p["FromPort"], p["ToPort"]) for p in group["IpPermissions"]] == [(22, 22)]
+        assert prov.status([job])[0].state.value == "running"
+    finally:
+        prov.cancel([job])
+        prov.close()
+    assert_clean(ec2, None, prov.state_file)
+
+
+@pytest.mark.timeout(240)
+def test_the_readme_example(cloud: Cloud, ec2: Any, moto: Any, image_id: str, aws_key_file: str, client_dir: str,
+                            tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's EC2 example, run as written but for its site values (address, ports, image, keys, the
+    emulator's endpoint, and a worker_init that finds this machine's Python where the README installs htex)."""
+    with open(os.path.join(os.path.dirname(TESTS), "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("\n## EC2\n"):]
+    code = section[section.index("```python\n") + 10:section.index("\n```\n")]
+    state_file = str(tmp_path / "aws-state.json")
+    ports = (free_port(), free_port())
+    for old, new in {
+        '"203.0.113.7"': repr(cloud.hv.address),
+        "(54000, 54001)": repr(ports),
+        '"ami-0abcdef1234567890"': f"{image_id!r}, endpoint_url={moto.url!r}, status_polling_interval=0.5",
+        '"~/.aws/htex.json"': repr(aws_key_file),
+        '"pip install htex"': repr(f"export PATH={os.path.dirname(sys.executable)}:$PATH"),
+        '"awsproviderstate.json"': repr(state_file),
+    }.items():
+        assert old in code, f"the README's example no longer has {old}"
+        code = code.replace(old, new)
+    monkeypatch.chdir(client_dir)  # its run directory (runinfo/) is there, hidden from the instances
+    exec(compile(code, "README.md (EC2)", "exec"), {})
+    assert capsys.readouterr().out.strip().endswith("6")
+    assert len(cloud.hv.booted()) == 1
+    assert_clean(ec2, cloud, state_file)
