@@ -20,7 +20,7 @@ import pytest
 
 from htex import AWSProvider, HighThroughputExecutor, security
 from htex.errors import ManagerLost, ProviderError
-from htex.providers import userdata
+from htex.providers import JobState, userdata
 
 import cloudtasks
 import netlab
@@ -174,6 +174,21 @@ def test_a_restarted_client_deletes_what_the_earlier_one_left(cloud: Cloud, ec2:
     assert_clean(ec2, cloud, fresh.state_file)
 
 
+@pytest.mark.timeout(120)
+def test_walltime_powers_the_instance_off(cloud: Cloud, ec2: Any, moto: Any, image_id: str, aws_key_file: str,
+                                          tmp_path: Any) -> None:
+    """At walltime the instance shuts itself down (the hypervisor's stub records it), EC2 terminates it (the
+    watcher, as for InstanceInitiatedShutdownBehavior=terminate), and its block is reported failed."""
+    prov = provider(moto.url, image_id, aws_key_file, tmp_path, walltime="00:00:02")
+    job = prov.submit("sleep 600", 1, "b-0")
+    ended = wait_for(lambda: [st for st in prov.status([job]) if st.terminal], timeout=BOOT,
+                     what="the instance to power itself off")
+    assert ended[0].state is JobState.FAILED
+    assert cloud.hv.halted() == cloud.hv.booted() and len(cloud.hv.booted()) == 1
+    prov.close()
+    assert_clean(ec2, cloud, prov.state_file)
+
+
 # -- bad input: ProviderError quoting EC2, nothing left -------------------------------------------
 
 
@@ -243,6 +258,10 @@ def test_the_user_data_carries_the_pool_keys_only(tmp_path: Any) -> None:
         assert security.load(certs, "pool")[1].decode() in script
         assert security.load(certs, "server")[1].decode() not in script  # the server's secret stays home
         assert script.startswith("#!/bin/bash\n") and script.rstrip().endswith("shutdown -h now")
+        assert "sleep 60; shutdown -h now" in script  # the walltime watchdog
+    lingering = userdata.boot_script("pool", worker_init="", launcher=SimpleLauncher(), tasks_per_node=1,
+                                     job_name="b", halt_after=False, walltime_seconds=60)
+    assert "shutdown" not in lingering  # linger=True: the instance outlives its pool, and walltime
 
 
 def test_parsl_parameters_reach_ec2(ec2: Any, moto: Any, image_id: str, aws_key_file: str, tmp_path: Any) -> None:
