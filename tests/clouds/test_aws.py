@@ -105,8 +105,8 @@ def test_a_burst_scales_out_and_idleness_scales_in(cloud: Cloud, ec2: Any, moto:
         assert not cloud.hv.booted()
         futures = [ex.submit(cloudtasks.nap, {}, 1.0) for _ in range(6)]
         hosts = {f.result(timeout=2 * BOOT) for f in futures}
-        assert len(cloud.hv.booted()) == 3
-        assert len(hosts) >= 2, "all the burst ran on one instance"
+        assert len(cloud.hv.booted()) == 3  # the strategy's decision: 6 tasks, 1 slot a block, max_blocks=3
+        assert hosts <= {"ip-" + cloud.hv.address_of(i).replace(".", "-") for i in cloud.hv.booted()}
 
         def scaled_in() -> bool:
             pages = ec2.get_paginator("describe_instances").paginate()
@@ -212,6 +212,7 @@ def test_bad_credentials(ec2: Any, moto: Any, image_id: str, aws_key_file: str, 
 
 
 def test_an_image_that_does_not_exist(ec2: Any, moto: Any, aws_key_file: str, client_dir: str, tmp_path: Any) -> None:
+    """moto checks images (MOTO_ENABLE_AMI_VALIDATION), as AWS does; the check comes before anything is made."""
     prov = provider(moto.url, "ami-0123456789abcdef0", aws_key_file, tmp_path)
     _start_fails(prov, client_dir, r"InvalidAMIID.NotFound: The image id '\[ami-0123456789abcdef0\]' does not exist")
     assert_clean(ec2, None, prov.state_file)
@@ -230,6 +231,7 @@ def test_a_quota_refusal(ec2: Any, moto: Any, image_id: str, aws_key_file: str, 
 
 
 def test_without_boto3_the_message_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cloud: boto3 made unimportable in this process."""
     monkeypatch.setitem(sys.modules, "boto3", None)
     with pytest.raises(ImportError, match=r"pip install 'htex\[aws\]'"):
         AWSProvider("ami-1")
@@ -239,6 +241,8 @@ def test_without_boto3_the_message_names_the_extra(monkeypatch: pytest.MonkeyPat
 
 
 def test_the_user_data_carries_the_pool_keys_only(tmp_path: Any) -> None:
+    """No cloud: the user-data of real launch commands (ours, and a Parsl 1.0 template that gets the keys
+    through HTEX_CERT_DIR inside `sh -c`), with a key directory whose path has a space."""
     from htex import poolcmd
     from htex.launchers import SimpleLauncher
 
