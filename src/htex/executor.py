@@ -193,7 +193,6 @@ class HighThroughputExecutor:
         if self.provider.script_dir is None:
             self.provider.script_dir = os.path.join(self.logdir, "submit_scripts")
         self.cert_dir = os.path.join(self.logdir, "certs") if self.encrypted else None
-        self.provider.cert_dir = self.cert_dir  # a provider with no shared file system sends the pool's keys
         if self.cert_dir:
             security.make_keys(self.cert_dir)
 

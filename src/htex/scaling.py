@@ -219,6 +219,10 @@ class Blocks:
                 self.provider.cancel(jobs)
             except Exception:
                 log.exception("cancelling blocks failed")
+        try:
+            self.provider.close()  # what it made around the blocks (a cloud's network): after they are gone
+        except Exception:
+            log.exception("the provider %s could not release what it made", self.provider.label)
 
     # -- one round of the poller ---------------------------------------------------------
 

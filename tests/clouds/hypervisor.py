@@ -12,6 +12,8 @@ on a machine that reaches the client only over the network.  The interface::
     hv.kill(instance_id)         # power it off: every process of its host is killed
     hv.running()                 # ids of instances whose processes are alive
     hv.halted()                  # ids whose own OS asked to shut down (shutdown/halt/poweroff were run)
+    hv.booted()                  # ids of every instance booted so far
+    hv.instance_of(pid)          # which instance a process runs on; hv.console(id): what it printed
     hv.close()                   # kill everything, delete every namespace and link
 
 An instance is, for the programs in it:
@@ -190,6 +192,12 @@ class Hypervisor:
         """Every instance ever booted (running or not)."""
         with self._lock:
             return set(self._instances)
+
+    def instance_of(self, pid: int) -> str | None:
+        """The instance process ``pid`` runs on (by its network namespace), or None."""
+        with self._lock:
+            hosts = [(i, inst.host) for i, inst in self._instances.items()]
+        return next((i for i, host in hosts if host.runs(pid)), None)
 
     def address_of(self, instance_id: str) -> str:
         with self._lock:

@@ -9,22 +9,14 @@ boots each instance's ``startup-script`` through the test hypervisor.
 
 from __future__ import annotations
 
-import os
-import pathlib
 import re
-import shutil
-import stat
-import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from htex import security
 from htex.errors import ProviderError
-from htex.launchers import SimpleLauncher
-from htex.providers.cloud import boot_script
 
 from emulators import scenarios
 from emulators.scenarios import Cloud
@@ -124,18 +116,3 @@ def test_without_the_library_the_error_names_the_extra(monkeypatch: pytest.Monke
     with pytest.raises(ImportError, match=re.escape("pip install 'htex[gcp]'")):
         GoogleCloudProvider(PROJECT)
 
-
-def test_boot_script_recreates_the_pools_keys_and_never_the_servers_secret(tmp_path: Any) -> None:
-    """Run the key lines of a boot script where the run's key directory is gone, as on a cloud node."""
-    certs = str(tmp_path / "run" / "certs")
-    security.make_keys(certs)
-    keys = {name: pathlib.Path(certs, name).read_text() for name in os.listdir(certs)}
-    script = boot_script("true", worker_init="", launcher=SimpleLauncher(), tasks_per_node=1, cert_dir=certs)
-    assert keys["server.secret"].strip() not in script
-    shutil.rmtree(tmp_path / "run")
-    subprocess.run(["/bin/bash", "-c", script], check=True, timeout=30)
-    assert sorted(os.listdir(certs)) == ["pool.public", "pool.secret", "server.public"]
-    for name in os.listdir(certs):
-        assert pathlib.Path(certs, name).read_text() == keys[name].strip()
-        assert stat.S_IMODE(os.stat(os.path.join(certs, name)).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(certs).st_mode) == 0o700

@@ -3,6 +3,7 @@
 The cloud providers (googlecloud, openstack, kubernetes) import their client library only when made.
 """
 
+from .aws import AWSProvider, EC2Provider
 from .base import ExecutionProvider, JobState, JobStatus
 from .cluster import ClusterProvider
 from .cobalt import CobaltProvider
@@ -18,9 +19,11 @@ from .slurm import SlurmProvider
 from .torque import TorqueProvider
 
 __all__ = [
+    "AWSProvider",
     "ClusterProvider",
     "CobaltProvider",
     "CondorProvider",
+    "EC2Provider",
     "ExecutionProvider",
     "GoogleCloudProvider",
     "GridEngineProvider",

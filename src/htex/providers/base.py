@@ -66,8 +66,6 @@ class ExecutionProvider(ABC):
     cmd_timeout: int = 30
     launcher: Launcher
     script_dir: str | None = None
-    # The run's CurveZMQ keys (set by the executor; None when unencrypted): cloud nodes get them inline.
-    cert_dir: str | None = None
     # Workers run on other hosts (so the interchange listens on every interface).
     remote: bool = False
 
@@ -106,6 +104,11 @@ class ExecutionProvider(ABC):
     @abstractmethod
     def cancel(self, job_ids: list[str]) -> list[bool]:
         """Cancel the jobs; True for each one the scheduler accepted to cancel."""
+
+    def close(self) -> None:
+        """Release what the provider made for its blocks (a cloud's network...): called once at shutdown,
+        after every block was cancelled.  Most providers make nothing: the default does nothing."""
+        return None
 
     @property
     def status_polling_interval(self) -> float:

@@ -3,13 +3,10 @@
 A cloud block is ``nodes_per_block`` machines created through the cloud's API,
 each given a *boot script* (Google Cloud's ``startup-script``, OpenStack's
 user-data, a Kubernetes pod's command).  The node shares no file system with
-the client, so everything the pool needs travels inside that script:
-
-* the run's CurveZMQ keys the pool connects with: the pool's key pair and the
-  server's *public* key, written where the launch command's ``--cert_dir``
-  names them (the interchange's secret key never leaves the client);
-* ``worker_init``, then the launcher's command (the pool, which connects back
-  to the executor's public address over TCP).
+the client, so everything the pool needs travels inside that script (made by
+userdata.py, as for EC2): the pool's CurveZMQ keys (never the interchange's
+secret), ``worker_init``, then the launcher's command, whose pool connects back
+to the executor's public address over TCP.
 
 Subclasses talk to one cloud through three small methods (``_create``,
 ``_states``, ``_delete``); this class turns them into the provider's verbs:
@@ -23,23 +20,17 @@ from __future__ import annotations
 import importlib
 import logging
 import re
-import shlex
 import uuid
 from dataclasses import dataclass
 from types import ModuleType
 
 from ..errors import ConfigurationError, ProviderError
 from ..launchers import Launcher, SingleNodeLauncher
-from ..security import ROLES
+from . import userdata
 from .base import ExecutionProvider, JobState, JobStatus
 from .cluster import walltime_seconds
 
 log = logging.getLogger("htex.providers")
-
-# The files of the run's key directory a pool needs: never "server.secret".
-POOL_KEY_FILES = ("pool.public", "pool.secret", "server.public")
-assert all(f.split(".")[0] in ROLES for f in POOL_KEY_FILES)
-
 
 def require(module: str, extra: str, package: str, provider: str) -> ModuleType:
     """Import a cloud's client library, or say which extra brings it."""
@@ -49,34 +40,6 @@ def require(module: str, extra: str, package: str, provider: str) -> ModuleType:
         raise ImportError(
             f"{provider} needs the {package} library: pip install 'htex[{extra}]' ({exc})"
         ) from exc
-
-
-def key_lines(cert_dir: str) -> list[str]:
-    """Shell lines that recreate the pool's keys at ``cert_dir`` on a node (0700 directory, 0600 files).
-
-    Each file is written beside its final name and renamed, so a pool reading it
-    never sees it half written (several nodes of a test may share one disk).
-    """
-    where = shlex.quote(cert_dir)
-    lines = ["umask 077", f"mkdir -p {where}"]
-    for name in POOL_KEY_FILES:
-        with open(f"{cert_dir}/{name}", "rb") as f:
-            key = f.read().strip().decode("ascii")
-        path = shlex.quote(f"{cert_dir}/{name}")
-        lines.append(f"printf '%s' {shlex.quote(key)} > {path}.$$ && mv -f {path}.$$ {path}")
-    return lines
-
-
-def boot_script(command: str, *, worker_init: str, launcher: Launcher, tasks_per_node: int,
-                cert_dir: str | None, shell: str = "/bin/bash") -> str:
-    """The whole script one node runs: the pool's keys, ``worker_init``, the launched command."""
-    parts = [f"#!{shell}", "# an htex block: the pool's keys, worker_init, then the pool"]
-    if cert_dir:
-        parts += ["(", *key_lines(cert_dir), ") || exit 1"]  # umask only in the subshell
-    if worker_init.strip():
-        parts.append(worker_init.strip("\n"))
-    parts.append(launcher(command, tasks_per_node, 1).rstrip("\n"))
-    return "\n".join(parts) + "\n"
 
 
 def dns_name(text: str, max_len: int = 40) -> str:
@@ -139,14 +102,17 @@ class CloudProvider(ExecutionProvider):
 
     # ------------------------------------------------------------------ the provider's verbs
 
-    def boot_script(self, command: str, tasks_per_node: int) -> str:
-        return boot_script(command, worker_init=self.worker_init, launcher=self.launcher,
-                           tasks_per_node=tasks_per_node, cert_dir=self.cert_dir)
+    def boot_script(self, command: str, tasks_per_node: int, job_name: str) -> str:
+        # No halt at the end: a Kubernetes pod ends with its command anyway, and a VM left running
+        # after its pool ended is still listed, so cancel (at scale-in or shutdown) deletes it.
+        return userdata.boot_script(command, worker_init=self.worker_init, launcher=self.launcher,
+                                    tasks_per_node=tasks_per_node, job_name=job_name, halt_after=False,
+                                    walltime_seconds=None)
 
     def submit(self, command: str, tasks_per_node: int, job_name: str = "htex.block") -> str:
         """Create the block's machines; if one is refused, delete those already made and raise."""
         job_id = f"{dns_name(self._name_prefix(job_name))}-{uuid.uuid4().hex[:8]}"
-        script = self.boot_script(command, tasks_per_node)
+        script = self.boot_script(command, tasks_per_node, job_id)
         nodes: list[str] = []
         try:
             for i in range(self.nodes_per_block):
