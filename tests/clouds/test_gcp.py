@@ -116,3 +116,12 @@ def test_without_the_library_the_error_names_the_extra(monkeypatch: pytest.Monke
     with pytest.raises(ImportError, match=re.escape("pip install 'htex[gcp]'")):
         GoogleCloudProvider(PROJECT)
 
+
+
+@pytest.mark.timeout(300)
+def test_the_readme_example(cloud: Cloud, gce: ComputeEngine, key_file: str, tmp_path: Any,
+                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    scenarios.readme_example_runs("Google Cloud", cloud, {
+        '"my-project"': repr(PROJECT),
+        '"~/gcp-key.json"': f"{key_file!r}, api_endpoint={gce.url!r}",
+    }, tmp_path, monkeypatch, capsys)

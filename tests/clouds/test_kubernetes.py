@@ -135,3 +135,10 @@ def test_without_the_library_the_error_names_the_extra(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "kubernetes", None)  # import fails as if not installed
     with pytest.raises(ImportError, match=re.escape("pip install 'htex[kubernetes]'")):
         KubernetesProvider("python:3.11")
+
+
+@pytest.mark.timeout(300)
+def test_the_readme_example(cloud: Cloud, kubeconfig: str, tmp_path: Any,
+                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    scenarios.readme_example_runs("Kubernetes", cloud, {'"~/.kube/config"': repr(kubeconfig)},
+                                  tmp_path, monkeypatch, capsys)

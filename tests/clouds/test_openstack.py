@@ -151,3 +151,12 @@ def test_without_the_library_the_error_names_the_extra(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "openstack", None)  # import fails as if not installed
     with pytest.raises(ImportError, match=re.escape("pip install 'htex[openstack]'")):
         kind()
+
+
+@pytest.mark.timeout(300)
+def test_the_readme_example(nova: OpenStackCloud, clouds_yaml: str, hypervisor: Hypervisor, tmp_path: Any,
+                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    cloud = _cloud(nova, clouds_yaml, hypervisor, JetstreamProvider)
+    scenarios.readme_example_runs("OpenStack and Jetstream2", cloud, {
+        'cloud="openstack"': f'cloud="standin", clouds_yaml={clouds_yaml!r}',
+    }, tmp_path, monkeypatch, capsys)

@@ -8,6 +8,7 @@ image), ``instances.insert`` (then ``zoneOperations.wait`` until it is done),
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -75,7 +76,7 @@ class GoogleCloudProvider(CloudProvider):
             launcher=launcher, cmd_timeout=cmd_timeout, status_polling_interval=status_polling_interval,
         )
         self.project_id = project_id
-        self.key_file = key_file
+        self.key_file = os.path.expanduser(key_file) if key_file else None
         self.region = region
         self.zone = zone or f"{region}-a"
         self.os_project = os_project

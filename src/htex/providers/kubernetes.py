@@ -8,6 +8,7 @@ all in one namespace of the core v1 API: ``create``, ``list`` (by the label
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from ..errors import ProviderError
@@ -88,7 +89,7 @@ class KubernetesProvider(CloudProvider):
         self.persistent_volumes = list(persistent_volumes or [])
         self.service_account_name = service_account_name
         self.annotations = dict(annotations or {})
-        self.kube_config = kube_config
+        self.kube_config = os.path.expanduser(kube_config) if kube_config else None
         self.context = context
         self._api: Any = None
 

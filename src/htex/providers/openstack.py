@@ -9,6 +9,7 @@ network looked up by name or id (Nova, Glance, Neutron); per block, Nova's
 from __future__ import annotations
 
 import base64
+import os
 from typing import Any
 
 from ..errors import ProviderError
@@ -75,7 +76,7 @@ class OpenStackProvider(CloudProvider):
         self.network = network
         self.key_name = key_name
         self.security_groups = list(security_groups or [])
-        self.clouds_yaml = clouds_yaml
+        self.clouds_yaml = os.path.expanduser(clouds_yaml) if clouds_yaml else None
         self.region_name = region_name
         self._conn: Any = None
         self._server_args: dict[str, Any] | None = None

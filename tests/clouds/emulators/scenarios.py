@@ -10,6 +10,7 @@ connects back to the executor's address over TCP with CurveZMQ.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from htex.errors import ManagerLost
 from htex.providers.base import ExecutionProvider
 
 from . import cloudtasks
+from cloudlab import free_port
 from hypervisor import Hypervisor, unavailable
 from support import wait_for
 
@@ -47,7 +49,7 @@ def hypervisor(tmp_path: Any, run_dir: str) -> Iterator[Hypervisor]:
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    os.makedirs(run_dir, exist_ok=True)
+    os.makedirs(run_dir, exist_ok=True)  # tmp_path/runinfo: make_executor's, and the README examples'
     hv = Hypervisor(str(tmp_path / "boot"), hide=[run_dir])
     yield hv
     hv.close()
@@ -115,4 +117,32 @@ def deleted_machine_is_noticed_and_replaced(cloud: Cloud, make_executor: Callabl
     assert ex.submit(cloudtasks.host, {}).result(timeout=BOOT_SECONDS) != old_host
     assert machine not in cloud.machines() and len(cloud.machines()) == 1
     ex.shutdown()
+    _nothing_left(cloud)
+
+
+def readme_example_runs(heading: str, cloud: Cloud, site: dict[str, str], tmp_path: Any,
+                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's example under ``### heading``, run as written but for its site values.
+
+    ``site`` replaces the cloud's own values (credentials, project, the stand-in's endpoint); the address,
+    the ports and worker_init (this machine's Python stands for the image's, htex already installed) are
+    replaced here for every cloud.
+    """
+    with open(os.path.join(os.path.dirname(CLOUD_TESTS), "..", "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index(f"\n### {heading}\n"):]
+    code = section[section.index("```python\n") + 10:section.index("\n```\n")]
+    site = {
+        '"203.0.113.7"': repr(cloud.hv.address),
+        "(54000, 54001)": repr((free_port(), free_port())),
+        '"pip install htex"': repr(f"export PATH={os.path.dirname(sys.executable)}:$PATH"),
+        **site,
+    }
+    for old, new in site.items():
+        assert old in code, f"the README's example no longer has {old}"
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)  # its run directory (runinfo/) is there, hidden from the machines
+    exec(compile(code, f"README.md ({heading})", "exec"), {})
+    assert capsys.readouterr().out.strip().endswith("6")
+    assert len(cloud.hv.booted()) == 1
     _nothing_left(cloud)
