@@ -80,6 +80,11 @@ def test_instance_deleted_outside_is_noticed_and_replaced(cloud: Cloud, make_exe
     scenarios.deleted_machine_is_noticed_and_replaced(cloud, make_executor, tmp_path)
 
 
+
+@pytest.mark.timeout(300)
+def test_walltime_powers_the_instance_off_and_it_is_deleted(cloud: Cloud, make_executor: Any) -> None:
+    scenarios.walltime_powers_the_machine_off(cloud, make_executor)
+
 def test_bad_credentials_are_googles_refusal_and_start_nothing(gce: ComputeEngine, tmp_path: Any,
                                                                make_executor: Any) -> None:
     stranger = str(tmp_path / "stranger.json")

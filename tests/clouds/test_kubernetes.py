@@ -95,6 +95,8 @@ def test_pod_spec_has_parsls_resources_volumes_and_account(kube: KubeAPI, kubeco
     assert pod["spec"]["imagePullSecrets"] == [{"name": "pull"}]
     assert pod["spec"]["serviceAccountName"] == "runner"
     assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["activeDeadlineSeconds"] == 3600  # walltime 01:00:00, which Kubernetes enforces
+    assert "shutdown" not in container["command"][2]  # a container cannot power its node off
     assert pod["metadata"]["annotations"] == {"a": "b"}
     assert provider.cancel([job]) == [True]
     assert not kube.names()

@@ -90,6 +90,11 @@ def test_jetstream_server_deleted_outside_is_noticed_and_replaced(
     assert len(created) == 2
 
 
+
+@pytest.mark.timeout(300)
+def test_walltime_powers_the_server_off_and_it_is_deleted(cloud: Cloud, make_executor: Any) -> None:
+    scenarios.walltime_powers_the_machine_off(cloud, make_executor)
+
 def test_jetstream_defaults_reach_nova(nova: OpenStackCloud, clouds_yaml: str) -> None:
     provider = JetstreamProvider(cloud="standin", clouds_yaml=clouds_yaml, key_name="mykey")
     job = provider.submit("true", 1)

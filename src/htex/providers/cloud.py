@@ -8,11 +8,15 @@ userdata.py, as for EC2): the pool's CurveZMQ keys (never the interchange's
 secret), ``worker_init``, then the launcher's command, whose pool connects back
 to the executor's public address over TCP.
 
+A virtual machine powers itself off when its pool ends, and after
+``walltime`` (unless ``linger``): the cloud then lists it as stopped, which
+ends its block.
+
 Subclasses talk to one cloud through three small methods (``_create``,
 ``_states``, ``_delete``); this class turns them into the provider's verbs:
-a block whose machine is gone or failed is over, so its other machines are
-deleted; a terminal state, once seen, is kept; a cloud that does not answer
-makes the block UNKNOWN, never MISSING.
+a block whose machine is gone, stopped or failed is over, so all its machines
+are deleted; a terminal state, once seen, is kept; a cloud that does not
+answer makes the block UNKNOWN, never MISSING.
 """
 
 from __future__ import annotations
@@ -53,8 +57,7 @@ def dns_name(text: str, max_len: int = 40) -> str:
 @dataclass
 class _Block:
     nodes: list[str]  # the cloud's ids of its machines
-    cancelled: bool = False
-    final: JobStatus | None = None
+    final: JobStatus | None = None  # how it ended (or that it was cancelled), once known
 
 
 class CloudProvider(ExecutionProvider):
@@ -63,6 +66,10 @@ class CloudProvider(ExecutionProvider):
     remote = True
     #: Which cloud this is, in messages ("Google Cloud", "OpenStack", ...).
     cloud_name = "the cloud"
+    #: A virtual machine can power itself off (``shutdown -h``); a pod cannot, it ends with its command.
+    halts_itself = True
+    #: Keep a machine running after its pool ended or its walltime passed (until its block is cancelled).
+    linger = False
 
     def __init__(
         self, *, label: str, nodes_per_block: int, init_blocks: int, min_blocks: int, max_blocks: int,
@@ -71,7 +78,7 @@ class CloudProvider(ExecutionProvider):
     ) -> None:
         if nodes_per_block < 1:
             raise ConfigurationError(f"nodes_per_block must be at least 1, not {nodes_per_block}")
-        walltime_seconds(walltime)  # refuse a malformed one now; clouds do not end machines by walltime
+        walltime_seconds(walltime)  # refuse a malformed one now, not at the first block
         self._configure(
             label=label, nodes_per_block=nodes_per_block, init_blocks=init_blocks, min_blocks=min_blocks,
             max_blocks=max_blocks, parallelism=parallelism, walltime=walltime, worker_init=worker_init,
@@ -103,11 +110,12 @@ class CloudProvider(ExecutionProvider):
     # ------------------------------------------------------------------ the provider's verbs
 
     def boot_script(self, command: str, tasks_per_node: int, job_name: str) -> str:
-        # No halt at the end: a Kubernetes pod ends with its command anyway, and a VM left running
-        # after its pool ended is still listed, so cancel (at scale-in or shutdown) deletes it.
+        # A machine (not a pod) powers itself off when its pool ends, and after walltime, unless it
+        # lingers: the cloud then reports it stopped, and the block ends and is deleted.
+        halt = self.halts_itself and not self.linger
         return userdata.boot_script(command, worker_init=self.worker_init, launcher=self.launcher,
-                                    tasks_per_node=tasks_per_node, job_name=job_name, halt_after=False,
-                                    walltime_seconds=None)
+                                    tasks_per_node=tasks_per_node, job_name=job_name, halt_after=halt,
+                                    walltime_seconds=walltime_seconds(self.walltime) if halt else None)
 
     def submit(self, command: str, tasks_per_node: int, job_name: str = "htex.block") -> str:
         """Create the block's machines; if one is refused, delete those already made and raise."""
@@ -139,28 +147,24 @@ class CloudProvider(ExecutionProvider):
         block = self._blocks.get(job_id)
         if block is None:
             return JobStatus(JobState.MISSING, f"{job_id} is not a block of this provider")
-        if block.final is not None:
+        if block.final is not None:  # ended, or cancelled
             return block.final
         if error:
             return JobStatus(JobState.UNKNOWN, error)
-        nodes = [states.get(n) or self._gone(n, block) for n in block.nodes]
+        nodes = [states.get(n) or self._gone(n) for n in block.nodes]
         ended = [s for s in nodes if s.terminal]
         if not ended:
-            pending = any(s.state in (JobState.PENDING, JobState.HELD) for s in nodes)
             held = next((s for s in nodes if s.state is JobState.HELD), None)
+            pending = any(s.state is JobState.PENDING for s in nodes)
             return held or JobStatus(JobState.PENDING if pending else JobState.RUNNING)
         st = ended[0]
-        if block.cancelled:
-            st = JobStatus(JobState.CANCELLED, "cancelled")
         # One machine gone ends the block: its pools are dropped, so its other machines would idle; and
         # one that ended but is still there (stopped, in error, a finished pod) still costs: delete them all.
         self._delete_quietly([n for n in block.nodes if n in states])
         block.final = st
         return st
 
-    def _gone(self, node: str, block: _Block) -> JobStatus:
-        if block.cancelled:
-            return JobStatus(JobState.CANCELLED, "cancelled")
+    def _gone(self, node: str) -> JobStatus:
         return JobStatus(JobState.MISSING, f"{self.cloud_name} no longer knows machine {node}: deleted from outside htex?")
 
     def cancel(self, job_ids: list[str]) -> list[bool]:
@@ -171,7 +175,6 @@ class CloudProvider(ExecutionProvider):
             if block is None:
                 ok.append(False)
                 continue
-            block.cancelled = True
             ok.append(self._delete_quietly(block.nodes))
             if block.final is None:
                 block.final = JobStatus(JobState.CANCELLED, "cancelled")

@@ -37,8 +37,9 @@ class GoogleCloudProvider(CloudProvider):
     is accepted too).  Each instance gets the labels ``htex-run`` and
     ``htex-block``, and the boot script as its ``startup-script`` metadata.
     ``api_endpoint`` points the client at another endpoint (a private one, or a
-    test's stand-in).  ``walltime`` is recorded, not enforced: an instance runs
-    until its block is cancelled.
+    test's stand-in).  An instance powers itself off when its pool ends and
+    after ``walltime`` (unless ``linger``): it is then TERMINATED, which ends its
+    block, and deleted.
     """
 
     cloud_name = "Google Cloud"
@@ -65,6 +66,7 @@ class GoogleCloudProvider(CloudProvider):
         launcher: Launcher | None = None,
         cmd_timeout: int = 300,
         status_polling_interval: float = 30.0,
+        linger: bool = False,
         api_endpoint: str | None = None,
         google_version: str = "v1",
         label: str = "google_cloud",
@@ -75,6 +77,7 @@ class GoogleCloudProvider(CloudProvider):
             max_blocks=max_blocks, parallelism=parallelism, walltime=walltime, worker_init=worker_init,
             launcher=launcher, cmd_timeout=cmd_timeout, status_polling_interval=status_polling_interval,
         )
+        self.linger = linger
         self.project_id = project_id
         self.key_file = os.path.expanduser(key_file) if key_file else None
         self.region = region

@@ -15,6 +15,7 @@ from ..errors import ProviderError
 from ..launchers import Launcher
 from .base import JobState, JobStatus
 from .cloud import CloudProvider, require
+from .cluster import walltime_seconds
 
 _PHASES = {"Pending": JobState.PENDING, "Running": JobState.RUNNING, "Succeeded": JobState.COMPLETED,
            "Failed": JobState.FAILED, "Unknown": JobState.UNKNOWN}
@@ -34,10 +35,12 @@ class KubernetesProvider(CloudProvider):
     ``run_as_non_root`` make the container's security context.  The cluster is
     the current context of ``kube_config`` (default ``~/.kube/config``), else
     the in-cluster configuration.  Pods never restart: a pool that ends ends its
-    block.  ``walltime`` is recorded, not enforced.
+    block.  ``walltime`` is the pod's ``activeDeadlineSeconds``: Kubernetes ends
+    it then.
     """
 
     cloud_name = "Kubernetes"
+    halts_itself = False  # a container cannot power off its node; its pod ends with its command
 
     def __init__(
         self,
@@ -149,6 +152,7 @@ class KubernetesProvider(CloudProvider):
                                             "runAsNonRoot": self.run_as_non_root}
         spec: dict[str, Any] = {
             "restartPolicy": "Never",
+            "activeDeadlineSeconds": walltime_seconds(self.walltime),
             "containers": [container],
             "volumes": [{"name": claim, "persistentVolumeClaim": {"claimName": claim}}
                         for claim, _ in self.persistent_volumes],

@@ -36,8 +36,9 @@ class OpenStackProvider(CloudProvider):
     or ids (no ``network``: Nova's ``auto``, the project's own network);
     ``key_name`` an SSH key pair to install; ``security_groups`` their names.
     The boot script is the server's user-data.  A server in ERROR fails its
-    block with Nova's fault, and is deleted.  ``walltime`` is recorded, not
-    enforced.
+    block with Nova's fault, and is deleted.  A server powers itself off when
+    its pool ends and after ``walltime`` (unless ``linger``): SHUTOFF ends its
+    block, and it is deleted.
     """
 
     cloud_name = "OpenStack"
@@ -62,6 +63,7 @@ class OpenStackProvider(CloudProvider):
         launcher: Launcher | None = None,
         cmd_timeout: int = 120,
         status_polling_interval: float = 30.0,
+        linger: bool = False,
         label: str = "openstack",
     ) -> None:
         self._sdk: Any = require("openstack", "openstack", "openstacksdk", type(self).__name__)
@@ -70,6 +72,7 @@ class OpenStackProvider(CloudProvider):
             max_blocks=max_blocks, parallelism=parallelism, walltime=walltime, worker_init=worker_init,
             launcher=launcher, cmd_timeout=cmd_timeout, status_polling_interval=status_polling_interval,
         )
+        self.linger = linger
         self.cloud = cloud
         self.flavor = flavor
         self.image = image

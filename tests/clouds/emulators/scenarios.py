@@ -55,11 +55,12 @@ def hypervisor(tmp_path: Any, run_dir: str) -> Iterator[Hypervisor]:
     hv.close()
 
 
-def _executor(make_executor: Callable[..., Any], cloud: Cloud, **block: Any) -> Any:
+def _executor(make_executor: Callable[..., Any], cloud: Cloud, max_idletime: float = 1.0, **block: Any) -> Any:
     block.setdefault("worker_init", WORKER_INIT)
     block.setdefault("status_polling_interval", 0.5)
     # One worker a block, so that a burst of three tasks needs three blocks.
-    return make_executor(provider=cloud.provider(**block), address=cloud.hv.address, max_workers=1, max_idletime=1.0)
+    return make_executor(provider=cloud.provider(**block), address=cloud.hv.address, max_workers=1,
+                         max_idletime=max_idletime)
 
 
 def _hostname(hv: Hypervisor, machine: str) -> str:
@@ -116,6 +117,18 @@ def deleted_machine_is_noticed_and_replaced(cloud: Cloud, make_executor: Callabl
         future.result(timeout=60)
     assert ex.submit(cloudtasks.host, {}).result(timeout=BOOT_SECONDS) != old_host
     assert machine not in cloud.machines() and len(cloud.machines()) == 1
+    ex.shutdown()
+    _nothing_left(cloud)
+
+
+def walltime_powers_the_machine_off(cloud: Cloud, make_executor: Callable[..., Any]) -> None:
+    """After walltime the machine's own OS shuts it down; the cloud lists it stopped, and its block ends
+    and is deleted (an idle block is not scaled in first: max_idletime is long)."""
+    ex = _executor(make_executor, cloud, max_idletime=600.0, init_blocks=1, min_blocks=0, max_blocks=1,
+                   walltime="00:00:02")
+    [machine] = cloud.machines()
+    wait_for(lambda: machine in cloud.hv.halted(), timeout=BOOT_SECONDS, what="the machine to power itself off")
+    wait_for(lambda: machine not in cloud.machines(), timeout=60, what="the stopped machine to be deleted")
     ex.shutdown()
     _nothing_left(cloud)
 
