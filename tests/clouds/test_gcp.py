@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from htex.errors import ProviderError
+from htex.providers.base import JobState
 
 from emulators import scenarios
 from emulators.scenarios import Cloud
@@ -130,3 +131,11 @@ def test_the_readme_example(cloud: Cloud, gce: ComputeEngine, key_file: str, tmp
         '"my-project"': repr(PROJECT),
         '"~/gcp-key.json"': f"{key_file!r}, api_endpoint={gce.url!r}",
     }, tmp_path, monkeypatch, capsys)
+
+
+def test_a_cloud_that_does_not_answer_makes_blocks_unknown_not_missing(gce: ComputeEngine, key_file: str) -> None:
+    provider = GoogleCloudProvider(PROJECT, key_file=key_file, zone=ZONE, api_endpoint=gce.url, cmd_timeout=5)
+    job = provider.submit("true", 1)
+    gce.close()  # the API is gone (a network outage): nothing is known about the instance
+    [status] = provider.status([job])
+    assert status.state is JobState.UNKNOWN and "Google Cloud: cannot list instances" in status.message

@@ -144,3 +144,17 @@ def test_the_readme_example(cloud: Cloud, kubeconfig: str, tmp_path: Any,
                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     scenarios.readme_example_runs("Kubernetes", cloud, {'"~/.kube/config"': repr(kubeconfig)},
                                   tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.timeout(200)
+def test_pods_whose_command_fails_end_their_block_and_the_executor_gives_up(
+        kube: KubeAPI, kubeconfig: str, make_executor: Any) -> None:
+    """A pod whose command exits (here worker_init fails) is Failed, with its exit code: the block failed
+    before its pool connected; after three, the executor gives up quoting it; the pods are deleted."""
+    provider = KubernetesProvider("python:3.11", namespace=NS, kube_config=kubeconfig, init_blocks=1, max_blocks=1,
+                                  worker_init="exit 3", status_polling_interval=0.2)
+    ex = make_executor(provider=provider, address=kube.hypervisor.address if kube.hypervisor else None)
+    future = ex.submit(scenarios.cloudtasks.host, {})
+    with pytest.raises(ScaleOutFailed, match="exited with 3"):
+        future.result(timeout=120)
+    assert not kube.names()

@@ -125,6 +125,8 @@ class GoogleCloudProvider(CloudProvider):
             return fn(*args, **kwargs)
         except (api_errors.GoogleAPIError, auth_errors.GoogleAuthError) as exc:
             raise ProviderError(f"Google Cloud refused to {what}: {_said(exc)}") from exc
+        except OSError as exc:  # requests' ConnectionError, Timeout: no answer at all
+            raise ProviderError(f"Google Cloud: cannot {what}: {exc}") from exc
 
     def _image_link(self) -> str:
         if self._image is None:

@@ -131,8 +131,11 @@ class KubeAPI(Emulator):
         with open(path) as f:
             code = int(f.read().strip() or 1)
         pod["status"]["phase"] = "Succeeded" if code == 0 else "Failed"
-        pod["status"]["containerStatuses"] = [{"name": "htex-pool", "state": {"terminated": {
-            "exitCode": code, "reason": "Completed" if code == 0 else "Error"}}}]
+        container = pod["spec"]["containers"][0]
+        pod["status"]["containerStatuses"] = [{
+            "name": container["name"], "image": container["image"], "imageID": f"{container['image']}@sha256:0",
+            "ready": False, "restartCount": 0,
+            "state": {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}}]
         return pod
 
     async def _list(self, request: web.Request) -> web.Response:
