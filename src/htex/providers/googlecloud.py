@@ -156,7 +156,7 @@ class GoogleCloudProvider(CloudProvider):
         try:
             self._wait(op.name, f"create instance {name}")
         except ProviderError:
-            self._delete(name)  # a failed insert may still have left the instance behind
+            self._delete_quietly([name])  # a failed insert may still have left the instance behind
             raise
         return name
 

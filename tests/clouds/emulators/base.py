@@ -86,9 +86,6 @@ class Emulator:
         if self.hypervisor is not None:
             self.hypervisor.kill(machine_id)
 
-    def running(self, machine_id: str) -> bool:
-        return self.hypervisor is not None and machine_id in self.hypervisor.running()
-
     def close(self) -> None:
         async def stop() -> None:
             if self._runner is not None:
