@@ -139,3 +139,11 @@ def test_a_cloud_that_does_not_answer_makes_blocks_unknown_not_missing(gce: Comp
     gce.close()  # the API is gone (a network outage): nothing is known about the instance
     [status] = provider.status([job])
     assert status.state is JobState.UNKNOWN and "Google Cloud: cannot list instances" in status.message
+
+
+def test_a_parsl_configurations_positional_call_works() -> None:
+    provider = GoogleCloudProvider("p", "key.json", "europe-west1", "ubuntu-os-cloud", "ubuntu-2204-lts", "v1",
+                                   "n1-standard-1", 2, 1, 5)
+    assert (provider.zone, provider.os_project, provider.os_family, provider.machine_type) == (
+        "europe-west1-a", "ubuntu-os-cloud", "ubuntu-2204-lts", "n1-standard-1")
+    assert (provider.init_blocks, provider.min_blocks, provider.max_blocks) == (2, 1, 5)

@@ -90,11 +90,14 @@ class Emulator:
         async def stop() -> None:
             if self._runner is not None:
                 await self._runner.cleanup()
+            await self._loop.shutdown_default_executor()  # the threads that ran the hypervisor's calls
 
         if self._loop.is_running():
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(30)
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
