@@ -18,6 +18,7 @@ import pytest
 
 from htex.errors import ProviderError, ScaleOutFailed
 
+import cloudtasks
 from emulators import scenarios
 from emulators.scenarios import Cloud
 from hypervisor import Hypervisor
@@ -127,7 +128,7 @@ def test_image_that_cannot_be_pulled_fails_the_executor_with_the_kubelets_words(
     provider = KubernetesProvider("no-such-image:1", namespace=NS, kube_config=kubeconfig, init_blocks=1, max_blocks=1,
                                   status_polling_interval=0.2)
     ex = make_executor(provider=provider, address=kube.hypervisor.address if kube.hypervisor else None)
-    future = ex.submit(scenarios.cloudtasks.host, {})
+    future = ex.submit(cloudtasks.hostname, {})
     with pytest.raises(ScaleOutFailed, match=r'ErrImagePull: .*failed to pull and unpack image "no-such-image:1"'):
         future.result(timeout=120)
     assert not kube.names()
@@ -154,7 +155,7 @@ def test_pods_whose_command_fails_end_their_block_and_the_executor_gives_up(
     provider = KubernetesProvider("python:3.11", namespace=NS, kube_config=kubeconfig, init_blocks=1, max_blocks=1,
                                   worker_init="exit 3", status_polling_interval=0.2)
     ex = make_executor(provider=provider, address=kube.hypervisor.address if kube.hypervisor else None)
-    future = ex.submit(scenarios.cloudtasks.host, {})
+    future = ex.submit(cloudtasks.hostname, {})
     with pytest.raises(ScaleOutFailed, match="exited with 3"):
         future.result(timeout=120)
     assert not kube.names()

@@ -18,6 +18,7 @@ import pytest
 
 from htex.errors import ProviderError, ScaleOutFailed
 
+import cloudtasks
 from emulators import scenarios
 from emulators.scenarios import Cloud
 from hypervisor import Hypervisor
@@ -145,7 +146,7 @@ def test_servers_in_error_fail_the_executor_with_novas_fault(nova: OpenStackClou
     provider = OpenStackProvider(cloud="standin", clouds_yaml=clouds_yaml, flavor="m1.giant", init_blocks=1,
                                  max_blocks=1, status_polling_interval=0.2)
     ex = make_executor(provider=provider, address=nova.hypervisor.address if nova.hypervisor else None)
-    future = ex.submit(scenarios.cloudtasks.host, {})
+    future = ex.submit(cloudtasks.hostname, {})
     with pytest.raises(ScaleOutFailed, match="No valid host was found"):
         future.result(timeout=120)
     assert not nova.names()

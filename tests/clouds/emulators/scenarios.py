@@ -20,12 +20,13 @@ import pytest
 from htex.errors import ManagerLost
 from htex.providers.base import ExecutionProvider
 
-from . import cloudtasks
+import cloudtasks
+from . import gated
 from cloudlab import free_port
 from hypervisor import Hypervisor, unavailable
 from support import wait_for
 
-# Workers import cloudtasks as emulators.cloudtasks: the boot script puts tests/clouds on their path.
+# Workers import cloudtasks and emulators.gated: the boot script puts tests/clouds on their path.
 CLOUD_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_INIT = f"export PYTHONPATH={CLOUD_TESTS}"
 # Booting a host, starting Python and a pool: seconds on a busy 2-core machine, so generous bounds.
@@ -76,7 +77,7 @@ def tasks_run_on_booted_pools(cloud: Cloud, make_executor: Callable[..., Any]) -
     """Tasks run on the pool the machine's boot script started, which carried the pool's keys inline."""
     ex = _executor(make_executor, cloud, init_blocks=1, min_blocks=0, max_blocks=1)
     assert ex.encrypted
-    hosts = {f.result(timeout=BOOT_SECONDS) for f in [ex.submit(cloudtasks.host, {}) for _ in range(4)]}
+    hosts = {f.result(timeout=BOOT_SECONDS) for f in [ex.submit(cloudtasks.hostname, {}) for _ in range(4)]}
     [machine] = cloud.machines()
     assert hosts == {_hostname(cloud.hv, machine)}
     script = cloud.boot_script(machine)
@@ -94,7 +95,7 @@ def burst_scales_out_then_idle_scales_in(cloud: Cloud, make_executor: Callable[.
     ex = _executor(make_executor, cloud, init_blocks=0, min_blocks=0, max_blocks=3)
     gate = str(tmp_path / "gate")
     markers = [str(tmp_path / f"started-{i}") for i in range(3)]
-    futures = [ex.submit(cloudtasks.host_when_open, {}, gate, m) for m in markers]
+    futures = [ex.submit(gated.host_when_open, {}, gate, m) for m in markers]
     wait_for(lambda: len(cloud.machines()) == 3, timeout=BOOT_SECONDS, what="three machines")
     wait_for(lambda: all(os.path.exists(m) for m in markers), timeout=BOOT_SECONDS, what="the three tasks to start")
     open(gate, "w").close()
@@ -108,14 +109,14 @@ def deleted_machine_is_noticed_and_replaced(cloud: Cloud, make_executor: Callabl
     """A machine deleted outside htex: its task ends with ManagerLost and a new machine replaces it."""
     ex = _executor(make_executor, cloud, init_blocks=1, min_blocks=1, max_blocks=1)
     marker = str(tmp_path / "started")
-    future = ex.submit(cloudtasks.host_when_open, {}, str(tmp_path / "never"), marker)
+    future = ex.submit(gated.host_when_open, {}, str(tmp_path / "never"), marker)
     wait_for(lambda: os.path.exists(marker), timeout=BOOT_SECONDS, what="the task to start")
     [machine] = cloud.machines()
     old_host = _hostname(cloud.hv, machine)
     cloud.delete(machine)
     with pytest.raises(ManagerLost):
         future.result(timeout=60)
-    assert ex.submit(cloudtasks.host, {}).result(timeout=BOOT_SECONDS) != old_host
+    assert ex.submit(cloudtasks.hostname, {}).result(timeout=BOOT_SECONDS) != old_host
     assert machine not in cloud.machines() and len(cloud.machines()) == 1
     ex.shutdown()
     _nothing_left(cloud)

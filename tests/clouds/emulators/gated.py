@@ -1,15 +1,13 @@
-"""Functions the cloud tests run on workers; the boot script's worker_init puts tests/clouds on PYTHONPATH."""
+"""A task the cloud scenarios hold until they open a gate (the rest are in tests/clouds/cloudtasks.py).
+
+Workers import it as ``emulators.gated``: the boot script's worker_init puts tests/clouds on PYTHONPATH.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
-
-
-def host() -> str:
-    """The machine the task ran on (the hypervisor names each instance's host ip-198-18-0-N)."""
-    return socket.gethostname()
 
 
 def host_when_open(gate: str, marker: str, timeout: float = 90.0) -> str:
