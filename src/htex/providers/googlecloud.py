@@ -26,6 +26,12 @@ _STATES = {
     "SUSPENDING": JobState.COMPLETED, "SUSPENDED": JobState.COMPLETED,
 }
 _SCOPES = ["https://www.googleapis.com/auth/compute"]
+# What to check, by HTTP status of Google's refusal.
+_HINTS = {
+    401: " (check key_file: a JSON key of a service account of the project, not revoked)",
+    403: " (check the service account's roles, e.g. Compute Instance Admin, and the project's quotas)",
+    404: " (check project_id, zone, os_project and os_family)",
+}
 
 
 class GoogleCloudProvider(CloudProvider):
@@ -126,7 +132,9 @@ class GoogleCloudProvider(CloudProvider):
         try:
             return fn(*args, **kwargs)
         except (api_errors.GoogleAPIError, auth_errors.GoogleAuthError) as exc:
-            raise ProviderError(f"Google Cloud refused to {what}: {_said(exc)}") from exc
+            code = 401 if isinstance(exc, auth_errors.GoogleAuthError) else getattr(exc, "code", None)
+            hint = _HINTS.get(code, "") if isinstance(code, int) else ""
+            raise ProviderError(f"Google Cloud refused to {what}: {_said(exc)}{hint}") from exc
         except OSError as exc:  # requests' ConnectionError, Timeout: no answer at all
             raise ProviderError(f"Google Cloud: cannot {what}: {exc}") from exc
 

@@ -23,6 +23,12 @@ _PHASES = {"Pending": JobState.PENDING, "Running": JobState.RUNNING, "Succeeded"
 # which makes the executor cancel the pod and count a failed block.
 _STUCK = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
           "CreateContainerError", "ErrImageNeverPull"}
+# What to check, by HTTP status of the API server's refusal.
+_HINTS = {
+    401: " (check the user of kube_config's context: its token or certificate)",
+    403: " (check the namespace's ResourceQuota and the user's RBAC rights on pods in {namespace})",
+    404: " (does namespace {namespace} exist? `kubectl get namespace {namespace}`)",
+}
 
 
 class KubernetesProvider(CloudProvider):
@@ -121,7 +127,9 @@ class KubernetesProvider(CloudProvider):
         try:
             return getattr(self._core(), method)(_request_timeout=self.cmd_timeout, **kwargs)
         except self._kube.client.ApiException as exc:
-            raise ProviderError(f"Kubernetes refused to {what}: {exc.status} {_message(exc)}", status=exc.status) from exc
+            hint = _HINTS.get(exc.status, "").format(namespace=self.namespace)
+            raise ProviderError(f"Kubernetes refused to {what}: {exc.status} {_message(exc)}{hint}",
+                                status=exc.status) from exc
         except (OSError, self._urllib3.exceptions.HTTPError) as exc:  # the API server cannot be reached
             raise ProviderError(f"Kubernetes: cannot {what}: {exc}") from exc
 

@@ -26,6 +26,12 @@ _STATES = {
     "SHELVED": JobState.COMPLETED, "SHELVED_OFFLOADED": JobState.COMPLETED, "DELETED": JobState.COMPLETED,
     "SOFT_DELETED": JobState.COMPLETED,
 }
+# What to check, by HTTP status of the refusal.
+_HINTS = {
+    401: " (check the credentials of this cloud's entry in clouds.yaml)",
+    403: " (check the project's quotas: `openstack quota show`)",
+    404: " (`openstack flavor list`, `image list` and `network list` show what this project can use)",
+}
 
 
 class OpenStackProvider(CloudProvider):
@@ -93,7 +99,11 @@ class OpenStackProvider(CloudProvider):
         try:
             return fn(*args, **kwargs)
         except (self._sdk.exceptions.SDKException, ksa_errors.ClientException) as exc:
-            raise ProviderError(f"OpenStack refused to {what}: {_said(exc)}") from exc
+            code = getattr(exc, "status_code", None) or getattr(exc, "http_status", None)
+            if isinstance(exc, self._sdk.exceptions.NotFoundException):
+                code = 404
+            hint = _HINTS.get(code, "") if isinstance(code, int) else ""
+            raise ProviderError(f"OpenStack refused to {what}: {_said(exc)}{hint}") from exc
 
     def _connection(self) -> Any:
         """A connection to the cloud (Keystone authenticates on its first call), made on first use."""
