@@ -68,26 +68,32 @@ def cloud(gce: ComputeEngine, key_file: str, hypervisor: Hypervisor) -> Cloud:
 
 @pytest.mark.timeout(300)
 def test_tasks_run_on_instances_booted_from_startup_scripts(cloud: Cloud, make_executor: Any) -> None:
+    """Against the Compute Engine stand-in (no Google Cloud here), instances booted by the hypervisor."""
     scenarios.tasks_run_on_booted_pools(cloud, make_executor)
 
 
 @pytest.mark.timeout(400)
 def test_burst_scales_out_and_idleness_deletes_instances(cloud: Cloud, make_executor: Any, tmp_path: Any) -> None:
+    """Against the Compute Engine stand-in (no Google Cloud here), instances booted by the hypervisor."""
     scenarios.burst_scales_out_then_idle_scales_in(cloud, make_executor, tmp_path)
 
 
 @pytest.mark.timeout(400)
 def test_instance_deleted_outside_is_noticed_and_replaced(cloud: Cloud, make_executor: Any, tmp_path: Any) -> None:
+    """Against the Compute Engine stand-in (no Google Cloud here), instances booted by the hypervisor."""
     scenarios.deleted_machine_is_noticed_and_replaced(cloud, make_executor, tmp_path)
 
 
 
 @pytest.mark.timeout(300)
 def test_walltime_powers_the_instance_off_and_it_is_deleted(cloud: Cloud, make_executor: Any) -> None:
+    """Against the Compute Engine stand-in (no Google Cloud here), instances booted by the hypervisor."""
     scenarios.walltime_powers_the_machine_off(cloud, make_executor)
+
 
 def test_bad_credentials_are_googles_refusal_and_start_nothing(gce: ComputeEngine, tmp_path: Any,
                                                                make_executor: Any) -> None:
+    """Against the Compute Engine stand-in (no Google Cloud here)."""
     stranger = str(tmp_path / "stranger.json")
     gce.service_account(stranger, PROJECT, known=False)
     provider = GoogleCloudProvider(PROJECT, key_file=stranger, zone=ZONE, api_endpoint=gce.url)
@@ -97,6 +103,7 @@ def test_bad_credentials_are_googles_refusal_and_start_nothing(gce: ComputeEngin
 
 
 def test_unknown_image_family_quotes_google(gce: ComputeEngine, key_file: str) -> None:
+    """Against the Compute Engine stand-in (no Google Cloud here)."""
     provider = GoogleCloudProvider(PROJECT, key_file=key_file, zone=ZONE, api_endpoint=gce.url, os_family="no-such-os")
     with pytest.raises(ProviderError, match="images/family/no-such-os' was not found"):
         provider.submit("true", 1)
@@ -104,6 +111,7 @@ def test_unknown_image_family_quotes_google(gce: ComputeEngine, key_file: str) -
 
 
 def test_quota_refusal_quotes_google_and_leaves_no_instance(gce: ComputeEngine, key_file: str) -> None:
+    """Against the Compute Engine stand-in (no Google Cloud here)."""
     provider = GoogleCloudProvider(PROJECT, key_file=key_file, zone=ZONE, api_endpoint=gce.url, nodes_per_block=4)
     with pytest.raises(ProviderError, match="Quota 'INSTANCES' exceeded"):
         provider.submit("true", 1)  # four instances a block, three allowed: the three made are deleted
@@ -111,6 +119,7 @@ def test_quota_refusal_quotes_google_and_leaves_no_instance(gce: ComputeEngine, 
 
 
 def test_missing_key_file_is_a_provider_error(gce: ComputeEngine, tmp_path: Any) -> None:
+    """Against the Compute Engine stand-in (no Google Cloud here)."""
     provider = GoogleCloudProvider(PROJECT, key_file=str(tmp_path / "nope.json"), api_endpoint=gce.url)
     with pytest.raises(ProviderError, match="cannot load credentials"):
         provider.submit("true", 1)
@@ -118,6 +127,7 @@ def test_missing_key_file_is_a_provider_error(gce: ComputeEngine, tmp_path: Any)
 
 
 def test_without_the_library_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cloud: the provider alone."""
     monkeypatch.setitem(sys.modules, "google.cloud.compute_v1", None)  # import fails as if not installed
     with pytest.raises(ImportError, match=re.escape("pip install 'htex[gcp]'")):
         GoogleCloudProvider(PROJECT)
@@ -127,6 +137,7 @@ def test_without_the_library_the_error_names_the_extra(monkeypatch: pytest.Monke
 @pytest.mark.timeout(300)
 def test_the_readme_example(cloud: Cloud, gce: ComputeEngine, key_file: str, tmp_path: Any,
                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Against the Compute Engine stand-in (no Google Cloud here), instances booted by the hypervisor."""
     scenarios.readme_example_runs("Google Cloud", cloud, {
         '"my-project"': repr(PROJECT),
         '"~/gcp-key.json"': f"{key_file!r}, api_endpoint={gce.url!r}",
@@ -134,6 +145,7 @@ def test_the_readme_example(cloud: Cloud, gce: ComputeEngine, key_file: str, tmp
 
 
 def test_a_cloud_that_does_not_answer_makes_blocks_unknown_not_missing(gce: ComputeEngine, key_file: str) -> None:
+    """Against the Compute Engine stand-in (no Google Cloud here)."""
     provider = GoogleCloudProvider(PROJECT, key_file=key_file, zone=ZONE, api_endpoint=gce.url, cmd_timeout=5)
     job = provider.submit("true", 1)
     gce.close()  # the API is gone (a network outage): nothing is known about the instance
@@ -142,6 +154,7 @@ def test_a_cloud_that_does_not_answer_makes_blocks_unknown_not_missing(gce: Comp
 
 
 def test_a_parsl_configurations_positional_call_works() -> None:
+    """No cloud: the provider alone."""
     provider = GoogleCloudProvider("p", "key.json", "europe-west1", "ubuntu-os-cloud", "ubuntu-2204-lts", "v1",
                                    "n1-standard-1", 2, 1, 5)
     assert (provider.zone, provider.os_project, provider.os_family, provider.machine_type) == (

@@ -66,20 +66,24 @@ def cloud(kube: KubeAPI, kubeconfig: str, hypervisor: Hypervisor) -> Cloud:
 
 @pytest.mark.timeout(300)
 def test_tasks_run_in_pods_booted_from_their_command(cloud: Cloud, make_executor: Any) -> None:
+    """Against the Kubernetes API stand-in (no cluster here), pods booted by the hypervisor."""
     scenarios.tasks_run_on_booted_pools(cloud, make_executor)
 
 
 @pytest.mark.timeout(400)
 def test_burst_scales_out_and_idleness_deletes_pods(cloud: Cloud, make_executor: Any, tmp_path: Any) -> None:
+    """Against the Kubernetes API stand-in (no cluster here), pods booted by the hypervisor."""
     scenarios.burst_scales_out_then_idle_scales_in(cloud, make_executor, tmp_path)
 
 
 @pytest.mark.timeout(400)
 def test_pod_deleted_outside_is_noticed_and_replaced(cloud: Cloud, make_executor: Any, tmp_path: Any) -> None:
+    """Against the Kubernetes API stand-in (no cluster here), pods booted by the hypervisor."""
     scenarios.deleted_machine_is_noticed_and_replaced(cloud, make_executor, tmp_path)
 
 
 def test_pod_spec_has_parsls_resources_volumes_and_account(kube: KubeAPI, kubeconfig: str) -> None:
+    """Against the Kubernetes API stand-in (no cluster here)."""
     provider = KubernetesProvider("python:3.11", namespace=NS, kube_config=kubeconfig, pod_name="My.Pods",
                                   max_cpu=3, max_mem="1Gi", init_cpu=0.5, init_mem="100Mi", secret="pull",
                                   persistent_volumes=[("data", "/data")], service_account_name="runner",
@@ -105,6 +109,7 @@ def test_pod_spec_has_parsls_resources_volumes_and_account(kube: KubeAPI, kubeco
 
 def test_bad_token_is_the_api_servers_refusal_and_starts_nothing(kube: KubeAPI, tmp_path: Any,
                                                                  make_executor: Any) -> None:
+    """Against the Kubernetes API stand-in (no cluster here)."""
     stranger = str(tmp_path / "stranger")
     kube.kubeconfig(stranger, token="not-a-token-of-this-cluster")
     provider = KubernetesProvider("python:3.11", namespace=NS, kube_config=stranger)
@@ -114,6 +119,7 @@ def test_bad_token_is_the_api_servers_refusal_and_starts_nothing(kube: KubeAPI, 
 
 
 def test_quota_refusal_quotes_the_api_server_and_leaves_no_pod(kube: KubeAPI, kubeconfig: str) -> None:
+    """Against the Kubernetes API stand-in (no cluster here)."""
     provider = KubernetesProvider("python:3.11", namespace=NS, kube_config=kubeconfig, nodes_per_block=4)
     with pytest.raises(ProviderError, match="exceeded quota: pod-quota"):
         provider.submit("true", 1)  # four pods a block, three allowed: the three made are deleted
@@ -124,7 +130,8 @@ def test_quota_refusal_quotes_the_api_server_and_leaves_no_pod(kube: KubeAPI, ku
 def test_image_that_cannot_be_pulled_fails_the_executor_with_the_kubelets_words(
         kube: KubeAPI, kubeconfig: str, make_executor: Any) -> None:
     """Kubernetes accepts the pod and retries the pull forever: each such block is cancelled, and after
-    three the executor gives up, quoting ErrImagePull; no pod is left."""
+    three the executor gives up, quoting ErrImagePull; no pod is left.
+    Against the Kubernetes API stand-in (no cluster here)."""
     provider = KubernetesProvider("no-such-image:1", namespace=NS, kube_config=kubeconfig, init_blocks=1, max_blocks=1,
                                   status_polling_interval=0.2)
     ex = make_executor(provider=provider, address=kube.hypervisor.address if kube.hypervisor else None)
@@ -135,6 +142,7 @@ def test_image_that_cannot_be_pulled_fails_the_executor_with_the_kubelets_words(
 
 
 def test_without_the_library_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cloud: the provider alone."""
     monkeypatch.setitem(sys.modules, "kubernetes", None)  # import fails as if not installed
     with pytest.raises(ImportError, match=re.escape("pip install 'htex[kubernetes]'")):
         KubernetesProvider("python:3.11")
@@ -143,6 +151,7 @@ def test_without_the_library_the_error_names_the_extra(monkeypatch: pytest.Monke
 @pytest.mark.timeout(300)
 def test_the_readme_example(cloud: Cloud, kubeconfig: str, tmp_path: Any,
                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Against the Kubernetes API stand-in (no cluster here), pods booted by the hypervisor."""
     scenarios.readme_example_runs("Kubernetes", cloud, {'"~/.kube/config"': repr(kubeconfig)},
                                   tmp_path, monkeypatch, capsys)
 
@@ -151,7 +160,8 @@ def test_the_readme_example(cloud: Cloud, kubeconfig: str, tmp_path: Any,
 def test_pods_whose_command_fails_end_their_block_and_the_executor_gives_up(
         kube: KubeAPI, kubeconfig: str, make_executor: Any) -> None:
     """A pod whose command exits (here worker_init fails) is Failed, with its exit code: the block failed
-    before its pool connected; after three, the executor gives up quoting it; the pods are deleted."""
+    before its pool connected; after three, the executor gives up quoting it; the pods are deleted.
+    Against the Kubernetes API stand-in (no cluster here), pods booted by the hypervisor."""
     provider = KubernetesProvider("python:3.11", namespace=NS, kube_config=kubeconfig, init_blocks=1, max_blocks=1,
                                   worker_init="exit 3", status_polling_interval=0.2)
     ex = make_executor(provider=provider, address=kube.hypervisor.address if kube.hypervisor else None)

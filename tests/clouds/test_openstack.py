@@ -73,18 +73,21 @@ def cloud(nova: OpenStackCloud, clouds_yaml: str, hypervisor: Hypervisor) -> Clo
 
 @pytest.mark.timeout(300)
 def test_tasks_run_on_servers_booted_from_user_data(cloud: Cloud, make_executor: Any) -> None:
+    """Against the OpenStack stand-in (no OpenStack here), servers booted by the hypervisor."""
     scenarios.tasks_run_on_booted_pools(cloud, make_executor)
 
 
 @pytest.mark.timeout(400)
 def test_burst_scales_out_and_idleness_deletes_servers(cloud: Cloud, make_executor: Any, tmp_path: Any) -> None:
+    """Against the OpenStack stand-in (no OpenStack here), servers booted by the hypervisor."""
     scenarios.burst_scales_out_then_idle_scales_in(cloud, make_executor, tmp_path)
 
 
 @pytest.mark.timeout(400)
 def test_jetstream_server_deleted_outside_is_noticed_and_replaced(
         nova: OpenStackCloud, clouds_yaml: str, hypervisor: Hypervisor, make_executor: Any, tmp_path: Any) -> None:
-    """JetstreamProvider: Jetstream2's flavor and featured image by default, on the auto network."""
+    """JetstreamProvider: Jetstream2's flavor and featured image by default, on the auto network.
+    Against the OpenStack stand-in (no OpenStack here), servers booted by the hypervisor."""
     cloud = _cloud(nova, clouds_yaml, hypervisor, JetstreamProvider)
     scenarios.deleted_machine_is_noticed_and_replaced(cloud, make_executor, tmp_path)
     created = [s for s in nova.calls if s == ("POST", "/compute/v2.1/servers")]
@@ -94,9 +97,12 @@ def test_jetstream_server_deleted_outside_is_noticed_and_replaced(
 
 @pytest.mark.timeout(300)
 def test_walltime_powers_the_server_off_and_it_is_deleted(cloud: Cloud, make_executor: Any) -> None:
+    """Against the OpenStack stand-in (no OpenStack here), servers booted by the hypervisor."""
     scenarios.walltime_powers_the_machine_off(cloud, make_executor)
 
+
 def test_jetstream_defaults_reach_nova(nova: OpenStackCloud, clouds_yaml: str) -> None:
+    """Against the OpenStack stand-in (no OpenStack here)."""
     provider = JetstreamProvider(cloud="standin", clouds_yaml=clouds_yaml, key_name="mykey")
     job = provider.submit("true", 1)
     [server] = nova.servers.values()
@@ -110,6 +116,7 @@ def test_jetstream_defaults_reach_nova(nova: OpenStackCloud, clouds_yaml: str) -
 
 def test_wrong_password_is_keystones_refusal_and_starts_nothing(nova: OpenStackCloud, tmp_path: Any,
                                                                 make_executor: Any) -> None:
+    """Against the OpenStack stand-in (no OpenStack here)."""
     wrong = str(tmp_path / "wrong.yaml")
     nova.clouds_yaml(wrong, password="not-the-password")
     provider = OpenStackProvider(cloud="standin", clouds_yaml=wrong)
@@ -120,6 +127,7 @@ def test_wrong_password_is_keystones_refusal_and_starts_nothing(nova: OpenStackC
 
 @pytest.mark.parametrize("what", ["flavor", "image", "network"])
 def test_unknown_flavor_image_or_network_is_named(nova: OpenStackCloud, clouds_yaml: str, what: str) -> None:
+    """Against the OpenStack stand-in (no OpenStack here)."""
     provider = OpenStackProvider(cloud="standin", clouds_yaml=clouds_yaml, **{what: "no-such-thing"})
     with pytest.raises(ProviderError, match=f"No {what.capitalize()} found for no-such-thing"):
         provider.submit("true", 1)
@@ -127,6 +135,7 @@ def test_unknown_flavor_image_or_network_is_named(nova: OpenStackCloud, clouds_y
 
 
 def test_quota_refusal_quotes_nova_and_leaves_no_server(nova: OpenStackCloud, clouds_yaml: str) -> None:
+    """Against the OpenStack stand-in (no OpenStack here)."""
     provider = OpenStackProvider(cloud="standin", clouds_yaml=clouds_yaml, nodes_per_block=4)
     with pytest.raises(ProviderError, match="Quota exceeded for instances: Requested 1, but already used 3 of 3"):
         provider.submit("true", 1)  # four servers a block, three allowed: the three made are deleted
@@ -134,6 +143,7 @@ def test_quota_refusal_quotes_nova_and_leaves_no_server(nova: OpenStackCloud, cl
 
 
 def test_unknown_cloud_name_is_a_provider_error(clouds_yaml: str) -> None:
+    """Against the OpenStack stand-in (no OpenStack here)."""
     with pytest.raises(ProviderError, match=r"read cloud 'elsewhere' from clouds\.yaml"):
         OpenStackProvider(cloud="elsewhere", clouds_yaml=clouds_yaml).submit("true", 1)
 
@@ -142,7 +152,8 @@ def test_unknown_cloud_name_is_a_provider_error(clouds_yaml: str) -> None:
 def test_servers_in_error_fail_the_executor_with_novas_fault(nova: OpenStackCloud, clouds_yaml: str,
                                                              make_executor: Any) -> None:
     """Nova accepts the server, then puts it in ERROR: the block fails with Nova's fault and the server is
-    deleted; after three such blocks the executor gives up, quoting it."""
+    deleted; after three such blocks the executor gives up, quoting it.
+    Against the OpenStack stand-in (no OpenStack here)."""
     provider = OpenStackProvider(cloud="standin", clouds_yaml=clouds_yaml, flavor="m1.giant", init_blocks=1,
                                  max_blocks=1, status_polling_interval=0.2)
     ex = make_executor(provider=provider, address=nova.hypervisor.address if nova.hypervisor else None)
@@ -154,6 +165,7 @@ def test_servers_in_error_fail_the_executor_with_novas_fault(nova: OpenStackClou
 
 @pytest.mark.parametrize("kind", [OpenStackProvider, JetstreamProvider])
 def test_without_the_library_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch, kind: type[Any]) -> None:
+    """No cloud: the provider alone."""
     monkeypatch.setitem(sys.modules, "openstack", None)  # import fails as if not installed
     with pytest.raises(ImportError, match=re.escape("pip install 'htex[openstack]'")):
         kind()
@@ -162,6 +174,7 @@ def test_without_the_library_the_error_names_the_extra(monkeypatch: pytest.Monke
 @pytest.mark.timeout(300)
 def test_the_readme_example(nova: OpenStackCloud, clouds_yaml: str, hypervisor: Hypervisor, tmp_path: Any,
                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Against the OpenStack stand-in (no OpenStack here), servers booted by the hypervisor."""
     cloud = _cloud(nova, clouds_yaml, hypervisor, JetstreamProvider)
     scenarios.readme_example_runs("OpenStack and Jetstream2", cloud, {
         'cloud="openstack"': f'cloud="standin", clouds_yaml={clouds_yaml!r}',
