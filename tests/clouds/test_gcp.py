@@ -85,6 +85,12 @@ def test_instance_deleted_outside_is_noticed_and_replaced(cloud: Cloud, make_exe
 
 
 
+@pytest.mark.timeout(400)
+def test_a_block_of_two_instances_ends_with_either(cloud: Cloud, make_executor: Any, tmp_path: Any) -> None:
+    """Against the Compute Engine stand-in (no Google Cloud here), instances booted by the hypervisor."""
+    scenarios.block_of_two_ends_with_either_machine(cloud, make_executor, tmp_path)
+
+
 @pytest.mark.timeout(300)
 def test_walltime_powers_the_instance_off_and_it_is_deleted(cloud: Cloud, make_executor: Any) -> None:
     """Against the Compute Engine stand-in (no Google Cloud here), instances booted by the hypervisor."""

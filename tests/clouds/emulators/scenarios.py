@@ -122,6 +122,26 @@ def deleted_machine_is_noticed_and_replaced(cloud: Cloud, make_executor: Callabl
     _nothing_left(cloud)
 
 
+def block_of_two_ends_with_either_machine(cloud: Cloud, make_executor: Callable[..., Any], tmp_path: Any) -> None:
+    """A block of two machines, one pool each: one deleted outside htex ends the block, so both pools' tasks
+    end with ManagerLost, the other machine is deleted too, and a new block of two replaces it."""
+    ex = _executor(make_executor, cloud, nodes_per_block=2, init_blocks=1, min_blocks=1, max_blocks=1)
+    markers = [str(tmp_path / f"started-{i}") for i in range(2)]
+    futures = [ex.submit(gated.host_when_open, {}, str(tmp_path / "never"), m) for m in markers]
+    wait_for(lambda: all(os.path.exists(m) for m in markers), timeout=BOOT_SECONDS, what="a task on each machine")
+    first = cloud.machines()
+    assert len(first) == 2
+    cloud.delete(sorted(first)[0])
+    for future in futures:
+        with pytest.raises(ManagerLost):
+            future.result(timeout=60)
+    wait_for(lambda: len(cloud.machines() - first) == 2, timeout=BOOT_SECONDS, what="a new block of two machines")
+    assert not cloud.machines() & first
+    assert ex.submit(cloudtasks.hostname, {}).result(timeout=BOOT_SECONDS)
+    ex.shutdown()
+    _nothing_left(cloud)
+
+
 def walltime_powers_the_machine_off(cloud: Cloud, make_executor: Callable[..., Any]) -> None:
     """After walltime the machine's own OS shuts it down; the cloud lists it stopped, and its block ends
     and is deleted (an idle block is not scaled in first: max_idletime is long)."""
