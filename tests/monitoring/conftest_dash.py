@@ -122,7 +122,9 @@ class RunWriter:
         t = start
         while t < end:
             rows.append({"run_id": self.run_id, "pool_id": pool, "worker": worker, "time": t,
-                         "cpu_percent": self.rng.uniform(60, 100), "rss_bytes": int(self.rng.uniform(80, 400) * 2**20)})
+                         "cpu_percent": self.rng.uniform(70, 100),
+                         # a worker's memory grows slowly through the run, as a leaky cache would
+                         "rss_bytes": int((120 + 15 * worker + 4 * (t - T0) + self.rng.uniform(0, 10)) * 2**20)})
             rows.append({"run_id": self.run_id, "pool_id": pool, "worker": -1, "time": t,
                          "cpu_percent": 1.0, "rss_bytes": 50 * 2**20})
             t += 0.5

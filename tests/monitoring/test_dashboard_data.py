@@ -7,8 +7,6 @@ import os
 import pytest
 import sqlalchemy as sa
 
-pytest.importorskip("starlette", reason="the dashboard extra is not installed: pip install 'htex[dashboard]'")
-
 from htex.errors import ConfigurationError
 from htex.monitoring import dashboard, dashboard_data, schema
 

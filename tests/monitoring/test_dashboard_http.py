@@ -14,8 +14,6 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-pytest.importorskip("starlette", reason="the dashboard extra is not installed: pip install 'htex[dashboard]'")
-
 from htex.errors import ConfigurationError
 from htex.monitoring.dashboard import TOKEN_COOKIE, serve_dashboard
 
@@ -50,7 +48,7 @@ def test_loopback_serves_page_api_and_plotly_locally(served: str, store: str) ->
     assert served.startswith("http://127.0.0.1:") and "token" not in served
     status, body, _ = get(served)
     assert status == 200 and b"static/plotly.min.js" in body
-    status, body, headers = get(served + "static/plotly.min.js")
+    status, body, _ = get(served + "static/plotly.min.js")
     assert status == 200 and len(body) > 1_000_000 and b"plotly" in body[:2000].lower()
     status, body, _ = get(served + "api/state")
     state = json.loads(body)

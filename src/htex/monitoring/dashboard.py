@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.util
 import ipaddress
 import json
 import os
@@ -41,7 +42,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 try:
-    import plotly
     import uvicorn
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -64,7 +64,16 @@ from .schema import SCHEMA_VERSION, meta
 __all__ = ["Dashboard", "build_app", "serve_dashboard"]
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-PLOTLY_JS = os.path.join(os.path.dirname(os.path.abspath(plotly.__file__)), "package_data", "plotly.min.js")
+
+def _plotly_js() -> str:
+    """The plotly.min.js bundled in the ``plotly`` Python package (found, not imported: importing it is slow)."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the htex dashboard needs plotly (for its bundled plotly.min.js): pip install 'htex[dashboard]'")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "package_data", "plotly.min.js")
+
+
+PLOTLY_JS = _plotly_js()
 TOKEN_COOKIE = "htex_dashboard_token"
 _OPEN_HOSTS = ("127.0.0.1", "::1", "localhost")
 _KEEPALIVE = 15.0  # seconds between SSE comments, so proxies and browsers keep an idle stream open

@@ -130,16 +130,19 @@ def _throughput(task_rows: list[Row], t0: float, t_end: float) -> Row:
     ok = sorted(r["ended"] for r in task_rows if r["outcome"] == "done" and r["ended"] is not None)
     bad = sorted(r["ended"] for r in task_rows if r["outcome"] in ("failed", "lost") and r["ended"] is not None)
     edges = _edges(t0, t_end)
-    width = edges[1] - edges[0]
+    # The rate is counted over a window wider than a bin (a 24th of the run), so it reads as a trend, not as noise.
+    window = max(edges[1] - edges[0], (t_end - t0) / 24, 1e-3)
     out: Row = {"t": [], "queued": [], "running": [], "done_rate": [], "failed_rate": []}
-    for lo, hi in zip(edges, edges[1:], strict=False):
+    for hi in edges[1:]:
         out["t"].append(hi - t0)
         out["queued"].append(bisect.bisect_right(submitted, hi) - bisect.bisect_right(left, hi))
         out["running"].append(bisect.bisect_right(started, hi) - bisect.bisect_right(stopped, hi))
-        first = lo == edges[0]  # the first bin also counts what ended exactly at t0
+        lo = max(hi - window, t0)
         for key, series in (("done_rate", ok), ("failed_rate", bad)):
-            n = bisect.bisect_right(series, hi) - (bisect.bisect_left(series, lo) if first else bisect.bisect_right(series, lo))
-            out[key].append(n / width)
+            # Anything that ended at t0 exactly counts in the first window.
+            below = bisect.bisect_left(series, lo) if lo == t0 else bisect.bisect_right(series, lo)
+            n = bisect.bisect_right(series, hi) - below
+            out[key].append(n / (hi - lo) if hi > lo else 0.0)
     return out
 
 
@@ -220,7 +223,7 @@ def _functions(task_rows: list[Row]) -> list[Row]:
     for func, rows in sorted(by_func.items()):
         durations = [r["ended"] - r["started"] for r in rows
                      if r["started"] is not None and r["ended"] is not None and r["outcome"] in ("done", "failed")]
-        outcome = defaultdict(int)
+        outcome: defaultdict[str, int] = defaultdict(int)
         for r in rows:
             outcome[r["outcome"]] += 1
         table.append({

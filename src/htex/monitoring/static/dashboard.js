@@ -75,15 +75,17 @@ function drawStream(stream) {
     type: "bar", orientation: "h", y: g.y, base: g.base, x: g.x, customdata: g.id,
     name: g.outcome === "done" ? g.func : `${g.func} (${g.outcome})`, legendgroup: g.func,
     marker: { color: colourOf(g.func), line: { width: g.outcome === "done" ? 0 : 1, color: OUTCOME_COLOUR[g.outcome] || "#333" },
-              pattern: { shape: PATTERN[g.outcome] || "", fgcolor: "#fff", size: 6 } },
+              pattern: { shape: PATTERN[g.outcome] || "", bgcolor: colourOf(g.func), fgcolor: "rgba(255,255,255,0.9)",
+                         fillmode: "overlay", size: 6, solidity: 0.35 } },
     hovertemplate: `task %{customdata}<br>${g.func}: ${g.outcome}<br>start %{base:.3f} s, took %{x:.3f} s<extra>%{y}</extra>`,
   }));
   const height = Math.max(220, 70 + 18 * stream.rows.length);
   document.getElementById("stream").style.height = Math.min(height, 700) + "px";
   Plotly.react("stream", traces, layout({
-    barmode: "overlay", bargap: 0.15, showlegend: true, legend: { orientation: "h", y: 1.08, x: 0 },
+    barmode: "overlay", bargap: 0.15, showlegend: true,
+    legend: { orientation: "v", x: 1.01, y: 1, xanchor: "left", yanchor: "top", tracegroupgap: 4 },
     yaxis: { type: "category", categoryorder: "array", categoryarray: stream.rows, automargin: true },
-    margin: { l: 10, r: 10, t: 26, b: 36 },
+    margin: { l: 10, r: 10, t: 30, b: 36 },  // room above the legend for the zoom buttons
   }), PLOT_CONFIG);
   document.getElementById("stream-note").textContent = stream.shown < stream.total
     ? `latest ${stream.shown} of ${stream.total} tasks; drag to zoom, double-click to reset`
@@ -94,6 +96,8 @@ function drawPerPool(id, series, key, title, rangemode) {
   const traces = Object.entries(series).map(([pool, s]) => ({ x: s.t, y: s[key], name: pool, mode: "lines" }));
   Plotly.react(id, traces, layout({
     yaxis: { title: { text: title }, rangemode: rangemode }, showlegend: traces.length > 1,
+    xaxis: { title: { text: "" }, ticksuffix: " s", zeroline: false }, legend: { orientation: "h", y: -0.12 },
+    margin: { l: 50, r: 10, t: 6, b: 20 },
   }), PLOT_CONFIG);
 }
 

@@ -1,0 +1,190 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright): what a user sees.
+
+Needs ``ci/browser/setup.sh`` (apt's chromium); Playwright's own browser
+download is never used.  Screenshots land in docs/img/ for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from playwright import sync_api
+
+from htex.monitoring import schema
+from htex.monitoring.dashboard import serve_dashboard
+
+from conftest_dash import RUN_ID, T0, RunWriter, db_counts, realistic_run, started_tasks
+from support import wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+IMG = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "img")
+DEADLINE_MS = 30_000
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason="no chromium: run ci/browser/setup.sh (scripts/test.sh does)")
+
+
+@pytest.fixture
+def browser(tmp_path: Any) -> Iterator[Any]:
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
+            viewport={"width": 1400, "height": 900})
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def live_store(tmp_path: Any) -> tuple[str, sa.Engine, RunWriter]:
+    engine, writer = realistic_run(str(tmp_path / "monitoring.db"), finished=False)
+    return str(tmp_path), engine, writer
+
+
+class Page:
+    """A page of the dashboard, with every console error and page error it raised."""
+
+    def __init__(self, context: Any, url: str) -> None:
+        self.errors: list[str] = []
+        self.page = context.new_page()
+        self.page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        self.page.goto(url)
+        self.page.wait_for_selector("body[data-version]", timeout=DEADLINE_MS)
+
+    def count(self, key: str) -> int:
+        return int(self.page.text_content(f"#count-{key}") or "-1")
+
+    def wait_count(self, key: str, n: int) -> None:
+        self.page.wait_for_function("([k, n]) => document.getElementById('count-' + k).textContent === String(n)",
+                                    arg=[key, n], timeout=DEADLINE_MS)
+
+    def bars(self) -> tuple[int, int]:
+        """Bars in the task stream: in Plotly's data, and drawn in the SVG."""
+        data = self.page.evaluate("document.getElementById('stream').data.reduce((n, t) => n + t.x.length, 0)")
+        drawn = self.page.locator("#stream g.trace.bars g.point").count()
+        return data, drawn
+
+
+def test_page_shows_what_the_database_holds(browser: Any, live_store: tuple[str, sa.Engine, RunWriter]) -> None:
+    target, engine, _ = live_store
+    url, stop = serve_dashboard(target, poll=0.2)
+    try:
+        p = Page(browser, url)
+        counts = db_counts(engine)
+        for key in ("queued", "done", "failed", "lost", "cancelled"):
+            assert p.count(key) == counts.get(key, 0), key
+        assert p.count("running") == counts.get("running", 0) + counts.get("dispatched", 0)
+        assert p.count("total") == sum(counts.values())
+        assert p.bars() == (started_tasks(engine), started_tasks(engine))  # one bar per task that ran
+        assert p.page.locator("#functions tbody tr").count() == 3
+        assert p.page.locator("#pools tbody tr").count() == 3
+        assert p.page.locator("#blocks tbody tr").count() == 2
+        assert "4102" in (p.page.text_content("#blocks") or "")
+        assert p.page.locator("#failures details").count() == counts["failed"] + counts["lost"]
+        os.makedirs(IMG, exist_ok=True)
+        p.page.screenshot(path=os.path.join(IMG, "dashboard-overview.png"), full_page=True)
+        first_failed = p.page.locator("#failures details", has_text="ZeroDivisionError").first
+        first_failed.locator("summary").click()
+        assert "Traceback (most recent call last)" in (first_failed.locator("pre").text_content() or "")
+        p.page.locator("#failures").screenshot(path=os.path.join(IMG, "dashboard-failures.png"))
+        assert p.errors == []
+    finally:
+        stop()
+
+
+def test_live_updates_while_rows_are_added(browser: Any, live_store: tuple[str, sa.Engine, RunWriter]) -> None:
+    """A writer thread adds tasks and ends running ones, round by round; the open page follows each round."""
+    target, engine, writer = live_store
+    url, stop = serve_dashboard(target, poll=0.2)
+    seen = threading.Event()
+    rounds: list[dict[str, int]] = []
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for _ in range(3):
+                writer.add_tasks(6)
+                rounds.append(db_counts(engine))
+                if not seen.wait(60):
+                    return
+                seen.clear()
+            with engine.begin() as conn:  # the running tasks end: rows updated in place
+                conn.execute(sa.update(schema.tasks).where(schema.tasks.c.run_id == RUN_ID,
+                                                           schema.tasks.c.outcome == "running")
+                             .values(outcome="done", ended=T0 + 31.0))
+            rounds.append(db_counts(engine))
+        except BaseException as exc:  # surfaced by the test below
+            failures.append(exc)
+
+    try:
+        p = Page(browser, url)
+        p.page.wait_for_selector("#live.live", timeout=DEADLINE_MS)
+        before = p.count("done")
+        thread = threading.Thread(target=write, name="store-writer")
+        thread.start()
+        for i in range(4):
+            _wait_rounds(rounds, i + 1)  # the writer's round i is in the database...
+            p.wait_count("done", rounds[i]["done"])  # ...and the page shows it, pushed by the event stream
+            p.wait_count("failed", rounds[i].get("failed", 0))
+            seen.set()
+        thread.join(60)
+        assert not failures, failures
+        assert p.count("done") > before and p.count("running") == 0
+        assert p.bars()[0] == started_tasks(engine)
+        p.page.screenshot(path=os.path.join(IMG, "dashboard-live.png"), full_page=False)
+        assert p.errors == []
+    finally:
+        seen.set()
+        stop()
+
+
+def _wait_rounds(rounds: list[Any], n: int) -> None:
+    wait_for(lambda: len(rounds) >= n, timeout=60, what=f"the writer's round {n}")
+
+
+def test_stream_zooms(browser: Any, live_store: tuple[str, sa.Engine, RunWriter]) -> None:
+    target, _, _ = live_store
+    url, stop = serve_dashboard(target, poll=0.2)
+    try:
+        p = Page(browser, url)
+        full = p.page.evaluate("document.getElementById('stream')._fullLayout.xaxis.range.slice()")
+        box = p.page.locator("#stream .nsewdrag").first.bounding_box()
+        assert box is not None
+        y = box["y"] + box["height"] / 2
+        p.page.mouse.move(box["x"] + box["width"] * 0.3, y)
+        p.page.mouse.down()
+        p.page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=5)
+        p.page.mouse.up()
+        p.page.wait_for_function("([a, b]) => { const r = document.getElementById('stream')._fullLayout.xaxis.range;"
+                                 " return r[1] - r[0] < (b - a) / 2; }", arg=full, timeout=DEADLINE_MS)
+        p.page.locator("#stream").screenshot(path=os.path.join(IMG, "dashboard-stream-zoomed.png"))
+        assert p.errors == []
+    finally:
+        stop()
+
+
+def test_off_loopback_page_works_with_the_printed_url_only(browser: Any,
+                                                           live_store: tuple[str, sa.Engine, RunWriter]) -> None:
+    target, engine, _ = live_store
+    url, stop = serve_dashboard(target, host="127.0.0.2", poll=0.2)
+    try:
+        base = url.split("?")[0]
+        refused = browser.new_page()
+        response = refused.goto(base)
+        assert response is not None and response.status == 401
+        refused.close()
+        p = Page(browser, url)  # the token URL: the page and its own requests (by the cookie) get in
+        assert p.count("done") == db_counts(engine)["done"]
+        p.page.wait_for_selector("#live.live", timeout=DEADLINE_MS)
+        assert p.errors == []
+    finally:
+        stop()
