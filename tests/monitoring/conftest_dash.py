@@ -10,6 +10,7 @@ cancelled, and some still running or queued, plus per-worker resource samples.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from typing import Any
 
@@ -106,8 +107,8 @@ class RunWriter:
                 slot = min(self.clock, key=lambda k: self.clock[k])
                 start = self.clock[slot] + 0.05
                 end = start + self.rng.uniform(0.2, 2.0) * (1 + FUNCS.index(func))
-                self.clock[slot] = end
                 running = outcome == "running"
+                self.clock[slot] = math.inf if running else end  # a running task keeps its worker busy
                 ids.append(self._insert(conn, func, outcome, slot[0], slot[1], start, None if running else end))
                 self._samples(conn, slot[0], slot[1], start, end)
         return ids
