@@ -324,13 +324,13 @@ def _emit(out: IO[str], args: argparse.Namespace, reply: protocol.StatusReply, r
 
 
 def cmd_dashboard(args: argparse.Namespace, out: IO[str]) -> int:
-    from .errors import ConfigurationError
+    from .errors import HtexError
 
     try:
         from .monitoring.dashboard import serve_dashboard
 
         url, stop = serve_dashboard(args.target, args.host, args.port, poll=args.poll)
-    except (ImportError, ConfigurationError) as exc:
+    except (ImportError, HtexError) as exc:  # no extra, no store, a store of another version: one line each
         raise CliError(str(exc)) from None
     out.write(f"htex dashboard: {url}\n(Ctrl-C to stop)\n")
     out.flush()

@@ -9,9 +9,11 @@ cancelled, and some still running or queued, plus per-worker resource samples.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -157,3 +159,52 @@ def started_tasks(engine: sa.Engine, run_id: str = RUN_ID) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(schema.tasks).where(
             schema.tasks.c.run_id == run_id, schema.tasks.c.started.is_not(None))).scalar_one())
+
+
+# ---------------------------------------------------------------------------
+# The browser: Debian's Chromium (ci/browser/setup.sh), never Playwright's own download
+# ---------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DEADLINE_MS = 30_000
+
+
+@contextlib.contextmanager
+def chromium(profile: str) -> Iterator[Any]:
+    """A headless Chromium context with a fresh profile directory, closed (its processes gone) on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=ARGS,
+                                                        viewport={"width": 1400, "height": 900})
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+class Page:
+    """A page of the dashboard, with every console error and page error it raised."""
+
+    def __init__(self, context: Any, url: str) -> None:
+        self.errors: list[str] = []
+        self.page = context.new_page()
+        self.page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        self.page.goto(url)
+        self.page.wait_for_selector("body[data-version]", timeout=DEADLINE_MS)
+
+    def count(self, key: str) -> int:
+        return int(self.page.text_content(f"#count-{key}") or "-1")
+
+    def wait_count(self, key: str, n: int) -> None:
+        self.page.wait_for_function("([k, n]) => document.getElementById('count-' + k).textContent === String(n)",
+                                    arg=[key, n], timeout=DEADLINE_MS)
+
+    def bars(self) -> tuple[int, int]:
+        """Bars in the task stream: in Plotly's data, and drawn in the SVG."""
+        data = self.page.evaluate("document.getElementById('stream').data.reduce((n, t) => n + t.x.length, 0)")
+        drawn = self.page.locator("#stream g.trace.bars g.point").count()
+        return data, drawn

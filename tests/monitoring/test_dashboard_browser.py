@@ -13,19 +13,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from playwright import sync_api
 
 from htex.monitoring import schema
 from htex.monitoring.dashboard import serve_dashboard
 
-from conftest_dash import RUN_ID, T0, RunWriter, db_counts, realistic_run, started_tasks
+from conftest_dash import CHROMIUM, DEADLINE_MS, RUN_ID, T0, Page, RunWriter, chromium, db_counts, realistic_run, started_tasks
 from support import wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 IMG = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "img")
-DEADLINE_MS = 30_000
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason="no chromium: run ci/browser/setup.sh (scripts/test.sh does)")
@@ -33,45 +28,14 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
 
 @pytest.fixture
 def browser(tmp_path: Any) -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
-            viewport={"width": 1400, "height": 900})
-        try:
-            yield context
-        finally:
-            context.close()
+    with chromium(str(tmp_path / "profile")) as context:
+        yield context
 
 
 @pytest.fixture
 def live_store(tmp_path: Any) -> tuple[str, sa.Engine, RunWriter]:
     engine, writer = realistic_run(str(tmp_path / "monitoring.db"), finished=False)
     return str(tmp_path), engine, writer
-
-
-class Page:
-    """A page of the dashboard, with every console error and page error it raised."""
-
-    def __init__(self, context: Any, url: str) -> None:
-        self.errors: list[str] = []
-        self.page = context.new_page()
-        self.page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        self.page.goto(url)
-        self.page.wait_for_selector("body[data-version]", timeout=DEADLINE_MS)
-
-    def count(self, key: str) -> int:
-        return int(self.page.text_content(f"#count-{key}") or "-1")
-
-    def wait_count(self, key: str, n: int) -> None:
-        self.page.wait_for_function("([k, n]) => document.getElementById('count-' + k).textContent === String(n)",
-                                    arg=[key, n], timeout=DEADLINE_MS)
-
-    def bars(self) -> tuple[int, int]:
-        """Bars in the task stream: in Plotly's data, and drawn in the SVG."""
-        data = self.page.evaluate("document.getElementById('stream').data.reduce((n, t) => n + t.x.length, 0)")
-        drawn = self.page.locator("#stream g.trace.bars g.point").count()
-        return data, drawn
 
 
 def test_page_shows_what_the_database_holds(browser: Any, live_store: tuple[str, sa.Engine, RunWriter]) -> None:

@@ -7,7 +7,7 @@ import os
 import pytest
 import sqlalchemy as sa
 
-from htex.errors import ConfigurationError
+from htex.errors import HtexError
 from htex.monitoring import dashboard, dashboard_data, schema
 
 from conftest_dash import FUNCS, RUN_ID, T0, db_counts, new_store, realistic_run, started_tasks
@@ -91,25 +91,25 @@ def test_opener_accepts_run_dir_file_and_url(tmp_path: os.PathLike[str]) -> None
     path = str(tmp_path / "monitoring.db")
     realistic_run(path)
     for target in (str(tmp_path), path, f"sqlite:///{path}"):
-        engine = dashboard._open_store(target)
+        engine = dashboard.open_store(target)
         with engine.connect() as conn:
             assert dashboard_data.list_runs(conn)[0]["run_id"] == RUN_ID
         engine.dispose()
 
 
 def test_opener_refuses_what_is_not_a_store_of_this_version(tmp_path: os.PathLike[str]) -> None:
-    with pytest.raises(ConfigurationError, match=r"no monitoring store at .*monitoring\.db"):
-        dashboard._open_store(str(tmp_path))
+    with pytest.raises(HtexError, match=r"no monitoring store at .*monitoring\.db"):
+        dashboard.open_store(str(tmp_path))
     other = str(tmp_path / "other.db")
     new_store(other)
     with sa.create_engine(f"sqlite:///{other}").begin() as conn:
         conn.execute(sa.update(schema.meta).where(schema.meta.c.key == "version").values(value="99"))
-    with pytest.raises(ConfigurationError, match=r"schema version '99'.*reads version 1"):
-        dashboard._open_store(other)
+    with pytest.raises(HtexError, match=r"schema version 99.*version 1"):
+        dashboard.open_store(other)
     junk = tmp_path / "junk.db"
     sa.create_engine(f"sqlite:///{junk}").connect().close()
-    with pytest.raises(ConfigurationError, match="not an htex monitoring store"):
-        dashboard._open_store(str(junk))
+    with pytest.raises(HtexError, match="not an htex monitoring store"):
+        dashboard.open_store(str(junk))
 
 
 def test_token_rule() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from htex.errors import ConfigurationError
+from htex.errors import ConfigurationError, HtexError
 from htex.monitoring.dashboard import TOKEN_COOKIE, serve_dashboard
 
 from conftest_dash import RunWriter, db_counts, realistic_run
@@ -94,7 +94,7 @@ def test_off_loopback_every_request_needs_the_token(store: str) -> None:
 def test_bad_host_and_bad_store_are_named_errors(tmp_path: os.PathLike[str], store: str) -> None:
     with pytest.raises(ConfigurationError, match="give an IP address"):
         serve_dashboard(store, host="not a host")
-    with pytest.raises(ConfigurationError, match="no monitoring store"):
+    with pytest.raises(HtexError, match="no monitoring store"):
         serve_dashboard(str(tmp_path / "nowhere"))
 
 

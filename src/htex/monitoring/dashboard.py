@@ -79,13 +79,13 @@ _OPEN_HOSTS = ("127.0.0.1", "::1", "localhost")
 _KEEPALIVE = 15.0  # seconds between SSE comments, so proxies and browsers keep an idle stream open
 
 
-# TODO(integrator): use store.open_store
-def _open_store(target: str) -> sa.Engine:
+# TODO(integrator): use store.open_store (from .store import open_store); the tests call dashboard.open_store
+def open_store(target: str) -> sa.Engine:
     """An engine on the store named by a run directory, a database file or an SQLAlchemy URL."""
     if "://" in target:
         engine = sa.create_engine(target)
     else:
-        path = os.path.join(target, "monitoring.db") if os.path.isdir(target) else target
+        path = _store_file(target)
         if not os.path.isfile(path):
             raise ConfigurationError(f"no monitoring store at {path}: give a run directory holding monitoring.db "
                                      "(written by monitoring=True), a database file or an SQLAlchemy URL")
@@ -98,9 +98,19 @@ def _open_store(target: str) -> sa.Engine:
         raise ConfigurationError(f"{target} is not an htex monitoring store: {exc.orig}") from exc
     if found.get("schema") != "htex-monitoring" or found.get("version") != str(SCHEMA_VERSION):
         engine.dispose()
-        raise ConfigurationError(f"{target} is a monitoring store of schema version {found.get('version')!r}; "
+        raise ConfigurationError(f"{target} is a monitoring store of schema version {found.get('version')}; "
                                  f"this htex reads version {SCHEMA_VERSION}")
     return engine
+
+
+def _store_file(target: str) -> str:
+    """The database file of a run directory (``monitoring.db`` in it, or in its one executor's directory)."""
+    if not os.path.isdir(target):
+        return target
+    found = [p for p in (os.path.join(target, "monitoring.db"), *(os.path.join(target, d, "monitoring.db")
+                                                               for d in sorted(os.listdir(target))))
+             if os.path.isfile(p)]
+    return found[0] if len(found) == 1 else os.path.join(target, "monitoring.db")
 
 
 def needs_token(host: str) -> bool:
@@ -264,7 +274,7 @@ def serve_dashboard(target: str | sa.Engine, host: str = "127.0.0.1", port: int 
         if host != "localhost":
             raise ConfigurationError(f"dashboard host {host!r}: give an IP address to bind to, "
                                      "e.g. 127.0.0.1 (this host only) or 0.0.0.0 (every interface)") from None
-    engine = target if isinstance(target, sa.Engine) else _open_store(target)
+    engine = target if isinstance(target, sa.Engine) else open_store(target)
     if token is None and needs_token(host):
         token = secrets.token_urlsafe(24)
     app, dash = build_app(engine, token=token, poll=poll)
