@@ -118,3 +118,22 @@ def test_token_rule() -> None:
     assert dashboard.needs_token("127.0.0.2")
     assert dashboard.needs_token("0.0.0.0")
     assert dashboard.needs_token("198.18.0.1")
+
+
+def test_busy_share_is_the_time_workers_ran_tasks(tmp_path: os.PathLike[str]) -> None:
+    engine, _ = realistic_run(str(tmp_path / "m.db"))
+    s = _snapshot(engine)
+    busy = s["busy"]
+    # pool-c's 4 workers ran lost tasks from T0+3..6 (one more each second) to T0+20: full from 6 s to 20 s.
+    t, share = busy["pool-c"]["t"], busy["pool-c"]["busy"]
+    assert all(v == pytest.approx(100.0) for x, v in zip(t, share, strict=True) if 6.5 < x < 19.5)
+    assert all(v == pytest.approx(0.0, abs=1e-9) for x, v in zip(t, share, strict=True) if x > 20.5)
+    assert all(0.0 <= v <= 100.0 + 1e-9 for p in busy.values() for v in p["busy"])
+    # The area under a pool's curve is the worker-seconds its tasks ran (a running task: up to the run's end).
+    with engine.connect() as conn:
+        t_ = schema.tasks.c
+        rows = conn.execute(sa.select(t_.started, sa.func.coalesce(t_.ended, T0 + s["span"]))
+                            .where(t_.pool_id == "pool-a", t_.started.is_not(None))).all()
+    width = s["span"] / len(busy["pool-a"]["t"])
+    area = sum(busy["pool-a"]["busy"]) / 100.0 * 4 * width
+    assert area == pytest.approx(sum(e - st for st, e in rows), rel=1e-6)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -167,22 +168,38 @@ def _stream(task_rows: list[Row], t0: float, t_end: float) -> Row:
     return {"groups": list(groups.values()), "rows": rows, "shown": len(shown), "total": len(ran)}
 
 
+class _BusyTime:
+    """Worker-seconds spent running tasks up to any time t, from sorted start and end times, in O(log n)."""
+
+    def __init__(self, starts: list[float], ends: list[float]) -> None:
+        self.starts, self.ends = sorted(starts), sorted(ends)
+        self.start_sums = list(itertools.accumulate(self.starts, initial=0.0))
+        self.end_sums = list(itertools.accumulate(self.ends, initial=0.0))
+
+    def until(self, t: float) -> float:
+        # Each task contributes min(t, end) - start once started: sum(t - s) over starts, less sum(t - e) over ends.
+        i, j = bisect.bisect_right(self.starts, t), bisect.bisect_right(self.ends, t)
+        return (t * i - self.start_sums[i]) - (t * j - self.end_sums[j])
+
+
 def _busy(task_rows: list[Row], pool_rows: list[Row], t0: float, t_end: float) -> Row:
-    """Per pool, the share of its workers running a task over time (0..100 %)."""
+    """Per pool and time bin, the share of its workers' time spent running tasks (0..100 %)."""
     workers = {p["pool_id"]: p["workers"] for p in pool_rows if p["workers"]}
     starts: dict[str, list[float]] = defaultdict(list)
     ends: dict[str, list[float]] = defaultdict(list)
+    # Times relative to t0: sums of epoch times (~1e9 s) would lose the sub-millisecond digits.
     for r in task_rows:
         if r["started"] is not None and r["pool_id"] in workers:
-            starts[r["pool_id"]].append(r["started"])
-            if r["ended"] is not None:
-                ends[r["pool_id"]].append(r["ended"])
-    edges = _edges(t0, t_end)[1:]
+            starts[r["pool_id"]].append(r["started"] - t0)
+            ends[r["pool_id"]].append((r["ended"] if r["ended"] is not None else t_end) - t0)  # running: busy until now
+    edges = [x - t0 for x in _edges(t0, t_end)]
     out: Row = {}
     for pool_id, n in workers.items():
-        s, e = sorted(starts[pool_id]), sorted(ends[pool_id])
-        out[pool_id] = {"t": [x - t0 for x in edges],
-                        "busy": [100.0 * (bisect.bisect_right(s, x) - bisect.bisect_right(e, x)) / n for x in edges]}
+        busy = _BusyTime(starts[pool_id], ends[pool_id])
+        at = [busy.until(x) for x in edges]
+        out[pool_id] = {"t": edges[1:],
+                        "busy": [100.0 * (b - a) / (n * (hi - lo)) if hi > lo else 0.0
+                                 for a, b, lo, hi in zip(at, at[1:], edges, edges[1:], strict=False)]}
     return out
 
 
