@@ -56,6 +56,7 @@ def test_page_shows_what_the_database_holds(browser: Any, live_store: tuple[str,
         assert p.page.locator("#failures details").count() == counts["failed"] + counts["lost"]
         os.makedirs(IMG, exist_ok=True)
         p.page.screenshot(path=os.path.join(IMG, "dashboard-overview.png"), full_page=True)
+        p.page.locator("section.row").first.screenshot(path=os.path.join(IMG, "dashboard-pools.png"))
         first_failed = p.page.locator("#failures details", has_text="ZeroDivisionError").first
         first_failed.locator("summary").click()
         assert "Traceback (most recent call last)" in (first_failed.locator("pre").text_content() or "")

@@ -204,22 +204,34 @@ def _busy(task_rows: list[Row], pool_rows: list[Row], t0: float, t_end: float) -
 
 
 def _resources(samples: Sequence[Any], t0: float, t_end: float) -> Row:
-    """Per pool and time bin: mean CPU % of its workers, and the RSS of workers plus the pool process (MB)."""
-    edges = _edges(t0, t_end)
-    # Per (pool, bin): each worker's latest sample in the bin.
-    latest: dict[str, dict[int, dict[int, tuple[float, int]]]] = defaultdict(lambda: defaultdict(dict))
-    for s in samples:
-        k = min(max(bisect.bisect_left(edges, s.time) - 1, 0), _BINS - 1)
-        latest[s.pool_id][k][s.worker] = (s.cpu_percent or 0.0, s.rss_bytes or 0)
+    """Per pool, at each bin's end: mean CPU % of its workers, and the RSS of workers plus the pool process (MB).
+
+    A worker's figures are those of its latest sample, from its first sample to
+    its last: samples come every ``resource_period`` (seconds apart, often more
+    than a bin), so a bin without a new one keeps the last, rather than dropping
+    the worker from the sum.
+    """
+    edges = _edges(t0, t_end)[1:]
+    width = (t_end - t0) / _BINS
+    per_worker: dict[str, dict[int, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    for s in samples:  # ordered by time
+        per_worker[s.pool_id][s.worker].append(s)
     out: Row = {}
-    for pool_id, by_bin in latest.items():
+    for pool_id, workers in per_worker.items():
         series: Row = {"t": [], "cpu": [], "rss_mb": []}
-        for k in sorted(by_bin):
-            per_worker = by_bin[k]
-            cpus = [c for w, (c, _) in per_worker.items() if w >= 0]
-            series["t"].append(edges[k + 1] - t0)
+        times = {w: [s.time for s in rows] for w, rows in workers.items()}
+        for edge in edges:
+            current = []
+            for w, rows in workers.items():
+                i = bisect.bisect_right(times[w], edge)
+                if i and edge < rows[-1].time + width:  # sampled already, and not past its last sample's bin
+                    current.append(rows[i - 1])
+            if not current:
+                continue
+            cpus = [s.cpu_percent or 0.0 for s in current if s.worker >= 0]
+            series["t"].append(edge - t0)
             series["cpu"].append(sum(cpus) / len(cpus) if cpus else None)
-            series["rss_mb"].append(sum(rss for _, rss in per_worker.values()) / 2**20)
+            series["rss_mb"].append(sum(s.rss_bytes or 0 for s in current) / 2**20)
         out[pool_id] = series
     return out
 
