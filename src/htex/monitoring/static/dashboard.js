@@ -13,6 +13,8 @@ const params = new URLSearchParams(location.search);
 let runId = params.get("run");
 let source = null;
 let fetching = false, again = false;
+let latest = null;  // the store's fingerprint, as the last event said
+let retry = null;
 const funcColours = new Map();
 
 function colourOf(func) {
@@ -193,6 +195,10 @@ async function refresh() {
       const s = await r.json();
       if (!runId) runId = s.run.run_id;
       draw(s);
+      // The server may hand a slightly older snapshot of a big run (it limits how often it makes one): ask again.
+      if (latest !== null && s.version !== latest && !retry) {
+        retry = setTimeout(() => { retry = null; refresh().catch(e => console.warn(e)); }, 1000);
+      }
     } while (again);
   } finally {
     fetching = false;
@@ -204,7 +210,7 @@ function listen() {
   source = new EventSource("api/events" + (runId ? "?run=" + encodeURIComponent(runId) : ""));
   const live = document.getElementById("live");
   source.onopen = () => { if (live.textContent !== "finished") { live.textContent = "live"; live.className = "badge live"; } };
-  source.onmessage = () => { refresh().catch(e => console.warn(e)); };
+  source.onmessage = ev => { latest = JSON.parse(ev.data); refresh().catch(e => console.warn(e)); };
   source.onerror = () => {
     if (live.textContent !== "finished") { live.textContent = "reconnecting…"; live.className = "badge down"; }
   };
