@@ -153,3 +153,22 @@ def test_off_loopback_page_works_with_the_printed_url_only(browser: Any,
         assert p.errors == []
     finally:
         stop()
+
+
+def test_a_store_of_several_runs_offers_each(browser: Any, live_store: tuple[str, sa.Engine, RunWriter]) -> None:
+    target, engine, _ = live_store
+    later = RunWriter(engine, run_id="run-0002", seed=3)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(schema.runs).values(run_id="run-0002", label="second", started=T0 + 100.0))
+    later.add_tasks(5, lambda i: "done")
+    url, stop = serve_dashboard(target, poll=0.2)
+    try:
+        p = Page(browser, url)
+        assert p.page.locator("#run-select option").count() == 2
+        assert p.count("total") == 5  # the latest run first
+        p.page.select_option("#run-select", "run-0001")
+        p.wait_count("total", sum(db_counts(engine).values()))
+        assert "run=run-0001" in p.page.url
+        assert p.errors == []
+    finally:
+        stop()
