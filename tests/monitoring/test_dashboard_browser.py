@@ -17,7 +17,19 @@ import sqlalchemy as sa
 from htex.monitoring import schema
 from htex.monitoring.dashboard import serve_dashboard
 
-from conftest_dash import CHROMIUM, DEADLINE_MS, RUN_ID, T0, Page, RunWriter, chromium, db_counts, realistic_run, started_tasks
+from conftest_dash import (
+    CHROMIUM,
+    DEADLINE_MS,
+    RUN_ID,
+    T0,
+    Page,
+    RunWriter,
+    chromium,
+    db_counts,
+    new_store,
+    realistic_run,
+    started_tasks,
+)
 from support import wait_for
 
 IMG = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "img")
@@ -172,3 +184,25 @@ def test_a_store_of_several_runs_offers_each(browser: Any, live_store: tuple[str
         assert p.errors == []
     finally:
         stop()
+
+
+def test_an_empty_store_waits_for_its_first_run(browser: Any, tmp_path: Any) -> None:
+    """The executor may serve the page before the hub wrote anything: the page waits, then shows the run."""
+    engine = new_store(str(tmp_path / "monitoring.db"))
+    url, stop = serve_dashboard(str(tmp_path), poll=0.2)
+    try:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_function("() => document.getElementById('run-label').textContent.includes('no run')",
+                               timeout=DEADLINE_MS)
+        writer = RunWriter(engine)
+        writer.start()
+        writer.add_tasks(4, lambda i: "done")
+        page.wait_for_function("() => document.getElementById('count-done').textContent === '4'", timeout=DEADLINE_MS)
+        assert errors == []
+    finally:
+        stop()
+        engine.dispose()

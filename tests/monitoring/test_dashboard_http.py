@@ -119,3 +119,10 @@ def test_cli_names_a_missing_store(tmp_path: os.PathLike[str]) -> None:
     assert proc.returncode == 1
     assert "htex dashboard: no monitoring store at" in proc.stderr
 
+
+
+def test_without_the_extra_the_import_error_names_it() -> None:
+    code = ("import sys; sys.modules['starlette'] = None\n"
+            "try:\n    import htex.monitoring.dashboard\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "pip install 'htex[dashboard]'" in out.stdout and "starlette" in out.stdout, out

@@ -208,12 +208,20 @@ class Dashboard:
             self._states[run_id] = (version, data, time.monotonic())
             return data
 
-    async def events(self, run_id: str) -> AsyncIterator[str]:
-        """Server-sent events: the fingerprint now, then each time it changes, until the server stops."""
+    def _version(self, run_id: str | None) -> str:
+        found = self.pick_run(run_id)
+        return self.fingerprint(found) if found is not None else "empty"
+
+    async def events(self, run_id: str | None) -> AsyncIterator[str]:
+        """Server-sent events: the fingerprint now, then each time it changes, until the server stops.
+
+        Without a run (an empty store: the hub has just started), it follows the
+        latest run, so the page hears when the first one appears.
+        """
         last = None
         quiet = 0.0
         while not self.stopping:
-            version = await run_in_threadpool(self.fingerprint, run_id)
+            version = await run_in_threadpool(self._version, run_id)
             if version != last:
                 last = version
                 quiet = 0.0
@@ -237,15 +245,12 @@ def build_app(engine: sa.Engine, *, token: str | None = None, poll: float = 1.0)
 
     async def api_state(request: Request) -> Response:
         run_id = await run_in_threadpool(dash.pick_run, request.query_params.get("run"))
-        if run_id is None:
-            return JSONResponse({"error": "the store holds no run yet"}, status_code=404)
+        if run_id is None:  # not an error: a run being started has an empty store for a moment
+            return JSONResponse({"empty": True, "version": "empty"})
         return Response(await run_in_threadpool(dash.state, run_id), media_type="application/json")
 
     async def api_events(request: Request) -> Response:
-        run_id = await run_in_threadpool(dash.pick_run, request.query_params.get("run"))
-        if run_id is None:
-            return JSONResponse({"error": "the store holds no run yet"}, status_code=404)
-        return StreamingResponse(dash.events(run_id), media_type="text/event-stream",
+        return StreamingResponse(dash.events(request.query_params.get("run")), media_type="text/event-stream",
                                  headers={"cache-control": "no-store"})
 
     async def plotly_js(request: Request) -> Response:

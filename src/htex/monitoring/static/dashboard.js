@@ -190,10 +190,13 @@ async function refresh() {
     do {
       again = false;
       const r = await fetch("api/state" + (runId ? "?run=" + encodeURIComponent(runId) : ""), { cache: "no-store" });
-      if (r.status === 404) { document.getElementById("run-label").textContent = "no run in this store yet"; break; }
       if (!r.ok) throw new Error(`api/state: HTTP ${r.status}`);
       const s = await r.json();
-      if (!runId) runId = s.run.run_id;
+      if (s.empty) { document.getElementById("run-label").textContent = "no run in this store yet"; break; }
+      if (!runId) {
+        runId = s.run.run_id;
+        if (source) listen();  // the stream followed "the latest run": pin it to this one
+      }
       draw(s);
       // The server may hand a slightly older snapshot of a big run (it limits how often it makes one): ask again.
       if (latest !== null && s.version !== latest && !retry) {
