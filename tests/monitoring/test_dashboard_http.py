@@ -57,6 +57,13 @@ def test_loopback_serves_page_api_and_plotly_locally(served: str, store: str) ->
     engine.dispose()
 
 
+def test_loopback_answers_only_to_loopback_names(served: str) -> None:
+    """Against DNS rebinding: another site's name resolved to 127.0.0.1 gets nothing."""
+    assert get(served + "api/state", {"Host": "evil.example:80"})[0] == 400
+    port = served.rsplit(":", 1)[1].strip("/")
+    assert get(served + "api/state", {"Host": f"localhost:{port}"})[0] == 200
+
+
 def test_event_stream_sends_the_fingerprint_then_each_change(store: str) -> None:
     url, stop = serve_dashboard(store, poll=0.1)
     try:

@@ -45,6 +45,7 @@ try:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
     from starlette.routing import Mount, Route
@@ -233,8 +234,14 @@ class Dashboard:
             quiet += self.poll
 
 
-def build_app(engine: sa.Engine, *, token: str | None = None, poll: float = 1.0) -> tuple[Starlette, Dashboard]:
-    """The ASGI application for one store; with ``token``, every request must carry it."""
+def build_app(engine: sa.Engine, *, token: str | None = None, poll: float = 1.0,
+              hosts: list[str] | None = None) -> tuple[Starlette, Dashboard]:
+    """The ASGI application for one store; with ``token``, every request must carry it.
+
+    ``hosts``: the only Host headers answered (others get 400), against DNS
+    rebinding: a web page of another site whose name is made to resolve to
+    127.0.0.1 would otherwise read a loopback dashboard from the user's browser.
+    """
     dash = Dashboard(engine, poll)
 
     async def index(request: Request) -> Response:
@@ -266,6 +273,8 @@ def build_app(engine: sa.Engine, *, token: str | None = None, poll: float = 1.0)
     ])
     if token:
         app.add_middleware(_TokenGate, token=token)
+    if hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     return app, dash
 
 
@@ -294,7 +303,9 @@ def serve_dashboard(target: str | sa.Engine, host: str = "127.0.0.1", port: int 
     engine = target if isinstance(target, sa.Engine) else open_store(target)
     if token is None and needs_token(host):
         token = secrets.token_urlsafe(24)
-    app, dash = build_app(engine, token=token, poll=poll)
+    # Without a token (loopback), answer only to loopback names; with one, the token is the guard.
+    hosts = ["127.0.0.1", "localhost"] if token is None and host != "::1" else None
+    app, dash = build_app(engine, token=token, poll=poll, hosts=hosts)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
