@@ -32,7 +32,14 @@ from conftest_dash import (
 )
 from support import wait_for
 
-IMG = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "img")
+# The README's screenshots: written to docs/img/ when HTEX_SCREENSHOTS=1, else to the test's own directory.
+DOCS_IMG = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "img")
+
+
+def shot(tmp_path: Any, name: str) -> str:
+    folder = DOCS_IMG if os.environ.get("HTEX_SCREENSHOTS") == "1" else str(tmp_path)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"dashboard-{name}.png")
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason="no chromium: run ci/browser/setup.sh (scripts/test.sh does)")
@@ -50,7 +57,7 @@ def live_store(tmp_path: Any) -> tuple[str, sa.Engine, RunWriter]:
     return str(tmp_path), engine, writer
 
 
-def test_page_shows_what_the_database_holds(browser: Any, live_store: tuple[str, sa.Engine, RunWriter]) -> None:
+def test_page_shows_what_the_database_holds(browser: Any, live_store: tuple[str, sa.Engine, RunWriter], tmp_path: Any) -> None:
     target, engine, _ = live_store
     url, stop = serve_dashboard(target, poll=0.2)
     try:
@@ -66,19 +73,18 @@ def test_page_shows_what_the_database_holds(browser: Any, live_store: tuple[str,
         assert p.page.locator("#blocks tbody tr").count() == 2
         assert "4102" in (p.page.text_content("#blocks") or "")
         assert p.page.locator("#failures details").count() == counts["failed"] + counts["lost"]
-        os.makedirs(IMG, exist_ok=True)
-        p.page.screenshot(path=os.path.join(IMG, "dashboard-overview.png"), full_page=True)
-        p.page.locator("section.row").first.screenshot(path=os.path.join(IMG, "dashboard-pools.png"))
+        p.page.screenshot(path=shot(tmp_path, "overview"), full_page=True)
+        p.page.locator("section.row").first.screenshot(path=shot(tmp_path, "pools"))
         first_failed = p.page.locator("#failures details", has_text="ZeroDivisionError").first
         first_failed.locator("summary").click()
         assert "Traceback (most recent call last)" in (first_failed.locator("pre").text_content() or "")
-        p.page.locator("#failures").screenshot(path=os.path.join(IMG, "dashboard-failures.png"))
+        p.page.locator("#failures").screenshot(path=shot(tmp_path, "failures"))
         assert p.errors == []
     finally:
         stop()
 
 
-def test_live_updates_while_rows_are_added(browser: Any, live_store: tuple[str, sa.Engine, RunWriter]) -> None:
+def test_live_updates_while_rows_are_added(browser: Any, live_store: tuple[str, sa.Engine, RunWriter], tmp_path: Any) -> None:
     """A writer thread adds tasks and ends running ones, round by round; the open page follows each round."""
     target, engine, writer = live_store
     url, stop = serve_dashboard(target, poll=0.2)
@@ -117,7 +123,7 @@ def test_live_updates_while_rows_are_added(browser: Any, live_store: tuple[str, 
         assert not failures, failures
         assert p.count("done") > before and p.count("running") == 0
         assert p.bars()[0] == started_tasks(engine)
-        p.page.screenshot(path=os.path.join(IMG, "dashboard-live.png"), full_page=False)
+        p.page.screenshot(path=shot(tmp_path, "live"), full_page=False)
         assert p.errors == []
     finally:
         seen.set()
@@ -128,7 +134,7 @@ def _wait_rounds(rounds: list[Any], n: int) -> None:
     wait_for(lambda: len(rounds) >= n, timeout=60, what=f"the writer's round {n}")
 
 
-def test_stream_zooms(browser: Any, live_store: tuple[str, sa.Engine, RunWriter]) -> None:
+def test_stream_zooms(browser: Any, live_store: tuple[str, sa.Engine, RunWriter], tmp_path: Any) -> None:
     target, _, _ = live_store
     url, stop = serve_dashboard(target, poll=0.2)
     try:
@@ -143,7 +149,7 @@ def test_stream_zooms(browser: Any, live_store: tuple[str, sa.Engine, RunWriter]
         p.page.mouse.up()
         p.page.wait_for_function("([a, b]) => { const r = document.getElementById('stream')._fullLayout.xaxis.range;"
                                  " return r[1] - r[0] < (b - a) / 2; }", arg=full, timeout=DEADLINE_MS)
-        p.page.locator("#stream").screenshot(path=os.path.join(IMG, "dashboard-stream-zoomed.png"))
+        p.page.locator("#stream").screenshot(path=shot(tmp_path, "stream-zoomed"))
         assert p.errors == []
     finally:
         stop()
