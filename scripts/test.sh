@@ -10,6 +10,7 @@ echo "== mypy";  .venv/bin/mypy
 if [ "${HTEX_SCHEDULERS:-1}" != 0 ]; then
   echo "== schedulers"; bash scripts/schedulers-up.sh
 fi
+echo "== browser (dashboard tests)"; bash ci/browser/setup.sh || echo "(tests/monitoring/test_dashboard_browser.py will say why they skip)"
 echo "== network namespaces"; bash ci/netns/setup.sh || echo "(tests/network will say why they skip)"
 echo "== bench (smoke: correctness only, no timing asserted)"
 .venv/bin/python bench/run.py --smoke >/dev/null

@@ -319,6 +319,32 @@ def _emit(out: IO[str], args: argparse.Namespace, reply: protocol.StatusReply, r
 
 
 # ---------------------------------------------------------------------------
+# htex dashboard
+# ---------------------------------------------------------------------------
+
+
+def cmd_dashboard(args: argparse.Namespace, out: IO[str]) -> int:
+    from .errors import HtexError
+
+    try:
+        from .monitoring.dashboard import serve_dashboard
+
+        url, stop = serve_dashboard(args.target, args.host, args.port, poll=args.poll)
+    except (ImportError, HtexError) as exc:  # no extra, no store, a store of another version: one line each
+        raise CliError(str(exc)) from None
+    out.write(f"htex dashboard: {url}\n(Ctrl-C to stop)\n")
+    out.flush()
+    try:
+        while True:
+            time.sleep(3600)  # the server runs in its own thread; Ctrl-C ends this wait
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
 
@@ -363,6 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="without --watch: seconds between the two samples the rate is measured from (0: no rate)")
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="how long to wait for an answer")
     status.add_argument("--json", action="store_true", help="print JSON (one object per refresh)")
+
+    dash = sub.add_parser(
+        "dashboard", allow_abbrev=False,
+        help="serve a web page showing a run's monitoring store, live while it runs",
+        description="Serve the dashboard of a monitoring store (written by monitoring=True) and print its URL. "
+                    "Off 127.0.0.1 the URL carries a token that every request needs. Needs pip install 'htex[dashboard]'.",
+        epilog="examples: htex dashboard runinfo/000   |   htex dashboard monitoring.db --port 8787   |   "
+               "htex dashboard postgresql://host/db --host 0.0.0.0",
+    )
+    dash.add_argument("target", metavar="PATH", help="a run directory (holding monitoring.db), a database file, "
+                                                     "or an SQLAlchemy URL")
+    dash.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this host only)")
+    dash.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    dash.add_argument("--poll", type=float, default=1.0, metavar="SECONDS", help="how often to look for new rows")
     return p
 
 
@@ -377,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pool":
             return cmd_pool(args, rest)
+        if args.command == "dashboard":
+            return cmd_dashboard(args, sys.stdout)
         return cmd_status(args, sys.stdout)
     except CliError as exc:
         print(f"htex {args.command}: {exc}", file=sys.stderr)

@@ -15,6 +15,10 @@ their done-callbacks (which run on the executor's I/O thread, so they must be
 cheap).  By default it is drawn only when stderr is a terminal, so a script
 whose output goes to a file or a pipe stays clean; ``enabled=True`` forces it,
 ``HTEX_PROGRESS=0`` turns it off everywhere.  No dependency beyond the stdlib.
+
+In a Jupyter notebook (an IPython kernel, with ``htex[jupyter]``: tqdm and
+ipywidgets) the same counts are drawn as a notebook progress widget instead,
+unless a ``stream`` is given: see ``progress_jupyter``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import IO, Any
 
+from . import progress_jupyter
 from .mapping import map_in_order, run_chunk
 
 __all__ = ["Progress", "as_completed", "format_line", "map", "wait"]
@@ -73,6 +78,22 @@ def _auto_enabled(stream: IO[str]) -> bool:
     return bool(isatty and isatty())
 
 
+def display_kind(stream: IO[str] | None, enabled: bool | None) -> str | None:
+    """How a progress bar is drawn: "notebook" (a widget), "line" (``\r`` on ``stream``) or None (not at all).
+
+    ``enabled=False``, or ``HTEX_PROGRESS=0`` unless ``enabled=True``, turn it off;
+    a notebook kernel gets the widget when it can be drawn and no stream was
+    named; otherwise the line, on a terminal or when forced.
+    """
+    if enabled is False or (enabled is None and os.environ.get("HTEX_PROGRESS") in ("", "0", "no", "false")):
+        return None
+    if stream is None and progress_jupyter.in_notebook() and progress_jupyter.available():
+        return "notebook"
+    if enabled or _auto_enabled(stream if stream is not None else sys.stderr):
+        return "line"
+    return None
+
+
 class Progress:
     """Counts futures as they end and redraws one line until closed.
 
@@ -85,7 +106,9 @@ class Progress:
                  interval: float = 0.2, label: str = "") -> None:
         self.total = total
         self.stream: IO[str] = stream if stream is not None else sys.stderr
-        self.enabled = _auto_enabled(self.stream) if enabled is None else enabled
+        kind = display_kind(stream, enabled)
+        self.enabled = kind is not None
+        self._widget = progress_jupyter.NotebookBar(total, label) if kind == "notebook" else None
         self.interval = interval
         self.label = label
         self.added = 0
@@ -143,9 +166,16 @@ class Progress:
         except (OSError, ValueError):  # stream closed under us (e.g. at interpreter exit)
             self._stop.set()
 
+    def _counts(self) -> tuple[int, int, int, int | None]:
+        with self._lock:
+            return self.done, self.failed, self.added - self.done, self.total
+
     def _draw_loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self._draw(self.line())
+            if self._widget is not None:
+                self._widget.update(*self._counts())
+            else:
+                self._draw(self.line())
 
     def close(self) -> None:
         """Stop redrawing; leave the final counts on their own line."""
@@ -155,7 +185,10 @@ class Progress:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-            self._draw(self.line(final=True), end="\n")
+            if self._widget is not None:
+                self._widget.close(*self._counts())
+            else:
+                self._draw(self.line(final=True), end="\n")
 
     def __enter__(self) -> Progress:
         return self
