@@ -94,3 +94,9 @@ def sleep_for(seconds: float) -> float:
 
     time.sleep(seconds)
     return seconds
+
+
+@bash_app
+def count_tries(name: str, failures: int) -> str:
+    # Counts its tries in a relative file, as a user's retried script does: fails until the count passes `failures`.
+    return f'echo x >> {name}; [ "$(wc -l < {name})" -gt {failures} ]'

@@ -26,7 +26,7 @@ import parsl.serialize.errors
 from parsl.executors.errors import BadStateException, InvalidResourceSpecification
 from parsl.executors.high_throughput.manager_selector import RandomManagerSelector
 from parsl.serialize.errors import SerializationError
-from parsl_tasks import add, cwd, write_relative
+from parsl_tasks import add, count_tries, cwd, write_relative
 
 import htex
 from htex import errors
@@ -158,6 +158,16 @@ def test_tasks_run_in_the_clients_directory(load_dfk: Any, tmp_path: Any, monkey
     ex = dfk.executors["HighThroughputExecutor"]
     assert ex.provider.script_dir.startswith(dfk.run_dir)
     assert sorted(os.listdir(here)) == ["out.txt", "std.out"]
+
+
+def test_retried_bash_app_counts_its_tries_in_the_clients_directory(load_dfk: Any, tmp_path: Any,
+                                                                     monkeypatch: Any) -> None:
+    here = tmp_path / "client"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    load_dfk(retries=2)
+    assert count_tries("tries.txt", 2).result(timeout=60) == 0
+    assert (here / "tries.txt").read_text() == "x\nx\nx\n"  # three tries, all in this directory, none before
 
 
 def test_parsl_local_provider_runs_tasks_in_the_clients_directory(load_dfk: Any, tmp_path: Any,

@@ -61,7 +61,7 @@ def monitored_run(load_dfk: Any, tmp_path: Any) -> tuple[str, str]:
 def test_monitoring_hub_without_radio_fills_every_table(monitored_run: tuple[str, str]) -> None:
     db, run_id = monitored_run
     for table in TABLES:
-        assert _rows(db, f'SELECT COUNT(*) FROM "{table}" WHERE run_id = ?'.replace("?", repr(run_id)))[0][0] > 0, table
+        assert _rows(db, f"SELECT COUNT(*) FROM \"{table}\" WHERE run_id = '{run_id}'")[0][0] > 0, table
     # Every try ran (the worker's first message) and returned; the failed one is recorded as failed.
     tries = _rows(db, f"SELECT task_id, task_try_time_running, block_id, hostname FROM try WHERE run_id = '{run_id}'")
     assert len(tries) == 6 and all(t[1] is not None and t[2] == "0" for t in tries)
@@ -161,3 +161,20 @@ def _check_pages(page: Any, base: str, run_id: str, tmp_path: Any) -> None:
     legends = set(page.locator(".legendtext").all_text_contents())
     assert {"Total CPU cores", "Total of workers in whole run"} <= legends
     page.screenshot(path=str(tmp_path / "resource_usage.png"), full_page=True)
+
+
+def test_a_radio_given_still_gets_nodes_and_blocks(load_dfk: Any, tmp_path: Any) -> None:
+    """With a radio of Parsl's (here the filesystem one), pools and blocks reach the hub too."""
+    from parsl.monitoring.radios.filesystem import FilesystemRadio
+
+    run_dir = tmp_path / "runinfo"
+    dfk = load_dfk(dict(remote_monitoring_radio=FilesystemRadio()), run_dir=str(run_dir),
+                   monitoring=MonitoringHub(resource_monitoring_interval=0))
+    assert add(1, 2).result(timeout=60) == 3
+    run_id = dfk.run_id
+    dfk.cleanup()
+    db = str(run_dir / "monitoring.db")
+    for table in ("task", "try", "node", "block"):
+        assert _rows(db, f"SELECT COUNT(*) FROM \"{table}\" WHERE run_id = '{run_id}'")[0][0] > 0, table
+    tries = _rows(db, f"SELECT task_try_time_running FROM try WHERE run_id = '{run_id}'")
+    assert tries[0][0] is not None  # the worker's message came through Parsl's radio
