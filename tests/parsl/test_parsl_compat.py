@@ -30,7 +30,7 @@ from parsl_tasks import add, count_tries, cwd, write_relative
 
 import htex
 from htex import errors
-from htex.parsl import HighThroughputExecutor
+from htex.parsl import HighThroughputExecutor, ResultRadio
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,6 +67,9 @@ def test_every_parameter_of_parsls_htex_is_accepted() -> None:
     ex = HighThroughputExecutor(**defaults)
     for name, value in defaults.items():
         if name in ("provider", "max_workers_per_node"):  # htex's provider / its cap stand for these
+            continue
+        if name == "remote_monitoring_radio":  # None: a default radio, as Parsl's HTEX (its HTEXRadio)
+            assert isinstance(ex.remote_monitoring_radio, ResultRadio)
             continue
         stored = getattr(ex, name, getattr(ex.htex, name, None))
         # Parsl too keeps the accelerators as a list.
