@@ -90,7 +90,10 @@ class NodeFacts:
     """What the client cannot see of a remote node: sent by each worker with its first result."""
 
     pool: str  # the manager id (PARSL_WORKER_POOL_ID)
+    block_id: str
     hostname: str
+    worker_count: int
+    python_v: str
     cpu_count: int
     total_memory: int
 
@@ -112,7 +115,9 @@ def _node_facts_once() -> NodeFacts | None:
     if _facts_sent:
         return None
     _facts_sent = True
-    return NodeFacts(os.environ.get("PARSL_WORKER_POOL_ID", ""), platform.node(),
+    env = os.environ.get
+    return NodeFacts(env("PARSL_WORKER_POOL_ID", ""), env("PARSL_WORKER_BLOCK_ID", ""), platform.node(),
+                     int(env("PARSL_WORKER_COUNT", "0")), platform.python_version(),
                      psutil.cpu_count() or 0, psutil.virtual_memory().total)
 
 
@@ -126,7 +131,7 @@ class _Collector(threading.Thread):
         self.dropped = 0
 
     def run(self) -> None:
-        while data := self.sock.recv(1 << 20):
+        while data := self.sock.recv(1 << 18):  # larger than any datagram a UNIX socket takes by default
             if len(self.messages) >= MAX_MESSAGES:
                 self.dropped += 1
                 continue
@@ -202,19 +207,38 @@ class Reporter:
     # -- the tasks' messages (the client's I/O thread) -------------------------------------
 
     def deliver(self, monitored: Monitored) -> None:
-        for message in monitored.messages:
-            self.queue.put(message)
-        facts = monitored.node
-        if facts is not None and facts.pool:
-            with self.lock:
-                self.facts[facts.pool] = facts
-                row = self.nodes.get(facts.pool)
-                if row is not None and not row["cpu_count"]:  # reported before its facts were known
-                    self._send_node(dict(row), row["active"])
+        """Called before the app's future is settled: must not raise (the future would never end)."""
+        try:
+            for message in monitored.messages:
+                self.queue.put(message)
+            if monitored.node is not None and monitored.node.pool:
+                self._learn(monitored.node)
+        except Exception:
+            log.exception("monitoring: a task's messages could not be handed to the hub")
+
+    def _learn(self, facts: NodeFacts) -> None:
+        with self.lock:
+            self.facts[facts.pool] = facts
+            row = self.nodes.get(facts.pool)
+            if row is None:  # a pool that came (and maybe went) between two polls
+                self._send_node({
+                    "run_id": self.run_id, "hostname": facts.hostname, "uid": facts.pool, "block_id": facts.block_id,
+                    "worker_count": facts.worker_count, "python_v": facts.python_v,
+                    "last_heartbeat": datetime.datetime.now()}, True)
+            elif not row["cpu_count"]:  # reported before its facts were known
+                self._send_node(dict(row), row["active"])
 
     # -- pools and blocks (the reporter's thread) ------------------------------------------
 
     def poll(self) -> None:
+        """Report pools that came or went, and blocks whose state changed, since the last poll; never raises
+        (it runs in shutdown(), which must go on)."""
+        try:
+            self._poll()
+        except Exception:
+            log.exception("monitoring: pools and blocks could not be reported")
+
+    def _poll(self) -> None:
         try:
             managers = self.htex.connected_managers
         except Exception as exc:  # stopped or broken: the blocks may still be reported

@@ -178,3 +178,57 @@ def test_a_radio_given_still_gets_nodes_and_blocks(load_dfk: Any, tmp_path: Any)
         assert _rows(db, f"SELECT COUNT(*) FROM \"{table}\" WHERE run_id = '{run_id}'")[0][0] > 0, table
     tries = _rows(db, f"SELECT task_try_time_running FROM try WHERE run_id = '{run_id}'")
     assert tries[0][0] is not None  # the worker's message came through Parsl's radio
+
+
+class _OneRemotePool:
+    """Stands in for a running executor whose one pool is on another host (no second host runs here)."""
+
+    blocks = {"0": "job-0"}
+
+    def __init__(self) -> None:
+        from htex.providers.base import JobState, JobStatus
+
+        self.managers = [{"manager": "m1", "hostname": "node-b", "block_id": "0", "worker_count": 8,
+                          "python_version": "3.11.7", "last_heartbeat": 1.0}]
+        self.statuses = {"0": JobStatus(JobState.RUNNING)}
+
+    @property
+    def connected_managers(self) -> list[dict[str, Any]]:
+        return self.managers
+
+    def status(self) -> dict[str, Any]:
+        return self.statuses
+
+
+def test_reporter_remote_pool_facts_and_pools_seen_only_through_results() -> None:
+    import queue
+
+    from parsl.monitoring.message_type import MessageType
+
+    from htex.parsl_monitoring import Monitored, NodeFacts, Reporter
+
+    q: queue.Queue[Any] = queue.Queue()
+    htex = _OneRemotePool()
+    reporter = Reporter(q, htex, "run", "label", interval=3600)
+    reporter.poll()
+    node, block = q.get_nowait(), q.get_nowait()
+    assert node[0] is MessageType.NODE_INFO and node[1]["hostname"] == "node-b" and node[1]["cpu_count"] == 0
+    assert block == (MessageType.BLOCK_INFO, [block[1][0]]) and block[1][0]["status"] == "RUNNING"
+    assert block[1][0]["job_id"] == "job-0"
+    # Its facts arrive with a result: the node is reported again, right.
+    reporter.deliver(Monitored(5, ["a message"], NodeFacts("m1", "0", "node-b", 8, "3.11.7", 64, 2**38)))
+    assert q.get_nowait() == "a message"
+    again = q.get_nowait()[1]
+    assert (again["uid"], again["cpu_count"], again["total_memory"]) == ("m1", 64, 2**38)
+    # A pool no poll saw (it came and went between two) is reported from its facts.
+    reporter.deliver(Monitored(5, [], NodeFacts("m2", "1", "node-c", 4, "3.11.7", 16, 2**36)))
+    row = q.get_nowait()[1]
+    assert (row["uid"], row["block_id"], row["worker_count"], row["cpu_count"]) == ("m2", "1", 4, 16)
+    # Nothing changed: a poll reports nothing.  Pools gone: each reported once, inactive.
+    htex.managers.append({**htex.managers[0], "manager": "m2", "hostname": "node-c", "block_id": "1"})
+    reporter.poll()
+    assert q.empty()
+    htex.managers = []
+    reporter.poll()
+    gone = [q.get_nowait()[1] for _ in range(2)]
+    assert sorted((g["uid"], g["active"]) for g in gone) == [("m1", False), ("m2", False)] and q.empty()
