@@ -47,9 +47,12 @@ translated at the boundary (``submit`` and the futures it returns), so the
 DFK's and users' ``except`` clauses for Parsl's classes work.
 
 Per-task ``resource_specification`` (an app's ``parsl_resource_specification``)
-takes ``priority``, as in Parsl's HTEX, and nothing else.  Not supported:
-Parsl's resource monitoring unless a ``remote_monitoring_radio``
-(e.g. ``parsl.monitoring.radios.filesystem.FilesystemRadio()``) is given.
+takes ``priority``, as in Parsl's HTEX, and nothing else.
+
+Monitoring: with ``Config(monitoring=MonitoringHub(...))``, the default radio
+(``ResultRadio``, in ``htex.parsl_monitoring``) brings the tasks' messages back
+with their results, and every pool and block is reported to the hub, as
+Parsl's HTEX does; any other radio of Parsl's may be given instead.
 
 This module imports Parsl; the rest of htex never does.
 """
@@ -81,12 +84,13 @@ except ImportError as exc:  # pragma: no cover - exercised only where Parsl is m
 from . import errors, poolcmd, procs
 from .errors import ConfigurationError, ProviderError
 from .executor import HighThroughputExecutor as _HtexExecutor
+from .parsl_monitoring import EXC_ATTRIBUTE, Monitored, Reporter, ResultRadio, run_with_radio
 from .providers.base import ExecutionProvider, JobState, JobStatus
 
 __all__ = [
     "BadStateException", "DeserializationError", "HighThroughputExecutor", "InterchangeLost",
-    "InvalidResourceSpecification", "ManagerLost", "ParslProvider", "ScaleOutFailed", "SerializationError",
-    "WorkerLost", "to_htex_state",
+    "InvalidResourceSpecification", "ManagerLost", "ParslProvider", "ResultRadio", "ScaleOutFailed",
+    "SerializationError", "WorkerLost", "to_htex_state",
 ]
 
 log = logging.getLogger("htex.parsl")
@@ -297,8 +301,8 @@ def _to_parsl(exc: BaseException, executor: Any, fname: str = "") -> BaseExcepti
     return exc
 
 
-def _translated(fut: Future[Any], executor: Any, fname: str) -> Future[Any]:
-    """A future that ends as ``fut`` does, its exception as Parsl's class."""
+def _translated(fut: Future[Any], executor: Any, fname: str, reporter: Reporter | None = None) -> Future[Any]:
+    """A future that ends as ``fut`` does, its exception as Parsl's class; monitoring messages to ``reporter``."""
     out: Future[Any] = Future()
     if hasattr(fut, "parsl_executor_task_id"):  # the DFK logs it
         out.parsl_executor_task_id = fut.parsl_executor_task_id  # type: ignore[attr-defined]
@@ -307,9 +311,16 @@ def _translated(fut: Future[Any], executor: Any, fname: str) -> Future[Any]:
         if done.cancelled():
             out.cancel()
         elif (exc := done.exception()) is not None:
+            monitored = exc.__dict__.pop(EXC_ATTRIBUTE, None)
+            if reporter is not None and isinstance(monitored, Monitored):
+                reporter.deliver(monitored)
             out.set_exception(_to_parsl(exc, executor, fname))
         else:
-            out.set_result(done.result())
+            value = done.result()
+            if reporter is not None and isinstance(value, Monitored):
+                reporter.deliver(value)
+                value = value.value
+            out.set_result(value)
 
     fut.add_done_callback(copy)
     return out
@@ -391,8 +402,9 @@ class HighThroughputExecutor(ParslExecutor):
         self.storage_access = storage_access
         # Parsl's meaning (the executor's own directory, for staging): not where tasks run, so not htex's.
         self.working_dir = working_dir
-        if remote_monitoring_radio is not None:
-            self.remote_monitoring_radio = remote_monitoring_radio
+        # As Parsl's HTEX: a default radio, so MonitoringHub works with no radio given.
+        self.remote_monitoring_radio = remote_monitoring_radio if remote_monitoring_radio is not None else ResultRadio()
+        self._reporter: Reporter | None = None
         # As Parsl: an int n means accelerators "0".."n-1".
         accelerators = ([str(i) for i in range(available_accelerators)] if isinstance(available_accelerators, int)
                         else list(available_accelerators))
@@ -422,10 +434,18 @@ class HighThroughputExecutor(ParslExecutor):
         # The DFK has set run_dir by now: htex writes under <run_dir>/<label>, as Parsl's executor does.
         self.htex.run_dir = os.path.abspath(self.run_dir)
         self.htex.start()
+        if self.monitoring_messages is not None:  # the DFK has a MonitoringHub
+            self._reporter = Reporter(self.monitoring_messages, self.htex, self.run_id or "", self.label,
+                                      self.htex.status_polling_interval)
+            self._reporter.start()
 
     def submit(self, func: Callable[..., Any], resource_specification: dict[str, Any], *args: Any,
                **kwargs: Any) -> Future[Any]:
         fname = getattr(func, "__name__", repr(func))
+        # Under MonitoringHub, with our radio, the task's messages come back with its result.
+        reporter = self._reporter if isinstance(self.remote_monitoring_radio, ResultRadio) else None
+        if reporter is not None:
+            func, args = run_with_radio, (func, *args)
         try:
             fut = self.htex.submit(func, resource_specification, *args, **kwargs)
         except errors.HtexError as exc:
@@ -433,13 +453,17 @@ class HighThroughputExecutor(ParslExecutor):
             if isinstance(parsl_exc, InvalidResourceSpecification):
                 parsl_exc.invalid_keys = set(resource_specification or ())  # htex takes none of them
             raise parsl_exc from exc
-        return _translated(fut, self, fname)
+        return _translated(fut, self, fname, reporter)
 
     def shutdown(self) -> None:
         # As Parsl's own executor: the DFK has waited for what it wanted; what still runs is abandoned
         # (its futures fail with ExecutorShutdown) rather than holding cleanup() hostage.
         try:
+            if self._reporter is not None:
+                self._reporter.stop()  # the pools, while they are still connected
             self.htex.shutdown(wait=False)
+            if self._reporter is not None:
+                self._reporter.poll()  # the blocks' last states
         finally:
             super().shutdown()
 

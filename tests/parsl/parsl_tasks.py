@@ -86,3 +86,17 @@ def write_relative(name: str, text: str, stdout: str | None = None) -> str:
 def add_with_spec(a: int, b: int = 0, parsl_resource_specification: dict[str, Any] | None = None) -> int:
     """Parsl passes the app's parsl_resource_specification to the executor and to the function too."""
     return a + b
+
+
+@python_app
+def sleep_for(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+@bash_app
+def count_tries(name: str, failures: int) -> str:
+    # Counts its tries in a relative file, as a user's retried script does: fails until the count passes `failures`.
+    return f'echo x >> {name}; [ "$(wc -l < {name})" -gt {failures} ]'

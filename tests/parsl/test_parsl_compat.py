@@ -26,11 +26,11 @@ import parsl.serialize.errors
 from parsl.executors.errors import BadStateException, InvalidResourceSpecification
 from parsl.executors.high_throughput.manager_selector import RandomManagerSelector
 from parsl.serialize.errors import SerializationError
-from parsl_tasks import add, cwd, write_relative
+from parsl_tasks import add, count_tries, cwd, write_relative
 
 import htex
 from htex import errors
-from htex.parsl import HighThroughputExecutor
+from htex.parsl import HighThroughputExecutor, ResultRadio
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,6 +67,9 @@ def test_every_parameter_of_parsls_htex_is_accepted() -> None:
     ex = HighThroughputExecutor(**defaults)
     for name, value in defaults.items():
         if name in ("provider", "max_workers_per_node"):  # htex's provider / its cap stand for these
+            continue
+        if name == "remote_monitoring_radio":  # None: a default radio, as Parsl's HTEX (its HTEXRadio)
+            assert isinstance(ex.remote_monitoring_radio, ResultRadio)
             continue
         stored = getattr(ex, name, getattr(ex.htex, name, None))
         # Parsl too keeps the accelerators as a list.
@@ -158,6 +161,16 @@ def test_tasks_run_in_the_clients_directory(load_dfk: Any, tmp_path: Any, monkey
     ex = dfk.executors["HighThroughputExecutor"]
     assert ex.provider.script_dir.startswith(dfk.run_dir)
     assert sorted(os.listdir(here)) == ["out.txt", "std.out"]
+
+
+def test_retried_bash_app_counts_its_tries_in_the_clients_directory(load_dfk: Any, tmp_path: Any,
+                                                                     monkeypatch: Any) -> None:
+    here = tmp_path / "client"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    load_dfk(retries=2)
+    assert count_tries("tries.txt", 2).result(timeout=60) == 0
+    assert (here / "tries.txt").read_text() == "x\nx\nx\n"  # three tries, all in this directory, none before
 
 
 def test_parsl_local_provider_runs_tasks_in_the_clients_directory(load_dfk: Any, tmp_path: Any,
