@@ -436,6 +436,8 @@ class Manager:
             if isinstance(msg, protocol.Tasks):
                 self.functions.update(msg.functions)
                 self.queue.extend(zip(msg.ids, msg.fn_keys, msg.payloads, strict=False))
+            elif isinstance(msg, protocol.Withdraw):
+                self._withdraw(msg)
             elif isinstance(msg, protocol.Shutdown):
                 log.info("interchange asked us to stop: %s", msg.reason)
                 self._stop()
@@ -447,6 +449,26 @@ class Manager:
                 return
             elif isinstance(msg, protocol.Registered):
                 log.info("registered with the interchange")
+
+    def _withdraw(self, msg: protocol.Withdraw) -> None:
+        """Give back the asked-for tasks still in our queue; those handed to a worker may have started: they stay.
+
+        Exact because only this thread hands tasks to workers: a task in ``self.queue`` has not left
+        this process (a dead worker's unstarted tasks come back here too, see _account_for_dead_worker).
+        """
+        wanted = set(msg.ids)
+        withdrawn: list[int] = []
+        if wanted and self.queue:
+            kept: deque[Task] = deque()
+            for task in self.queue:
+                if task[0] in wanted:
+                    withdrawn.append(task[0])
+                else:
+                    kept.append(task)
+            self.queue = kept
+        started = [tid for tid in msg.ids if tid in self.handed]
+        log.debug("withdraw %d tasks: %d withdrawn, %d started", len(wanted), len(withdrawn), len(started))
+        self._send(self.task_sock, protocol.Withdrawn(req=msg.req, withdrawn=withdrawn, started=started))
 
     # -- step 2: the workers -------------------------------------------------
 

@@ -37,11 +37,19 @@ Who sends what::
     interchange -> executor    Ready, Results, Heartbeat, the answers above; events:
                                  TasksFailed(ids, LostReason), PoolRegistered(PoolInfo),
                                  PoolGone (lost or released), PoolRejected
-    pool      -> interchange   Probe, Register, Results, Heartbeat
-    interchange -> pool        ProbeReply, Registered, Rejected, Tasks, Heartbeat, Shutdown
+    pool      -> interchange   Probe, Register, Results, Heartbeat, Withdrawn
+    interchange -> pool        ProbeReply, Registered, Rejected, Tasks, Heartbeat, Shutdown;
+                                 Withdraw(req, ids) -> Withdrawn(req, withdrawn, started)
     key holder -> interchange  StatusRequest (req 0, on the task port: `htex status`)
     worker    -> pool          WorkerReady, Results
     pool      -> worker        Tasks, Shutdown
+
+Withdraw takes tasks back from a pool if no worker may have started them:
+``withdrawn`` are the ones it removed from its prefetch queue (they will never
+run there, and no result will come for them); ``started`` are those it had
+handed to a worker (a worker may have started them: they stay, and their
+result comes as usual).  An id in neither list is not held by the pool: it is
+done, and its result is on its way on the result socket (or was sent already).
 
 The interchange's configuration (``InterchangeConfig``, on its stdin) is JSON
 read with the same checks as a message.
@@ -613,6 +621,27 @@ class Rejected(_Json):
 
 
 @dataclass(frozen=True, slots=True)
+class Withdraw(_Json):
+    """Interchange -> pool: take back these tasks unless a worker may have started them.  Answered by Withdrawn
+    (on the task socket) with the same ``req``; the pool answers each Withdraw, in the order they came."""
+
+    TYPE: ClassVar[int] = 50
+    req: int
+    ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn(_Json):
+    """Pool -> interchange: ``withdrawn`` left its queue and will never run there; ``started`` were handed to
+    a worker (may have started: they stay).  An id asked for and in neither list is done (see the docstring)."""
+
+    TYPE: ClassVar[int] = 51
+    req: int
+    withdrawn: list[int]
+    started: list[int]
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReady(_Json):
     """Worker -> pool, once at start-up."""
 
@@ -626,7 +655,7 @@ Answer = StatusReply | Done | Failed
 PoolEvent = PoolRegistered | PoolGone | PoolRejected
 Message = (
     Tasks | Results | Ready | Heartbeat | Shutdown | Request | Answer | TasksFailed | PoolEvent
-    | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady
+    | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady | Withdraw | Withdrawn
 )
 
 _TYPES: dict[int, Any] = {
@@ -634,7 +663,7 @@ _TYPES: dict[int, Any] = {
     for cls in (
         Tasks, Results, Ready, Heartbeat, Shutdown, StatusRequest, StatusReply, HoldPools, DropBlocks, Done, Failed,
         TasksFailed, PoolRegistered, PoolGone, PoolRejected,
-        Probe, ProbeReply, Register, Registered, Rejected, WorkerReady,
+        Probe, ProbeReply, Register, Registered, Rejected, WorkerReady, Withdraw, Withdrawn,
     )
 }
 _HEADERS = {t: _HEADER.pack(MAGIC, PROTOCOL_VERSION, t) for t in _TYPES}

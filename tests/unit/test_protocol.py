@@ -201,6 +201,8 @@ _SAMPLES: list[Any] = [
     protocol.Registered(),
     protocol.Rejected(reason="no"),
     protocol.WorkerReady(rank=0, pid=9),
+    protocol.Withdraw(req=4, ids=[1, 2, 3]),
+    protocol.Withdrawn(req=4, withdrawn=[2, 3], started=[1]),
 ]
 
 
