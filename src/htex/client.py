@@ -34,7 +34,7 @@ from typing import Any
 
 import zmq
 
-from . import procs, protocol, serialize, shm
+from . import cancel, procs, protocol, serialize, shm
 from .errors import CommandFailed, InterchangeLost, InternalError, ManagerLost, ProtocolError, TaskLost
 from .inflight import Inflight, Lifecycle, settle, shutdown_error
 
@@ -135,6 +135,16 @@ class Outbox:
         with self.lock:
             fd, self.wake_fd = self.wake_fd, -1
         os.close(fd)
+
+    def withdraw(self, ids: set[int]) -> list[int]:
+        """Take out the waiting tasks with these ids (cancelled before they left); return their ids."""
+        with self.lock:
+            if not ids or not self.tasks:
+                return []
+            kept = [t for t in self.tasks if t[0] not in ids]
+            out = [t[0] for t in self.tasks if t[0] in ids]
+            self.tasks = kept
+            return out
 
     def take(self) -> tuple[list[Task], bool, dict[int, protocol.Blob], list[protocol.Message]]:
         """Everything waiting: tasks, whether any of them has a priority, functions, control messages."""
@@ -348,7 +358,9 @@ class ClientThread(threading.Thread):
             cls = _LOST.get(msg.error, TaskLost)
             for tid in msg.ids:
                 self._lost(tid, cls(msg.message))
-        elif isinstance(msg, protocol.StatusReply | protocol.Done | protocol.Failed):
+        elif isinstance(msg, protocol.StatusReply | protocol.Done | protocol.Failed | protocol.Cancelled):
+            if isinstance(msg, protocol.Cancelled):  # applied here, whether or not someone still waits for it
+                cancel.apply(self.inflight, msg)
             with self.outbox.lock:  # request() adds replies from other threads
                 reply = self._replies.pop(msg.req, None)
             if reply is not None and isinstance(msg, protocol.Failed):

@@ -27,11 +27,11 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from . import endpoints, poolcmd, protocol, rundir, security, serialize, shm
+from . import cancel, endpoints, poolcmd, protocol, rundir, security, serialize, shm
 from .client import ClientThread, InterchangeProcess
 from .errors import ConfigurationError, InvalidResourceSpecification
 from .inflight import Inflight, Lifecycle
@@ -257,8 +257,8 @@ class HighThroughputExecutor:
         if client is None:
             raise RuntimeError("call start() (or use `with HighThroughputExecutor(...) as ex`) before submit()")
         payload, lease = serialize.pack_task_args(args, kwargs, self._inflight.arena, may_wait=not client.is_current())
-        fut: Future[Any] = Future()
-        fut.set_running_or_notify_cancel()
+        fut = cancel.TaskFuture(self._cancel)
+        fut.set_running_or_notify_cancel()  # RUNNING: the stdlib's cancel() must not flip it (cancel.py)
         key, blob = self._functions.key_for(func)
         # Not on the I/O thread: a done-callback that submits must not wait for room only that thread makes.
         task_id = self._inflight.add(fut, key, payload, lease, not client.is_current(), priority)
@@ -274,7 +274,27 @@ class HighThroughputExecutor:
         With ``chunksize > 1`` each task runs ``chunksize`` calls, which saves
         overhead for very short functions.
         """
-        return map_in_order(lambda f, *a: self.submit(f, {}, *a), fn, iterables, timeout, chunksize)
+        return map_in_order(lambda f, *a: self.submit(f, {}, *a), fn, iterables, timeout, chunksize,
+                            cancel=self._cancel_waiting)
+
+    def cancel(self, future: Future[Any]) -> bool:
+        """Stop this task wherever it is; True if it was stopped, False if it had finished.
+
+        Not started (in the client, the interchange or a pool's prefetch): never runs, and the
+        future is ``cancelled()``, as ``future.cancel()`` does.  Running: the pool kills the worker
+        running it and starts another; the future ends with ``TaskCancelled`` (a CancelledError).
+        """
+        return self._cancel([future], True)[0]
+
+    def _cancel(self, futures: Sequence[Future[Any]], kill: bool) -> list[bool]:
+        client = self._client
+        if client is None or not futures:
+            return [f.cancelled() for f in futures]
+        return cancel.cancel(client, self._inflight, futures, kill, COMMAND_SECONDS)
+
+    def _cancel_waiting(self, futures: list[Future[Any]]) -> None:
+        """What ``map`` and ``shutdown(cancel_futures=True)`` do: cancel what has not started, in one request."""
+        self._cancel(futures, False)
 
     @property
     def stdlib(self) -> StdlibView:
@@ -413,7 +433,8 @@ class HighThroughputExecutor:
         """Stop everything this executor started, in order; safe to call twice.
 
         1. refuse new tasks;
-        2. with ``wait`` (and not ``cancel_futures``), wait for the running tasks;
+        2. with ``cancel_futures``, cancel every task not started (one request, as ``future.cancel()``);
+           with ``wait``, wait for the running tasks;
         3. stop the block poller (it may be in a scheduler command: POLLER_JOIN_SECONDS);
         4. ask the interchange to stop (it tells the pools), then kill it after INTERCHANGE_STOP_SECONDS;
         5. cancel every block with the provider;
@@ -437,7 +458,9 @@ class HighThroughputExecutor:
                 self._lifecycle.shut_down.wait(SECOND_SHUTDOWN_SECONDS)
             return
         self._inflight.wake_waiters()
-        if wait and not cancel_futures:
+        if cancel_futures and client is not None and not client.is_current():
+            self._cancel_waiting(list(self._inflight.futures.values()))
+        if wait:
             concurrent.futures.wait(list(self._inflight.futures.values()))
         if self._poller is not None:
             self._poller.stop()
@@ -479,7 +502,8 @@ class StdlibView(concurrent.futures.Executor):
             chunksize: int = 1, **kw: Any) -> Iterator[Any]:
         if not self._spec:
             return self.htex.map(fn, *iterables, timeout=timeout, chunksize=chunksize)
-        return map_in_order(lambda f, *a: self.htex.submit(f, self._spec, *a), fn, iterables, timeout, chunksize)
+        return map_in_order(lambda f, *a: self.htex.submit(f, self._spec, *a), fn, iterables, timeout, chunksize,
+                            cancel=self.htex._cancel_waiting)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.htex.shutdown(wait, cancel_futures=cancel_futures)

@@ -55,7 +55,7 @@ from typing import Any
 
 import zmq
 
-from . import __version__, dispatch, protocol, security
+from . import __version__, cancel, dispatch, protocol, security
 from .errors import ProtocolError
 from .protocol import InterchangeConfig
 
@@ -153,6 +153,7 @@ class Interchange:
         self.started = time.monotonic()
         self.dropped = 0
         self.counts = _Counts()
+        self.withdrawals = cancel.Withdrawals()  # CancelTasks waiting for pools' Withdrawn
 
         socks = _open_sockets(self.ctx, cfg)
         self.client, self.task_sock, self.result_sock = socks.client, socks.tasks, socks.results
@@ -212,6 +213,8 @@ class Interchange:
                 else:
                     self.queue.extend_ranked(tasks, msg.priorities)
                 self.counts.received += len(msg.ids)
+            elif isinstance(msg, protocol.CancelTasks):
+                self._cancel(msg)
             elif isinstance(msg, protocol.Request):
                 self._to_client(self._answer(msg))
             elif isinstance(msg, protocol.Shutdown):
@@ -254,6 +257,28 @@ class Interchange:
             self._lose_pool(pool, why, released)
         return len(gone)
 
+    def _cancel(self, msg: protocol.CancelTasks) -> None:
+        """Drop the queued ones; ask each pool holding some to withdraw them (see cancel.py); answer when all did."""
+        wanted = set(msg.ids)
+        dropped = [t[0] for t in self.queue.remove_if(lambda t: t[0] in wanted)] if self.queue else []
+        held = {p.identity: sorted(wanted.intersection(p.tasks)) for p in self.pools.values()}
+        sends, answer = self.withdrawals.begin(msg.req, dropped, {k: v for k, v in held.items() if v}, msg.kill)
+        for identity, withdraw in sends:
+            if not self._to_pool(identity, withdraw):
+                answer = self.withdrawals.answered(protocol.Withdrawn(req=withdraw.req, withdrawn=[], started=withdraw.ids))
+        if answer is not None:
+            self._to_client(answer)
+
+    def _withdrawn(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
+        """A pool gave tasks back: it holds them no more (never lost with it), and has room again."""
+        for tid in msg.withdrawn:
+            pool.tasks.pop(tid, None)
+        if pool.free > 0:
+            self.with_room[pool.identity] = pool
+        answer = self.withdrawals.answered(msg)
+        if answer is not None:
+            self._to_client(answer)
+
     def _to_client(self, msg: protocol.Message) -> None:
         self.client.send_multipart(msg.encode(), copy=False)
         self.client_last_sent = time.monotonic()
@@ -282,6 +307,8 @@ class Interchange:
                 self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
             elif isinstance(msg, protocol.Register):
                 self._register(identity, msg)
+            elif isinstance(msg, protocol.Withdrawn) and pool is not None:
+                self._withdrawn(pool, msg)
             elif pool is None:
                 # A pool we declared lost (it may have been stopped and resumed): tell it to go.
                 self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
@@ -426,6 +453,8 @@ class Interchange:
         message = f"{pool.describe()} was {'released' if released else 'lost'}: {why}"
         log.error("%s; the %d tasks it held fail", message, len(held))
         self.counts.lost += len(held)
+        for answer in self.withdrawals.pool_gone(pool.identity):
+            self._to_client(answer)
         if held:
             self._to_client(protocol.TasksFailed(ids=held, error=protocol.LostReason.MANAGER_LOST, message=message))
         r = pool.reg

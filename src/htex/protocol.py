@@ -33,6 +33,7 @@ Who sends what::
                                  StatusRequest -> StatusReply(stats, pools)
                                  HoldPools     -> Done(count)     (pools put on hold)
                                  DropBlocks    -> Done(count)     (pools forgotten)
+                                 CancelTasks   -> Cancelled(withdrawn, started)
                                  any of them   -> Failed(reason)  (could not be carried out)
     interchange -> executor    Ready, Results, Heartbeat, the answers above; events:
                                  TasksFailed(ids, LostReason), PoolRegistered(PoolInfo),
@@ -50,6 +51,13 @@ run there, and no result will come for them); ``started`` are those it had
 handed to a worker (a worker may have started them: they stay, and their
 result comes as usual).  An id in neither list is not held by the pool: it is
 done, and its result is on its way on the result socket (or was sent already).
+With ``kill``, the pool also kills the worker running each started task (at
+once, or when the worker reaches it in its batch) and replaces it; that task's
+result is a TaskCancelled, or its own result if it finished first.
+
+CancelTasks is the client's side of it: the interchange drops the tasks still
+in its queue, sends a Withdraw to each pool holding some, and answers one
+Cancelled when every pool has answered (or was lost).
 
 The interchange's configuration (``InterchangeConfig``, on its stdin) is JSON
 read with the same checks as a message.
@@ -523,6 +531,27 @@ class DropBlocks(_Json):
 
 
 @dataclass(frozen=True, slots=True)
+class CancelTasks(_Json):
+    """Withdraw these tasks wherever they wait (``kill``: stop those running too).  Answered by Cancelled."""
+
+    TYPE: ClassVar[int] = 52
+    req: int
+    ids: list[int]
+    kill: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled(_Json):
+    """``withdrawn`` will never run (no result will come); ``started`` may have (with kill: their workers are
+    being killed, and their result says whether it was in time).  The other ids asked for were done."""
+
+    TYPE: ClassVar[int] = 53
+    req: int
+    withdrawn: list[int]
+    started: list[int]
+
+
+@dataclass(frozen=True, slots=True)
 class Done(_Json):
     TYPE: ClassVar[int] = 16
     req: int
@@ -628,6 +657,7 @@ class Withdraw(_Json):
     TYPE: ClassVar[int] = 50
     req: int
     ids: list[int]
+    kill: bool = False  # also kill the workers running the started ones (ex.cancel): they end TaskCancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -651,17 +681,18 @@ class WorkerReady(_Json):
 
 
 Request = StatusRequest | HoldPools | DropBlocks
-Answer = StatusReply | Done | Failed
+Answer = StatusReply | Done | Failed | Cancelled
 PoolEvent = PoolRegistered | PoolGone | PoolRejected
 Message = (
     Tasks | Results | Ready | Heartbeat | Shutdown | Request | Answer | TasksFailed | PoolEvent
-    | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady | Withdraw | Withdrawn
+    | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady | Withdraw | Withdrawn | CancelTasks
 )
 
 _TYPES: dict[int, Any] = {
     cls.TYPE: cls
     for cls in (
         Tasks, Results, Ready, Heartbeat, Shutdown, StatusRequest, StatusReply, HoldPools, DropBlocks, Done, Failed,
+        CancelTasks, Cancelled,
         TasksFailed, PoolRegistered, PoolGone, PoolRejected,
         Probe, ProbeReply, Register, Registered, Rejected, WorkerReady, Withdraw, Withdrawn,
     )

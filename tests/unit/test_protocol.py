@@ -203,6 +203,8 @@ _SAMPLES: list[Any] = [
     protocol.WorkerReady(rank=0, pid=9),
     protocol.Withdraw(req=4, ids=[1, 2, 3]),
     protocol.Withdrawn(req=4, withdrawn=[2, 3], started=[1]),
+    protocol.CancelTasks(req=5, ids=[1, 2], kill=True),
+    protocol.Cancelled(req=5, withdrawn=[2], started=[1]),
 ]
 
 
