@@ -46,10 +46,11 @@ CancelMany = Callable[[Sequence["Future[Any]"], bool], list[bool]]
 class TaskFuture(Future[Any]):
     """The future of an htex task: ``cancel()`` reaches the task wherever it waits (see the module's docstring)."""
 
-    def __init__(self, cancel_many: CancelMany) -> None:
+    def __init__(self, cancel_many: weakref.WeakMethod[CancelMany]) -> None:
         super().__init__()
-        # Weakly: a future kept by the user must not keep a shut-down executor alive.
-        self._cancel_many = weakref.WeakMethod(cancel_many)  # type: ignore[arg-type]
+        # Weakly (one reference the executor made once, not one per future: submit() stays as cheap):
+        # a future kept by the user must not keep a shut-down executor alive.
+        self._cancel_many = cancel_many
 
     def cancel(self) -> bool:
         """True if the task will never run (it had not started); False if it started, ran or ended."""

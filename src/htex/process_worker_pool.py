@@ -419,6 +419,10 @@ class Manager:
             prefetch_capacity=self.cfg.prefetch_capacity,
             htex_version=__version__,
             python_version=platform.python_version(),
+            # What tasks with cores or memory are placed by (resources.py): a worker slot stands for its share.
+            cores=max(1, math.floor(self.count * self.cfg.cores_per_worker)),
+            memory_mb=int(self.count * self.cfg.mem_per_worker * 1024 if self.cfg.mem_per_worker
+                          else psutil.virtual_memory().available / 2**20),
         )
         self._send(self.task_sock, reg)
 

@@ -29,7 +29,8 @@ interchange and the pool move them without ever unpickling them.
 
 Who sends what::
 
-    executor  -> interchange   Tasks, Heartbeat, Shutdown; requests, each with a req:
+    executor  -> interchange   Tasks (after a TaskNeeds for tasks with cores/memory/gpus), Heartbeat, Shutdown;
+                               requests, each with a req:
                                  StatusRequest -> StatusReply(stats, pools)
                                  HoldPools     -> Done(count)     (pools put on hold)
                                  DropBlocks    -> Done(count)     (pools forgotten)
@@ -636,6 +637,19 @@ class Register(_Json):
     prefetch_capacity: int
     htex_version: str
     python_version: str
+    cores: int = 0  # the cores its workers are sized for (0: not said: one a worker)
+    memory_mb: int = 0  # the memory its workers may use (0: not said)
+    accelerators: list[str] = field(default_factory=list)  # device ids (CUDA_VISIBLE_DEVICES values)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskNeeds(_Json):
+    """Executor -> interchange, just before the TASKS that carry these tasks: what each asks beyond a plain
+    worker slot (resources.Needs: cores, memory MB, GPUs).  Plain tasks never have one: TASKS is unchanged."""
+
+    TYPE: ClassVar[int] = 54
+    ids: list[int]
+    needs: list[tuple[float, float, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -686,13 +700,14 @@ PoolEvent = PoolRegistered | PoolGone | PoolRejected
 Message = (
     Tasks | Results | Ready | Heartbeat | Shutdown | Request | Answer | TasksFailed | PoolEvent
     | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady | Withdraw | Withdrawn | CancelTasks
+    | TaskNeeds
 )
 
 _TYPES: dict[int, Any] = {
     cls.TYPE: cls
     for cls in (
         Tasks, Results, Ready, Heartbeat, Shutdown, StatusRequest, StatusReply, HoldPools, DropBlocks, Done, Failed,
-        CancelTasks, Cancelled,
+        CancelTasks, Cancelled, TaskNeeds,
         TasksFailed, PoolRegistered, PoolGone, PoolRejected,
         Probe, ProbeReply, Register, Registered, Rejected, WorkerReady, Withdraw, Withdrawn,
     )
