@@ -32,7 +32,6 @@ from . import protocol
 from .errors import InvalidResourceSpecification
 
 KEYS = ("priority", "cores", "memory", "gpus")  # what a resource_specification may hold
-_UNITS = {"cores": "cores", "memory": "MB", "gpus": "GPUs"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +46,8 @@ class Needs:
         return bool(self.cores or self.memory or self.gpus)
 
     def describe(self) -> str:
-        return ", ".join(f"{k}={_fmt(getattr(self, k))}" for k in ("cores", "memory", "gpus") if getattr(self, k)) + \
-            (" (memory in MB)" if self.memory else "")
+        units = {"cores": "", "memory": " MB", "gpus": ""}
+        return ", ".join(f"{k}={_fmt(getattr(self, k))}{u}" for k, u in units.items() if getattr(self, k))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +155,8 @@ class Limits:
             if asked and limit is not None and asked > limit
         ]
         if too_big:
-            offer = ", ".join(f"{k}={'?' if v is None else _fmt(v)}" for k, v in
-                              (("cores", self.cores), ("memory", self.memory_mb), ("gpus", self.gpus)))
+            offer = ", ".join(f"{k}={'?' if v is None else _fmt(v)}{unit}" for k, v, unit in
+                              (("cores", self.cores, ""), ("memory", self.memory_mb, " MB"), ("gpus", self.gpus, "")))
             raise InvalidResourceSpecification(
                 f"this task asks {needs.describe()}, more {' and '.join(too_big)} than any pool of this executor "
                 f"can offer ({offer}: {self.why}); ask for less, or give the pools more (max_workers, "
@@ -181,13 +180,14 @@ def limits(max_workers: float, cores_per_worker: float, mem_per_worker: float | 
         memory: float | None = workers * mem_per_worker * 1024
     else:
         memory = node_memory_gb * 1024 if node_memory_gb else None
+    node_gb = f"{node_memory_gb:.1f}" if node_memory_gb else "?"
     why = (f"max_workers={max_workers}, cores_per_worker={cores_per_worker}, mem_per_worker={mem_per_worker}, "
-           f"node: {node_cores or '?'} cores, {node_memory_gb or '?'} GB; no accelerators configured")
+           f"node: {node_cores or '?'} cores, {node_gb} GB; no accelerators configured")
     return Limits(cores, memory, 0, why)
 
 
 def _fmt(v: float) -> str:
-    return str(int(v)) if v == int(v) else f"{v:g}"
+    return str(int(v)) if v == int(v) or v >= 1000 else f"{v:g}"
 
 
 # ---------------------------------------------------------------------------
