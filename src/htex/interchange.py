@@ -15,7 +15,8 @@ pure function; this class applies it), keep time.  It blocks on its
 sockets; the only timeouts are heartbeats and liveness checks.
 
 The client's requests (``protocol.Request``) are answered in the order they
-come, each by one message with its ``req``; what happens to pools is told to
+come, each by one message with its ``req`` (a CancelTasks once the pools it
+asks to Withdraw have answered: ``cancel.Withdrawals``); what happens to pools is told to
 the client as typed events (PoolRegistered, PoolGone, PoolRejected, TasksFailed).
 
 It never unpickles a task, function or result: those are opaque bytes that
@@ -33,7 +34,9 @@ handler lets in only the run's pool key.  A peer's identity is its own: with
 ROUTER_HANDOVER off, a second connection that claims a live pool's identity
 cannot take its place.
 
-A pool's capacity is its worker count plus its prefetch capacity.  When a pool
+Tasks with cores, memory or gpus (announced by a TaskNeeds) wait apart and are
+placed first, each where it fits (``resources.SizedTasks``); plain tasks never
+go through that.  A pool's capacity is its worker count plus its prefetch capacity.  When a pool
 is lost (silent for heartbeat_threshold, or its block's job ended), every task
 it held fails with ManagerLost, prefetched ones included: a pool cut off from
 us may well have started them, and a task must never run twice unless the

@@ -550,6 +550,13 @@ class Manager:
         started = slot.started_task()
         ran = slot.tasks.index(started) + 1 if started in slot.tasks else 0
         crashed, unstarted = slot.tasks[:ran], slot.tasks[ran:]
+        if self.doomed:  # a task to cancel that never started ends here (the interchange waits for its result)
+            for tid in [t for t in unstarted if t in self.doomed]:
+                unstarted.remove(tid)
+                self.handed.pop(tid, None)
+                self.doomed.discard(tid)
+                self.done_ids.append(tid)
+                self.done_payloads.append(serialize.pack_exception(TaskCancelled("task cancelled before it started"), ""))
         self.queue.extendleft(reversed([self.handed.pop(t) for t in unstarted]))
         host = socket.gethostname()
         assert slot.proc is not None

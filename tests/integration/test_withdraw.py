@@ -137,3 +137,69 @@ def test_withdraw_takes_back_prefetched_tasks_and_leaves_the_started_one(fake: A
     again = ic.receive(protocol.Withdrawn)
     assert (again.req, again.withdrawn, again.started) == (8, [], [])
 
+
+
+def _warm_up(ic: FakeInterchange) -> None:
+    """Run short tasks first: the pool then sizes a worker's batch by their time, so the next batch has several."""
+    ic.submit([(1000 + i, tasks.noop, ()) for i in range(20)])
+    ic.results_for(20)
+
+
+def test_withdraw_with_kill_stops_the_running_task_and_spares_its_batch(fake: Any, tmp_path: Any) -> None:
+    from htex import TaskCancelled, WorkerLost
+
+    ic = fake(workers=1, prefetch=8)
+    _warm_up(ic)
+    log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    # One batch of two for the one worker: X runs (and waits), Y waits behind it in the batch.
+    ic.submit([(1, tasks.record_then_wait_for, (log, "X", gate)), (2, tasks.record, (log, "Y"))])
+    wait_for(lambda: _lines(log) == ["X"], timeout=30, what="X to start")
+    ic.send(protocol.Withdraw(req=1, ids=[1, 2], kill=True))
+    answer = ic.receive(protocol.Withdrawn)
+    assert answer.withdrawn == [] and sorted(answer.started) == [1, 2]  # both handed to the worker
+    results = ic.results_for(2)
+    ok, exc = results[1]
+    assert not ok and isinstance(exc, TaskCancelled) and not isinstance(exc, WorkerLost)
+    # Y never started: asked for too, it ends cancelled (the interchange was told it may have started,
+    # so a result comes for it), and never runs.
+    ok, exc = results[2]
+    assert not ok and isinstance(exc, TaskCancelled) and "before it started" in str(exc)
+    ic.submit([(3, tasks.record, (log, "after"))])
+    assert ic.results_for(1)[3][0]
+    assert _lines(log) == ["X", "after"]
+
+
+def test_a_kill_spares_the_rest_of_the_batch(fake: Any, tmp_path: Any) -> None:
+    """Tasks behind the killed one in its worker's batch never started: back to the queue, run by the new worker."""
+    from htex import TaskCancelled
+
+    ic = fake(workers=1, prefetch=8)
+    _warm_up(ic)
+    log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    ic.submit([(1, tasks.record_then_wait_for, (log, "X", gate)), (2, tasks.record, (log, "Y"))])
+    wait_for(lambda: _lines(log) == ["X"], timeout=30, what="X to start")
+    ic.send(protocol.Withdraw(req=1, ids=[1], kill=True))
+    assert ic.receive(protocol.Withdrawn).started == [1]
+    results = ic.results_for(2)
+    assert isinstance(results[1][1], TaskCancelled) and results[2][0]
+    assert _lines(log) == ["X", "Y"]
+
+
+def test_withdraw_with_kill_waits_for_the_worker_to_reach_the_task(fake: Any, tmp_path: Any) -> None:
+    """The task to cancel is behind another in its worker's batch: the pool kills the worker as it starts it."""
+    from htex import TaskCancelled
+
+    ic = fake(workers=1, prefetch=8)
+    _warm_up(ic)
+    log, gate_z, gate_x = str(tmp_path / "started"), str(tmp_path / "z"), str(tmp_path / "x")
+    ic.submit([(1, tasks.record_then_wait_for, (log, "Z", gate_z)), (2, tasks.record_then_wait_for, (log, "X", gate_x)),
+               (3, tasks.record, (log, "after"))])
+    wait_for(lambda: _lines(log) == ["Z"], timeout=30, what="Z to start")
+    ic.send(protocol.Withdraw(req=1, ids=[2], kill=True))
+    assert ic.receive(protocol.Withdrawn).started == [2]
+    with open(gate_z, "w"):
+        pass
+    results = ic.results_for(3)
+    assert results[1][0] and results[3][0]  # Z finished; `after` ran on the new worker
+    assert not results[2][0] and isinstance(results[2][1], TaskCancelled)
+    assert _lines(log) == ["Z", "X", "after"]
