@@ -266,7 +266,8 @@ class HighThroughputExecutor:
         if client is None:
             raise RuntimeError("call start() (or use `with HighThroughputExecutor(...) as ex`) before submit()")
         payload, lease = serialize.pack_task_args(args, kwargs, self._inflight.arena, may_wait=not client.is_current())
-        fut = cancel.TaskFuture(self._cancel_ref)
+        fut = cancel.TaskFuture()
+        fut.cancel_many = self._cancel_ref
         fut.set_running_or_notify_cancel()  # RUNNING: the stdlib's cancel() must not flip it (cancel.py)
         key, blob = self._functions.key_for(func)
         # Not on the I/O thread: a done-callback that submits must not wait for room only that thread makes.
@@ -314,7 +315,7 @@ class HighThroughputExecutor:
         client = self._client
         if client is None or not futures:
             return [f.cancelled() for f in futures]
-        return cancel.cancel(client, self._inflight, futures, kill, COMMAND_SECONDS)
+        return cancel.cancel(client, self._inflight, futures, kill, COMMAND_SECONDS, self._cancel_ref)
 
     def _cancel_waiting(self, futures: list[Future[Any]]) -> None:
         """What ``map`` and ``shutdown(cancel_futures=True)`` do: cancel what has not started, in one request."""

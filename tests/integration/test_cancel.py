@@ -134,6 +134,18 @@ def test_cancelling_a_finished_future_returns_false(make_executor: Any) -> None:
     assert not fut.cancelled() and fut.result(timeout=0) == 3
 
 
+def test_ex_cancel_touches_only_its_own_futures(make_executor: Any, tmp_path: Any) -> None:
+    """Task ids are per executor: another executor's future (or a plain one) is never taken for one of ours."""
+    b = Busy(make_executor(max_workers=1), tmp_path)
+    other = Future()  # type: ignore[var-annotated]
+    other.set_running_or_notify_cancel()
+    other.parsl_executor_task_id = b.busy[0].parsl_executor_task_id  # type: ignore[attr-defined]
+    assert b.ex.cancel(other) is False
+    assert not b.busy[0].done()
+    other.set_result(None)
+    assert b.drain() == ["busy0", "last"]
+
+
 def test_cancel_in_a_done_callback_stops_a_task_still_in_the_client(make_executor: Any, tmp_path: Any) -> None:
     """The callback runs on the I/O thread: a task it submits waits in the client's Outbox until it returns."""
     ex = make_executor(max_workers=1)
