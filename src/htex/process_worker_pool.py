@@ -30,6 +30,12 @@ task was running (it fails with WorkerLost), which of the batch finished but
 had their results die with the worker (they ran: WorkerLost too, never run
 again), and which never started (back to the queue).
 
+Withdraw (the interchange takes tasks back, for a cancel): what is still in
+the pool's queue leaves it; what a worker was handed may have started and
+stays.  With ``kill`` the pool SIGKILLs the worker running such a task (at
+once, or as the worker reaches it in its batch: the shared word tells), and
+the accounting above makes it TaskCancelled instead of WorkerLost.
+
 The pool is a child subreaper: a process a task leaves behind, even in a
 session of its own (a daemon), becomes our child when its parent exits, and
 is stopped when the pool stops.
