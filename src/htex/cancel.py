@@ -146,23 +146,31 @@ class Withdrawals:
             sends.append((identity, protocol.Withdraw(req=self._next, ids=ids, kill=kill)))
         return sends, None if sends else self._answer(cancel)
 
-    def answered(self, msg: protocol.Withdrawn) -> protocol.Cancelled | None:
-        """A pool's answer: the client's answer once its cancel has heard from every pool."""
-        entry = self._by_req.pop(msg.req, None)
-        if entry is None:
-            return None
-        cancel = entry[0]
-        cancel.withdrawn += msg.withdrawn
-        cancel.started += msg.started
+    def answered(self, identity: bytes, msg: protocol.Withdrawn) -> tuple[list[int], protocol.Cancelled | None]:
+        """A pool's answer: the tasks it gave back (of those asked), and the client's answer once the cancel
+        has heard from every pool.
+
+        Only the pool asked may answer, and only for what it was asked: a peer holding the pool key
+        must not make the client believe tasks were withdrawn that were not.
+        """
+        entry = self._by_req.get(msg.req)
+        if entry is None or entry[1] != identity:
+            return [], None
+        del self._by_req[msg.req]
+        cancel, _, asked = entry
+        wanted = set(asked)
+        withdrawn = [t for t in msg.withdrawn if t in wanted]
+        cancel.withdrawn += withdrawn
+        cancel.started += [t for t in msg.started if t in wanted]
         cancel.waiting.discard(msg.req)
-        return None if cancel.waiting else self._answer(cancel)
+        return withdrawn, None if cancel.waiting else self._answer(cancel)
 
     def pool_gone(self, identity: bytes) -> list[protocol.Cancelled]:
         """A pool lost or unreachable before it answered: its tasks may have started (they fail with it)."""
         answers = []
         for wreq, (_, pool, ids) in list(self._by_req.items()):
             if pool == identity:
-                answer = self.answered(protocol.Withdrawn(req=wreq, withdrawn=[], started=ids))
+                _, answer = self.answered(identity, protocol.Withdrawn(req=wreq, withdrawn=[], started=ids))
                 if answer is not None:
                     answers.append(answer)
         return answers

@@ -293,17 +293,18 @@ class Interchange:
         sends, answer = self.withdrawals.begin(msg.req, dropped, {k: v for k, v in held.items() if v}, msg.kill)
         for identity, withdraw in sends:
             if not self._to_pool(identity, withdraw):
-                answer = self.withdrawals.answered(protocol.Withdrawn(req=withdraw.req, withdrawn=[], started=withdraw.ids))
+                unreachable = protocol.Withdrawn(req=withdraw.req, withdrawn=[], started=withdraw.ids)
+                _, answer = self.withdrawals.answered(identity, unreachable)
         if answer is not None:
             self._to_client(answer)
 
     def _withdrawn(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
-        """A pool gave tasks back: it holds them no more (never lost with it), and has room again."""
-        pool.forget(msg.withdrawn)
-        self.sized.done(msg.withdrawn)
+        """A pool gave tasks back (those it was asked for): it holds them no more (never lost with it)."""
+        withdrawn, answer = self.withdrawals.answered(pool.identity, msg)
+        pool.forget(withdrawn)
+        self.sized.done(withdrawn)
         if pool.free > 0:
             self.with_room[pool.identity] = pool
-        answer = self.withdrawals.answered(msg)
         if answer is not None:
             self._to_client(answer)
 

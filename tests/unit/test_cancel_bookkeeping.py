@@ -12,10 +12,11 @@ def test_an_answer_once_every_pool_has_answered() -> None:
     assert answer is None
     (a, wa), (b, wb) = sends
     assert (a, wa.ids, b, wb.ids) == (b"A", [2, 3], b"B", [4]) and wa.req != wb.req and not wa.kill
-    assert w.answered(protocol.Withdrawn(req=wa.req, withdrawn=[3], started=[2])) is None
-    done = w.answered(protocol.Withdrawn(req=wb.req, withdrawn=[4], started=[]))
-    assert done == protocol.Cancelled(req=9, withdrawn=[1, 3, 4], started=[2])
-    assert w.answered(protocol.Withdrawn(req=wb.req, withdrawn=[], started=[])) is None  # answered once
+    assert w.answered(b"B", protocol.Withdrawn(req=wa.req, withdrawn=[2, 3], started=[])) == ([], None)  # not B's
+    assert w.answered(b"A", protocol.Withdrawn(req=wa.req, withdrawn=[3, 4], started=[2])) == ([3], None)  # 4: not A's
+    done = w.answered(b"B", protocol.Withdrawn(req=wb.req, withdrawn=[4], started=[]))
+    assert done == ([4], protocol.Cancelled(req=9, withdrawn=[1, 3, 4], started=[2]))
+    assert w.answered(b"B", protocol.Withdrawn(req=wb.req, withdrawn=[], started=[])) == ([], None)  # answered once
 
 
 def test_nothing_held_by_pools_is_answered_at_once() -> None:
@@ -27,6 +28,6 @@ def test_a_pool_lost_before_it_answered_may_have_started_its_tasks() -> None:
     w = Withdrawals()
     sends, _ = w.begin(3, [], {b"A": [1], b"B": [2]}, kill=True)
     assert w.pool_gone(b"A") == []  # B has not answered yet
-    assert w.answered(protocol.Withdrawn(req=sends[1][1].req, withdrawn=[2], started=[])) == \
-        protocol.Cancelled(req=3, withdrawn=[2], started=[1])
-    assert w.answered(protocol.Withdrawn(req=12345, withdrawn=[], started=[])) is None  # not ours: left alone
+    assert w.answered(b"B", protocol.Withdrawn(req=sends[1][1].req, withdrawn=[2], started=[])) == \
+        ([2], protocol.Cancelled(req=3, withdrawn=[2], started=[1]))
+    assert w.answered(b"A", protocol.Withdrawn(req=12345, withdrawn=[7], started=[])) == ([], None)  # not ours
