@@ -83,6 +83,7 @@ def main() -> int:
             manager_id=mid, block_id="sim", hostname=socket.gethostname(), pid=os.getpid(),
             worker_count=cfg["worker_count"], prefetch_capacity=cfg.get("prefetch_capacity", 0),
             worker_batch=1, htex_version=htex.__version__, python_version=platform.python_version(),
+            cores=cfg["worker_count"], memory_mb=0, accelerators=[],
         )
         pair[0].send_multipart(reg.encode())
         hb_due.append((now + rng.random() * period, i))

@@ -34,7 +34,7 @@ from typing import Any
 
 import zmq
 
-from . import procs, protocol, serialize, shm
+from . import cancel, procs, protocol, serialize, shm
 from .errors import CommandFailed, InterchangeLost, InternalError, ManagerLost, ProtocolError, TaskLost
 from .inflight import Inflight, Lifecycle, settle, shutdown_error
 
@@ -102,12 +102,15 @@ class Outbox:
         self.ranked = False  # some task waiting has a priority: the batch carries them
         self.functions: dict[int, protocol.Blob] = {}
         self.control: list[protocol.Message] = []
+        self.needs: dict[int, tuple[float, float, int]] = {}  # tasks with cores/memory/gpus: a TaskNeeds goes first
         self.awake = False  # a wake-up is on its way: no need for another
 
     def put(self, task: Task | None = None, function: tuple[int, bytes] | None = None,
-            control: protocol.Message | None = None) -> None:
+            control: protocol.Message | None = None, needs: tuple[float, float, int] | None = None) -> None:
         """Queue, and wake the I/O thread unless a wake-up is on its way already."""
         with self.lock:
+            if needs is not None and task is not None:
+                self.needs[task[0]] = needs
             if function is not None:
                 self.functions[function[0]] = function[1]
             if task is not None:
@@ -136,10 +139,27 @@ class Outbox:
             fd, self.wake_fd = self.wake_fd, -1
         os.close(fd)
 
+    def withdraw(self, ids: set[int]) -> list[int]:
+        """Take out the waiting tasks with these ids (cancelled before they left); return their ids."""
+        with self.lock:
+            if not ids or not self.tasks:
+                return []
+            kept = [t for t in self.tasks if t[0] not in ids]
+            out = [t[0] for t in self.tasks if t[0] in ids]
+            self.tasks = kept
+            for tid in out:
+                self.needs.pop(tid, None)
+            return out
+
     def take(self) -> tuple[list[Task], bool, dict[int, protocol.Blob], list[protocol.Message]]:
-        """Everything waiting: tasks, whether any of them has a priority, functions, control messages."""
+        """Everything waiting: tasks, whether any of them has a priority, functions, control messages
+        (a TaskNeeds first, for the tasks that have needs: the interchange must know before they come)."""
         with self.lock:
             taken = self.tasks, self.ranked, self.functions, self.control
+            if self.needs:
+                ids = list(self.needs)
+                taken[3].insert(0, protocol.TaskNeeds(ids=ids, needs=[self.needs[i] for i in ids]))
+                self.needs = {}
             self.tasks, self.ranked, self.functions, self.control = [], False, {}, []
             self.awake = False
             return taken
@@ -211,8 +231,8 @@ class ClientThread(threading.Thread):
             self.discard()
 
     def send(self, task: Task | None = None, function: tuple[int, bytes] | None = None,
-             control: protocol.Message | None = None) -> None:
-        self.outbox.put(task, function, control)
+             control: protocol.Message | None = None, needs: tuple[float, float, int] | None = None) -> None:
+        self.outbox.put(task, function, control, needs)
 
     def request(self, make: Callable[[int], protocol.Message]) -> Future[Any]:
         """Send the control message ``make(req)``; the future gets the interchange's answer."""
@@ -308,6 +328,8 @@ class ClientThread(threading.Thread):
         if not self.outbox.awake:
             return
         tasks, ranked, functions, control = self.outbox.take()
+        if control and isinstance(control[0], protocol.TaskNeeds):
+            self._to_interchange(control.pop(0))
         for chunk in _batches(tasks):
             ids = protocol.u64_array(t[0] for t in chunk)
             # Priorities only when some task has one: plain batches stay as small and cheap as before.
@@ -348,7 +370,9 @@ class ClientThread(threading.Thread):
             cls = _LOST.get(msg.error, TaskLost)
             for tid in msg.ids:
                 self._lost(tid, cls(msg.message))
-        elif isinstance(msg, protocol.StatusReply | protocol.Done | protocol.Failed):
+        elif isinstance(msg, protocol.StatusReply | protocol.Done | protocol.Failed | protocol.Cancelled):
+            if isinstance(msg, protocol.Cancelled):  # applied here, whether or not someone still waits for it
+                cancel.apply(self.inflight, msg)
             with self.outbox.lock:  # request() adds replies from other threads
                 reply = self._replies.pop(msg.req, None)
             if reply is not None and isinstance(msg, protocol.Failed):

@@ -35,7 +35,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -102,6 +102,24 @@ class TaskQueue(Generic[T]):
         for (priority, arrival), task in zip(ranks, tasks[:k], strict=True):
             heapq.heappush(self._ranked, (priority, arrival, task))
         self._plain.extendleft(reversed(tasks[k:]))
+
+    def remove_if(self, drop: Callable[[T], bool]) -> list[T]:
+        """Take out the queued tasks ``drop`` picks (they were cancelled); the others keep their order.
+
+        A pass over the whole queue: for cancels, which are rare, never on the dispatch path.
+        """
+        out: list[T] = []
+        kept: deque[T] = deque()
+        for task in self._plain:
+            (out if drop(task) else kept).append(task)
+        if out:
+            self._plain = kept
+        ranked = [e for e in self._ranked if not drop(e[2])]
+        if len(ranked) < len(self._ranked):
+            out += [e[2] for e in self._ranked if drop(e[2])]
+            heapq.heapify(ranked)
+            self._ranked = ranked
+        return out
 
 # A pool as ``plan`` sees it: (the pool, its idle workers, its room).  Room is the
 # tasks it may still take (workers + prefetch capacity - tasks it holds); idle <= room.

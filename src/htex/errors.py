@@ -15,6 +15,8 @@ configuration, the environment (a lost process, a scheduler), or htex itself::
     │   ├── WorkerLost                         a worker process died while running the task
     │   └── ManagerLost                        a whole pool (node) died or went silent
     ├── ExecutorShutdown                       your shutdown() ended the task before it finished
+    ├── TaskCancelled (concurrent.futures.CancelledError)
+    │                                          your ex.cancel() stopped the task while it ran
     ├── ExecutorBroken (concurrent.futures.BrokenExecutor)
     │   │                                      the executor can run nothing more
     │   └── InterchangeLost                    the interchange process died or went silent
@@ -101,6 +103,14 @@ class ExecutorShutdown(HtexError):
     own shutdown() is no failure of the environment, and ``except BrokenExecutor`` should not catch it."""
 
 
+class TaskCancelled(HtexError, concurrent.futures.CancelledError):
+    """``ex.cancel(future)`` stopped this task while it ran: its worker was killed (and replaced).
+
+    A CancelledError, so ``except CancelledError`` catches it; but the future is not ``cancelled()``:
+    the task had started, and the stdlib keeps that state for tasks that never did.  Never retried.
+    """
+
+
 class CommandFailed(HtexError):
     """The interchange could not carry out a control request (hold a pool, drop a block, ...)."""
 
@@ -153,6 +163,7 @@ __all__ = [
     "RemoteTraceback",
     "ScaleOutFailed",
     "SerializationError",
+    "TaskCancelled",
     "TaskLost",
     "VersionMismatch",
     "WorkerLost",

@@ -22,18 +22,19 @@ import concurrent.futures
 import dataclasses
 import logging
 import math
-import numbers
 import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from . import endpoints, poolcmd, protocol, rundir, security, serialize, shm
+import psutil
+
+from . import cancel, endpoints, poolcmd, protocol, resources, rundir, security, serialize, shm
 from .client import ClientThread, InterchangeProcess
-from .errors import ConfigurationError, InvalidResourceSpecification
+from .errors import ConfigurationError
 from .inflight import Inflight, Lifecycle
 from .mapping import map_in_order
 from .providers.base import ExecutionProvider, JobStatus
@@ -141,6 +142,9 @@ class HighThroughputExecutor:
         self._client: ClientThread | None = None
         self._interchange: InterchangeProcess | None = None
         self._poller: BlockPoller | None = None
+        self._largest_pool: resources.Limits | None = None  # found at the first task with needs
+        # What each TaskFuture's cancel() calls: made once, so submit() pays nothing for it.
+        self._cancel_ref: weakref.WeakMethod[cancel.CancelMany] = weakref.WeakMethod(self._cancel)  # type: ignore[arg-type]
 
     # -- start ---------------------------------------------------------------------
 
@@ -245,11 +249,16 @@ class HighThroughputExecutor:
     ) -> Future[Any]:
         """Run ``func(*args, **kwargs)`` on a worker; return a Future for its result.
 
-        ``resource_specification``: ``{}``, None, or ``{"priority": p}`` as in Parsl's
-        HTEX: ``p`` a number (int or float, not NaN); a lower value runs first, tasks
-        without a priority after every task that has one, submission order among equals.
+        ``resource_specification``: ``{}``, None, or a dict of ``priority`` (as in Parsl's
+        HTEX: a number; a lower value runs first, tasks without a priority after every
+        task that has one, submission order among equals), ``cores``, ``memory`` (MB) and
+        ``gpus``: the task goes to a pool where it fits, and takes that many worker slots
+        there (resources.py).  A task no pool of this executor can take fails here.
         """
-        priority = _check_submit(func, resource_specification)
+        spec = _check_submit(func, resource_specification)
+        if spec.needs is not None:
+            self._limits().check(spec.needs)
+        priority = spec.priority
         if self._lifecycle.forked_copy:
             raise RuntimeError(f"this executor belongs to process {self._lifecycle.owner_pid}; a forked child "
                                "cannot submit to it (create an executor in the child)")
@@ -257,14 +266,30 @@ class HighThroughputExecutor:
         if client is None:
             raise RuntimeError("call start() (or use `with HighThroughputExecutor(...) as ex`) before submit()")
         payload, lease = serialize.pack_task_args(args, kwargs, self._inflight.arena, may_wait=not client.is_current())
-        fut: Future[Any] = Future()
-        fut.set_running_or_notify_cancel()
+        fut = cancel.TaskFuture()
+        fut.cancel_many = self._cancel_ref
+        fut.set_running_or_notify_cancel()  # RUNNING: the stdlib's cancel() must not flip it (cancel.py)
         key, blob = self._functions.key_for(func)
         # Not on the I/O thread: a done-callback that submits must not wait for room only that thread makes.
         task_id = self._inflight.add(fut, key, payload, lease, not client.is_current(), priority)
         fut.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
-        client.send(task=(task_id, key, payload, priority), function=(key, blob) if blob is not None else None)
+        needs = spec.needs
+        client.send(task=(task_id, key, payload, priority), function=(key, blob) if blob is not None else None,
+                    needs=None if needs is None else (needs.cores, needs.memory, needs.gpus))
         return fut
+
+    def _limits(self) -> resources.Limits:
+        """The largest pool this executor can start (for tasks with needs; see resources.limits)."""
+        if self._largest_pool is None:
+            self._largest_pool = self._find_limits()
+        return self._largest_pool
+
+    def _find_limits(self) -> resources.Limits:
+        node_cores, node_gb = getattr(self.provider, "cores_per_node", None), getattr(self.provider, "mem_per_node", None)
+        if not self.provider.remote:  # pools start on this host
+            node_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            node_gb = psutil.virtual_memory().total / 2**30
+        return resources.limits(self.max_workers, self.cores_per_worker, self.mem_per_worker, node_cores, node_gb)
 
     def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
@@ -274,7 +299,27 @@ class HighThroughputExecutor:
         With ``chunksize > 1`` each task runs ``chunksize`` calls, which saves
         overhead for very short functions.
         """
-        return map_in_order(lambda f, *a: self.submit(f, {}, *a), fn, iterables, timeout, chunksize)
+        return map_in_order(lambda f, *a: self.submit(f, {}, *a), fn, iterables, timeout, chunksize,
+                            cancel=self._cancel_waiting)
+
+    def cancel(self, future: Future[Any]) -> bool:
+        """Stop this task wherever it is; True if it was stopped, False if it had finished.
+
+        Not started (in the client, the interchange or a pool's prefetch): never runs, and the
+        future is ``cancelled()``, as ``future.cancel()`` does.  Running: the pool kills the worker
+        running it and starts another; the future ends with ``TaskCancelled`` (a CancelledError).
+        """
+        return self._cancel([future], True)[0]
+
+    def _cancel(self, futures: Sequence[Future[Any]], kill: bool) -> list[bool]:
+        client = self._client
+        if client is None or not futures:
+            return [f.cancelled() for f in futures]
+        return cancel.cancel(client, self._inflight, futures, kill, COMMAND_SECONDS, self._cancel_ref)
+
+    def _cancel_waiting(self, futures: list[Future[Any]]) -> None:
+        """What ``map`` and ``shutdown(cancel_futures=True)`` do: cancel what has not started, in one request."""
+        self._cancel(futures, False)
 
     @property
     def stdlib(self) -> StdlibView:
@@ -413,7 +458,8 @@ class HighThroughputExecutor:
         """Stop everything this executor started, in order; safe to call twice.
 
         1. refuse new tasks;
-        2. with ``wait`` (and not ``cancel_futures``), wait for the running tasks;
+        2. with ``cancel_futures``, cancel every task not started (one request, as ``future.cancel()``);
+           with ``wait``, wait for the running tasks;
         3. stop the block poller (it may be in a scheduler command: POLLER_JOIN_SECONDS);
         4. ask the interchange to stop (it tells the pools), then kill it after INTERCHANGE_STOP_SECONDS;
         5. cancel every block with the provider;
@@ -437,7 +483,9 @@ class HighThroughputExecutor:
                 self._lifecycle.shut_down.wait(SECOND_SHUTDOWN_SECONDS)
             return
         self._inflight.wake_waiters()
-        if wait and not cancel_futures:
+        if cancel_futures and client is not None and not client.is_current():
+            self._cancel_waiting(list(self._inflight.futures.values()))
+        if wait:
             concurrent.futures.wait(list(self._inflight.futures.values()))
         if self._poller is not None:
             self._poller.stop()
@@ -466,7 +514,7 @@ class StdlibView(concurrent.futures.Executor):
         self.htex = htex
         # Checked now, so a bad priority fails where it was written, not at the first submit.
         self._spec: dict[str, Any] = {} if priority is None else {"priority": priority}
-        _check_resources(self._spec)
+        resources.parse(self._spec)
 
     def with_priority(self, priority: float | None) -> StdlibView:
         """A view whose tasks have this priority (None: none), as ``submit(func, {"priority": p})``."""
@@ -479,50 +527,24 @@ class StdlibView(concurrent.futures.Executor):
             chunksize: int = 1, **kw: Any) -> Iterator[Any]:
         if not self._spec:
             return self.htex.map(fn, *iterables, timeout=timeout, chunksize=chunksize)
-        return map_in_order(lambda f, *a: self.htex.submit(f, self._spec, *a), fn, iterables, timeout, chunksize)
+        return map_in_order(lambda f, *a: self.htex.submit(f, self._spec, *a), fn, iterables, timeout, chunksize,
+                            cancel=self.htex._cancel_waiting)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.htex.shutdown(wait, cancel_futures=cancel_futures)
 
 
-RESOURCE_KEYS = ("priority",)  # what a resource_specification may hold (Parsl's HTEX takes the same)
-
-
-def _check_submit(func: Callable[..., Any], resource_specification: dict[str, Any] | None) -> float:
-    """The task's priority (protocol.NO_PRIORITY for none); raises for a bad specification or function."""
+def _check_submit(func: Callable[..., Any], resource_specification: dict[str, Any] | None) -> resources.Spec:
+    """The task's checked resource specification; raises for a bad specification or function."""
     if resource_specification is not None and not isinstance(resource_specification, dict):
         raise TypeError(
             f"submit(func, resource_specification, *args): resource_specification must be a dict or None, "
             f"got {type(resource_specification).__name__}. For the stdlib's submit(fn, *args), use ex.stdlib.submit"
         )
-    priority = _check_resources(resource_specification) if resource_specification else protocol.NO_PRIORITY
+    spec = resources.parse(resource_specification)
     if not callable(func):
         raise TypeError(f"submit() needs a callable, got {type(func).__name__}")
-    return priority
-
-
-def _check_resources(spec: dict[str, Any]) -> float:
-    """The priority a resource specification asks for (NO_PRIORITY if none); InvalidResourceSpecification if bad."""
-    unknown = sorted(str(k) for k in spec if k not in RESOURCE_KEYS)
-    if unknown:
-        raise InvalidResourceSpecification(
-            f"unknown resource_specification keys {unknown}: this executor takes only {list(RESOURCE_KEYS)}"
-        )
-    if "priority" not in spec:
-        return protocol.NO_PRIORITY
-    value = spec["priority"]
-    # bool is an int, but True as a priority is surely a mistake; numbers.Real takes numpy's numbers.
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        try:
-            priority = float(value)
-        except (OverflowError, ValueError, TypeError):
-            pass
-        else:
-            if not math.isnan(priority):  # NaN compares false with everything: it has no place in an order
-                return priority
-    raise InvalidResourceSpecification(
-        f"resource_specification['priority'] must be a number (int or float, not NaN), got {value!r:.60}"
-    )
+    return spec
 
 
 def _check(ok: bool, message: str) -> None:

@@ -134,6 +134,13 @@ class Inflight:
             log.warning("task %d lost (%s); sending it again (%d tries left)", task_id, why, task.tries_left)
             return task.fn_key, task.payload, task.priority
 
+    def no_retries(self, task_ids: list[int]) -> None:
+        """A cancel was asked for these tasks: whatever becomes of them, they are never sent again."""
+        with self._room:
+            for tid in task_ids:
+                if (task := self._tasks.get(tid)) is not None:
+                    task.tries_left = 0
+
     def finish(self, task_id: int, lost: bool = False) -> Future[Any] | None:
         """Forget a task that ended; return its future (None if it had ended already)."""
         with self._room:

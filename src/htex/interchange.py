@@ -15,7 +15,8 @@ pure function; this class applies it), keep time.  It blocks on its
 sockets; the only timeouts are heartbeats and liveness checks.
 
 The client's requests (``protocol.Request``) are answered in the order they
-come, each by one message with its ``req``; what happens to pools is told to
+come, each by one message with its ``req`` (a CancelTasks once the pools it
+asks to Withdraw have answered: ``cancel.Withdrawals``); what happens to pools is told to
 the client as typed events (PoolRegistered, PoolGone, PoolRejected, TasksFailed).
 
 It never unpickles a task, function or result: those are opaque bytes that
@@ -33,7 +34,9 @@ handler lets in only the run's pool key.  A peer's identity is its own: with
 ROUTER_HANDOVER off, a second connection that claims a live pool's identity
 cannot take its place.
 
-A pool's capacity is its worker count plus its prefetch capacity.  When a pool
+Tasks with cores, memory or gpus (announced by a TaskNeeds) wait apart and are
+placed first, each where it fits (``resources.SizedTasks``); plain tasks never
+go through that.  A pool's capacity is its worker count plus its prefetch capacity.  When a pool
 is lost (silent for heartbeat_threshold, or its block's job ended), every task
 it held fails with ManagerLost, prefetched ones included: a pool cut off from
 us may well have started them, and a task must never run twice unless the
@@ -43,6 +46,7 @@ user allowed retries (the executor resends within lost_task_retries).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import signal
@@ -55,7 +59,7 @@ from typing import Any
 
 import zmq
 
-from . import __version__, dispatch, protocol, security
+from . import __version__, cancel, dispatch, protocol, resources, security
 from .errors import ProtocolError
 from .protocol import InterchangeConfig
 
@@ -77,15 +81,27 @@ class _Pool:
     functions: set[int] = field(default_factory=set)
     held: bool = False
     last_busy: float = 0.0
+    sized: dict[int, int] = field(default_factory=dict)  # its tasks with needs -> the worker slots each takes
+    extra: int = 0  # slots those tasks take beyond one each: while > 0, no prefetch (resources.py says why)
 
     @property
     def free(self) -> int:
-        return 0 if self.held else self.capacity - len(self.tasks)
+        if self.held:
+            return 0
+        if self.extra:
+            return self.reg.worker_count - len(self.tasks) - self.extra
+        return self.capacity - len(self.tasks)
 
     @property
     def idle(self) -> int:
         """Workers with nothing to do, as far as we know (tasks sent but not done occupy workers first)."""
-        return max(0, min(self.free, self.reg.worker_count - len(self.tasks)))
+        return max(0, min(self.free, self.reg.worker_count - len(self.tasks) - self.extra))
+
+    def forget(self, ids: Sequence[int]) -> None:
+        """Tasks it holds no more (a result, or given back): the slots a task with needs took are free again."""
+        for tid in ids:
+            if self.tasks.pop(tid, None) is not None and self.sized:
+                self.extra -= self.sized.pop(tid, 1) - 1
 
     def describe(self) -> str:
         r = self.reg
@@ -94,8 +110,11 @@ class _Pool:
     def settle(self, msg: protocol.Results, frames: Sequence[protocol.Blob]) -> Sequence[protocol.Blob]:
         """Its tasks these results end; what to forward: the frames as they came, or only its own tasks' results."""
         known = [tid in self.tasks for tid in msg.ids]
-        for tid in msg.ids:
-            self.tasks.pop(tid, None)
+        if self.sized:
+            self.forget(msg.ids)
+        else:
+            for tid in msg.ids:
+                self.tasks.pop(tid, None)
         if not self.tasks:
             self.last_busy = self.last_heard
         if all(known):
@@ -153,6 +172,9 @@ class Interchange:
         self.started = time.monotonic()
         self.dropped = 0
         self.counts = _Counts()
+        self.withdrawals = cancel.Withdrawals()  # CancelTasks waiting for pools' Withdrawn
+        self.sized = resources.SizedTasks()  # tasks with cores/memory/gpus: placed apart from the plain queue
+        self.reserved: set[bytes] = set()  # pools kept free for a task with needs: no plain task goes there
 
         socks = _open_sockets(self.ctx, cfg)
         self.client, self.task_sock, self.result_sock = socks.client, socks.tasks, socks.results
@@ -207,11 +229,18 @@ class Interchange:
             if isinstance(msg, protocol.Tasks):
                 self.functions.update(msg.functions)
                 tasks = zip(msg.ids, msg.fn_keys, msg.payloads, strict=False)
-                if msg.priorities is None:  # the common case: no heap, no per-task test
+                priorities = msg.priorities
+                if self.sized.needs:  # a TaskNeeds came: set its tasks apart (plain batches never look)
+                    tasks, priorities = self.sized.split(list(tasks), priorities)  # type: ignore[assignment]
+                if priorities is None:  # the common case: no heap, no per-task test
                     self.queue.extend(tasks)
                 else:
-                    self.queue.extend_ranked(tasks, msg.priorities)
+                    self.queue.extend_ranked(tasks, priorities)
                 self.counts.received += len(msg.ids)
+            elif isinstance(msg, protocol.TaskNeeds):
+                self.sized.expect(msg)
+            elif isinstance(msg, protocol.CancelTasks):
+                self._cancel(msg)
             elif isinstance(msg, protocol.Request):
                 self._to_client(self._answer(msg))
             elif isinstance(msg, protocol.Shutdown):
@@ -233,7 +262,8 @@ class Interchange:
 
     def _status(self, req: int, with_pools: bool = True) -> protocol.StatusReply:
         now = time.monotonic()
-        stats = self.counts.stats(len(self.queue), list(self.pools.values()), self.dropped, now - self.started)
+        queued = len(self.queue) + len(self.sized.waiting)
+        stats = self.counts.stats(queued, list(self.pools.values()), self.dropped, now - self.started)
         return protocol.StatusReply(req=req, stats=stats, pools=[p.info(now) for p in self.pools.values()] if with_pools else [])
 
     def _hold(self, managers: list[str]) -> int:
@@ -253,6 +283,30 @@ class Interchange:
             self._to_pool(pool.identity, protocol.Shutdown(reason=why))
             self._lose_pool(pool, why, released)
         return len(gone)
+
+    def _cancel(self, msg: protocol.CancelTasks) -> None:
+        """Drop the queued ones; ask each pool holding some to withdraw them (see cancel.py); answer when all did."""
+        wanted = set(msg.ids)
+        dropped = [t[0] for t in self.queue.remove_if(lambda t: t[0] in wanted)] if self.queue else []
+        dropped += self.sized.remove(wanted)
+        held = {p.identity: sorted(wanted.intersection(p.tasks)) for p in self.pools.values()}
+        sends, answer = self.withdrawals.begin(msg.req, dropped, {k: v for k, v in held.items() if v}, msg.kill)
+        for identity, withdraw in sends:
+            if not self._to_pool(identity, withdraw):
+                unreachable = protocol.Withdrawn(req=withdraw.req, withdrawn=[], started=withdraw.ids)
+                _, answer = self.withdrawals.answered(identity, unreachable)
+        if answer is not None:
+            self._to_client(answer)
+
+    def _withdrawn(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
+        """A pool gave tasks back (those it was asked for): it holds them no more (never lost with it)."""
+        withdrawn, answer = self.withdrawals.answered(pool.identity, msg)
+        pool.forget(withdrawn)
+        self.sized.done(withdrawn)
+        if pool.free > 0:
+            self.with_room[pool.identity] = pool
+        if answer is not None:
+            self._to_client(answer)
 
     def _to_client(self, msg: protocol.Message) -> None:
         self.client.send_multipart(msg.encode(), copy=False)
@@ -282,6 +336,8 @@ class Interchange:
                 self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
             elif isinstance(msg, protocol.Register):
                 self._register(identity, msg)
+            elif isinstance(msg, protocol.Withdrawn) and pool is not None:
+                self._withdrawn(pool, msg)
             elif pool is None:
                 # A pool we declared lost (it may have been stopped and resumed): tell it to go.
                 self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
@@ -326,6 +382,8 @@ class Interchange:
             if not isinstance(msg, protocol.Results):
                 continue
             forward = pool.settle(msg, frames[1:])
+            if self.sized.needs:
+                self.sized.done(msg.ids)
             if forward:
                 self.results_out.append(forward)
             self.counts.done += len(msg.ids)
@@ -357,9 +415,14 @@ class Interchange:
 
     def _dispatch(self) -> None:
         """Hand queued tasks, in queue order, to pools with room, as ``dispatch.plan`` says (its rules are there)."""
+        if self.sized.waiting or self.reserved:
+            self._place_sized()
         room = self.with_room
         while self.queue and room:
-            if self._take_turns(dispatch.plan(len(self.queue), ((p, p.idle, p.free) for p in room.values()))):
+            rooms = ((p, p.idle, p.free) for p in room.values())
+            if self.reserved:
+                rooms = ((p, i, f) for p, i, f in rooms if p.identity not in self.reserved)
+            if self._take_turns(dispatch.plan(len(self.queue), rooms)):
                 return
             # A pool was unreachable: its tasks are back at the front of the queue, and it left the
             # turn order.  Plan again without it (rare: a pool that vanished without a word).
@@ -375,21 +438,41 @@ class Interchange:
                 room[pool.identity] = pool
         return True
 
+    def _place_sized(self) -> None:
+        """Send the tasks with needs that fit a pool now, one message each (resources.SizedTasks.place)."""
+        pools = [(p.identity, resources.Offer.of(p.reg), p.reg.worker_count - len(p.tasks) - p.extra)
+                 for p in self.pools.values() if not p.held]
+        placed, self.reserved = self.sized.place(pools)
+        for identity, task, slots in placed:
+            pool = self.pools[identity]
+            if self._send_batch(pool, [task]):
+                pool.sized[task[0]] = slots
+                pool.extra += slots - 1
+                if pool.free <= 0:
+                    self.with_room.pop(pool.identity, None)
+            else:
+                self.sized.waiting.insert(0, (-math.inf, -1, task))  # unreachable pool: first in line again
+
     def _send_tasks(self, pool: _Pool, n: int) -> bool:
         """Send the next n queued tasks to the pool; False (the tasks back in the queue) if it is unreachable."""
         batch, ranks = self.queue.take(n)
+        if not self._send_batch(pool, batch):
+            self.queue.put_back(batch, ranks)  # never left: back where they were
+            return False
+        return True
+
+    def _send_batch(self, pool: _Pool, batch: list[tuple[int, int, protocol.Blob]]) -> bool:
         known, ours = pool.functions, self.functions  # each function goes to a pool once, with its first task
         functions = {key: ours[key] for _, key, _ in batch if key not in known and key in ours}
         ids, keys = protocol.u64_array(t[0] for t in batch), protocol.u64_array(t[1] for t in batch)
         if not self._to_pool(pool.identity, protocol.Tasks(ids, keys, [t[2] for t in batch], functions)):
-            self.queue.put_back(batch, ranks)  # never left: back where they were
             self.with_room.pop(pool.identity, None)
             return False
         pool.functions.update(functions)
         self.counts.functions_sent += len(functions)
         for tid, key, _ in batch:
             pool.tasks[tid] = key
-        self.counts.dispatched += n
+        self.counts.dispatched += len(batch)
         return True
 
     # -- step 4: time -------------------------------------------------------------
@@ -426,6 +509,8 @@ class Interchange:
         message = f"{pool.describe()} was {'released' if released else 'lost'}: {why}"
         log.error("%s; the %d tasks it held fail", message, len(held))
         self.counts.lost += len(held)
+        for answer in self.withdrawals.pool_gone(pool.identity):
+            self._to_client(answer)
         if held:
             self._to_client(protocol.TasksFailed(ids=held, error=protocol.LostReason.MANAGER_LOST, message=message))
         r = pool.reg

@@ -14,12 +14,13 @@ from typing import Any
 
 
 def map_in_order(submit: Callable[..., Future[Any]], fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
-                 timeout: float | None, chunksize: int, on_result: Callable[[Future[Any]], None] | None = None
-                 ) -> Generator[Any, None, None]:
+                 timeout: float | None, chunksize: int, on_result: Callable[[Future[Any]], None] | None = None,
+                 cancel: Callable[[list[Future[Any]]], Any] | None = None) -> Generator[Any, None, None]:
     """``Executor.map`` over a ``submit(fn, *args)``: every task submitted now, results in order, lazily.
 
     With ``chunksize > 1`` each task runs that many calls (``run_chunk``).  Closing the iterator early
-    cancels what has not started.  ``on_result`` sees each future as its results are taken.
+    cancels what has not started (``cancel``: all of them at once; else each future's cancel()).
+    ``on_result`` sees each future as its results are taken.
     """
     if chunksize < 1:
         raise ValueError("chunksize must be >= 1")
@@ -43,8 +44,11 @@ def map_in_order(submit: Callable[..., Future[Any]], fn: Callable[..., Any], ite
                 else:
                     yield from value
         finally:
-            for fut in futures:
-                fut.cancel()
+            if cancel is not None and futures:
+                cancel(futures)
+            else:
+                for fut in futures:
+                    fut.cancel()
 
     return results()
 

@@ -81,7 +81,7 @@ except ImportError as exc:  # pragma: no cover - exercised only where Parsl is m
         f"htex.parsl needs Parsl, which is not installed here ({exc}). Install it with: pip install htex[parsl]"
     ) from exc
 
-from . import errors, poolcmd, procs
+from . import errors, poolcmd, procs, resources
 from .errors import ConfigurationError, ProviderError
 from .executor import HighThroughputExecutor as _HtexExecutor
 from .parsl_monitoring import EXC_ATTRIBUTE, Monitored, Reporter, ResultRadio, run_with_radio
@@ -451,7 +451,8 @@ class HighThroughputExecutor(ParslExecutor):
         except errors.HtexError as exc:
             parsl_exc = _to_parsl(exc, self, fname)
             if isinstance(parsl_exc, InvalidResourceSpecification):
-                parsl_exc.invalid_keys = set(resource_specification or ())  # htex takes none of them
+                given = set(resource_specification or ())  # Parsl's attribute: the unknown keys, or the bad one's
+                parsl_exc.invalid_keys = {k for k in given if k not in resources.KEYS} or given
             raise parsl_exc from exc
         return _translated(fut, self, fname, reporter)
 

@@ -30,6 +30,12 @@ task was running (it fails with WorkerLost), which of the batch finished but
 had their results die with the worker (they ran: WorkerLost too, never run
 again), and which never started (back to the queue).
 
+Withdraw (the interchange takes tasks back, for a cancel): what is still in
+the pool's queue leaves it; what a worker was handed may have started and
+stays.  With ``kill`` the pool SIGKILLs the worker running such a task (at
+once, or as the worker reaches it in its batch: the shared word tells), and
+the accounting above makes it TaskCancelled instead of WorkerLost.
+
 The pool is a child subreaper: a process a task leaves behind, even in a
 session of its own (a daemon), becomes our child when its parent exits, and
 is stopped when the pool stops.
@@ -66,7 +72,7 @@ import psutil
 import zmq
 
 from . import __version__, framing, poolcmd, procs, protocol, security, serialize
-from .errors import ProtocolError, WorkerLost
+from .errors import ProtocolError, TaskCancelled, WorkerLost
 
 log = logging.getLogger("htex.pool")
 
@@ -79,6 +85,8 @@ MAX_START_FAILURES = 3
 # long enough to amortise a message, short enough that long tasks go one by one.
 WORKER_BATCH = 32
 BATCH_SECONDS = 0.002
+# While a task to cancel waits in a worker's batch, how often to look whether the worker has reached it.
+DOOMED_CHECK_SECONDS = 0.005
 # At shutdown: how long workers, and then what tasks left behind, get between SIGTERM and SIGKILL.
 STOP_GRACE = 2.0
 
@@ -348,6 +356,8 @@ class Manager:
         self.functions: dict[int, protocol.Blob] = {}
         self.done_ids: list[int] = []
         self.done_payloads: list[protocol.Blob] = []
+        self.doomed: set[int] = set()  # to cancel (Withdraw with kill): kill the worker that runs one
+        self.killed: set[int] = set()  # the task each worker we killed to cancel was running
         self.task_seconds = 0.0  # moving average; 0 = not known yet, so batches start at one task
         self.stopping = False
         self.exit_code = 0
@@ -415,12 +425,18 @@ class Manager:
             prefetch_capacity=self.cfg.prefetch_capacity,
             htex_version=__version__,
             python_version=platform.python_version(),
+            # What tasks with cores or memory are placed by (resources.py): a worker slot stands for its share.
+            cores=max(1, math.floor(self.count * self.cfg.cores_per_worker)),
+            memory_mb=int(self.count * self.cfg.mem_per_worker * 1024 if self.cfg.mem_per_worker
+                          else psutil.virtual_memory().available / 2**20),
         )
         self._send(self.task_sock, reg)
 
     def _timeout_ms(self) -> int:
         now = time.monotonic()
         due = min(self.last_sent + self.cfg.heartbeat_period, self.last_heard + self.cfg.heartbeat_threshold)
+        if self.doomed:
+            due = min(due, now + DOOMED_CHECK_SECONDS)
         return max(0, int((due - now) * 1000) + 1)
 
     # -- step 1: the interchange -------------------------------------------
@@ -436,6 +452,8 @@ class Manager:
             if isinstance(msg, protocol.Tasks):
                 self.functions.update(msg.functions)
                 self.queue.extend(zip(msg.ids, msg.fn_keys, msg.payloads, strict=False))
+            elif isinstance(msg, protocol.Withdraw):
+                self._withdraw(msg)
             elif isinstance(msg, protocol.Shutdown):
                 log.info("interchange asked us to stop: %s", msg.reason)
                 self._stop()
@@ -447,6 +465,46 @@ class Manager:
                 return
             elif isinstance(msg, protocol.Registered):
                 log.info("registered with the interchange")
+
+    def _withdraw(self, msg: protocol.Withdraw) -> None:
+        """Give back the asked-for tasks still in our queue; those handed to a worker may have started: they stay.
+
+        Exact because only this thread hands tasks to workers: a task in ``self.queue`` has not left
+        this process (a dead worker's unstarted tasks come back here too, see _account_for_dead_worker).
+        """
+        wanted = set(msg.ids)
+        withdrawn: list[int] = []
+        if wanted and self.queue:
+            kept: deque[Task] = deque()
+            for task in self.queue:
+                if task[0] in wanted:
+                    withdrawn.append(task[0])
+                else:
+                    kept.append(task)
+            self.queue = kept
+        started = [tid for tid in msg.ids if tid in self.handed]
+        log.debug("withdraw %d tasks: %d withdrawn, %d started", len(wanted), len(withdrawn), len(started))
+        self._send(self.task_sock, protocol.Withdrawn(req=msg.req, withdrawn=withdrawn, started=started))
+        if msg.kill and started:
+            self.doomed.update(started)
+            self._kill_doomed()
+
+    def _kill_doomed(self) -> None:
+        """Kill each worker running a task to cancel; forget those that finished.
+
+        A doomed task still behind others in its worker's batch is looked at again every
+        DOOMED_CHECK_SECONDS: the worker writes its id in the shared word as it starts it.
+        The kill is SIGKILL (a task may ignore anything else); _reap then fails the task with
+        TaskCancelled, sends the batch's unstarted tasks back to the queue, and replaces the worker.
+        """
+        self.doomed.intersection_update(self.handed)  # a task with a result (or lost) is past cancelling
+        for slot in self.workers.slots:
+            started = slot.started_task()
+            if started in self.doomed and started in slot.tasks and slot.proc is not None:
+                log.info("cancelling task %d: killing worker %d (pid %d)", started, slot.rank, slot.proc.pid)
+                slot.proc.kill()
+                self.doomed.discard(started)
+                self.killed.add(started)
 
     # -- step 2: the workers -------------------------------------------------
 
@@ -484,6 +542,7 @@ class Manager:
             self._account_for_dead_worker(slot, how, code)
         else:
             log.warning("worker %d %s", slot.rank, how)
+        self.killed.intersection_update(self.handed)  # a task killed to cancel that finished first: forget it
         if self.stopping or self.workers.replace(slot):
             return
         log.error("workers die before they start (%s); giving up", how)
@@ -497,12 +556,25 @@ class Manager:
         started = slot.started_task()
         ran = slot.tasks.index(started) + 1 if started in slot.tasks else 0
         crashed, unstarted = slot.tasks[:ran], slot.tasks[ran:]
+        if self.doomed:  # a task to cancel that never started ends here (the interchange waits for its result)
+            for tid in [t for t in unstarted if t in self.doomed]:
+                unstarted.remove(tid)
+                self.handed.pop(tid, None)
+                self.doomed.discard(tid)
+                self.done_ids.append(tid)
+                self.done_payloads.append(serialize.pack_exception(TaskCancelled("task cancelled before it started"), ""))
         self.queue.extendleft(reversed([self.handed.pop(t) for t in unstarted]))
         host = socket.gethostname()
         assert slot.proc is not None
         where = f"worker {slot.rank} (pid {slot.proc.pid}) of pool {self.cfg.manager_id} on host {host} {how}"
         for tid in crashed:
             self.handed.pop(tid, None)
+            if tid == started and tid in self.killed:
+                self.killed.discard(tid)
+                self.done_ids.append(tid)
+                self.done_payloads.append(serialize.pack_exception(TaskCancelled(
+                    f"task cancelled while it ran: {where} (killed to stop it; a new worker took its place)"), ""))
+                continue
             if tid == started:
                 text = (f"{where} while running this task. This can be a crash in native code, os._exit(), "
                         "or the kernel's OOM killer; check the task's memory use")
@@ -563,6 +635,8 @@ class Manager:
         elif now - self.last_sent >= self.cfg.heartbeat_period:
             self._send(self.task_sock, protocol.Heartbeat())
             self.workers.reap_orphans()
+        if self.doomed:
+            self._kill_doomed()
 
     def _send(self, sock: zmq.Socket[Any], msg: protocol.Message) -> None:
         sock.send_multipart(msg.encode(), copy=False)

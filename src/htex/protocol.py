@@ -29,19 +29,36 @@ interchange and the pool move them without ever unpickling them.
 
 Who sends what::
 
-    executor  -> interchange   Tasks, Heartbeat, Shutdown; requests, each with a req:
+    executor  -> interchange   Tasks (after a TaskNeeds for tasks with cores/memory/gpus), Heartbeat, Shutdown;
+                               requests, each with a req:
                                  StatusRequest -> StatusReply(stats, pools)
                                  HoldPools     -> Done(count)     (pools put on hold)
                                  DropBlocks    -> Done(count)     (pools forgotten)
+                                 CancelTasks   -> Cancelled(withdrawn, started)
                                  any of them   -> Failed(reason)  (could not be carried out)
     interchange -> executor    Ready, Results, Heartbeat, the answers above; events:
                                  TasksFailed(ids, LostReason), PoolRegistered(PoolInfo),
                                  PoolGone (lost or released), PoolRejected
-    pool      -> interchange   Probe, Register, Results, Heartbeat
-    interchange -> pool        ProbeReply, Registered, Rejected, Tasks, Heartbeat, Shutdown
+    pool      -> interchange   Probe, Register, Results, Heartbeat, Withdrawn
+    interchange -> pool        ProbeReply, Registered, Rejected, Tasks, Heartbeat, Shutdown;
+                                 Withdraw(req, ids) -> Withdrawn(req, withdrawn, started)
     key holder -> interchange  StatusRequest (req 0, on the task port: `htex status`)
     worker    -> pool          WorkerReady, Results
     pool      -> worker        Tasks, Shutdown
+
+Withdraw takes tasks back from a pool if no worker may have started them:
+``withdrawn`` are the ones it removed from its prefetch queue (they will never
+run there, and no result will come for them); ``started`` are those it had
+handed to a worker (a worker may have started them: they stay, and their
+result comes as usual).  An id in neither list is not held by the pool: it is
+done, and its result is on its way on the result socket (or was sent already).
+With ``kill``, the pool also kills the worker running each started task (at
+once, or when the worker reaches it in its batch) and replaces it; that task's
+result is a TaskCancelled, or its own result if it finished first.
+
+CancelTasks is the client's side of it: the interchange drops the tasks still
+in its queue, sends a Withdraw to each pool holding some, and answers one
+Cancelled when every pool has answered (or was lost).
 
 The interchange's configuration (``InterchangeConfig``, on its stdin) is JSON
 read with the same checks as a message.
@@ -515,6 +532,27 @@ class DropBlocks(_Json):
 
 
 @dataclass(frozen=True, slots=True)
+class CancelTasks(_Json):
+    """Withdraw these tasks wherever they wait (``kill``: stop those running too).  Answered by Cancelled."""
+
+    TYPE: ClassVar[int] = 52
+    req: int
+    ids: list[int]
+    kill: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled(_Json):
+    """``withdrawn`` will never run (no result will come); ``started`` may have (with kill: their workers are
+    being killed, and their result says whether it was in time).  The other ids asked for were done."""
+
+    TYPE: ClassVar[int] = 53
+    req: int
+    withdrawn: list[int]
+    started: list[int]
+
+
+@dataclass(frozen=True, slots=True)
 class Done(_Json):
     TYPE: ClassVar[int] = 16
     req: int
@@ -599,6 +637,19 @@ class Register(_Json):
     prefetch_capacity: int
     htex_version: str
     python_version: str
+    cores: int = 0  # the cores its workers are sized for (0: not said: one a worker)
+    memory_mb: int = 0  # the memory its workers may use (0: not said)
+    accelerators: list[str] = field(default_factory=list)  # device ids (CUDA_VISIBLE_DEVICES values)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskNeeds(_Json):
+    """Executor -> interchange, just before the TASKS that carry these tasks: what each asks beyond a plain
+    worker slot (resources.Needs: cores, memory MB, GPUs).  Plain tasks never have one: TASKS is unchanged."""
+
+    TYPE: ClassVar[int] = 54
+    ids: list[int]
+    needs: list[tuple[float, float, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -613,6 +664,28 @@ class Rejected(_Json):
 
 
 @dataclass(frozen=True, slots=True)
+class Withdraw(_Json):
+    """Interchange -> pool: take back these tasks unless a worker may have started them.  Answered by Withdrawn
+    (on the task socket) with the same ``req``; the pool answers each Withdraw, in the order they came."""
+
+    TYPE: ClassVar[int] = 50
+    req: int
+    ids: list[int]
+    kill: bool = False  # also kill the workers running the started ones (ex.cancel): they end TaskCancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn(_Json):
+    """Pool -> interchange: ``withdrawn`` left its queue and will never run there; ``started`` were handed to
+    a worker (may have started: they stay).  An id asked for and in neither list is done (see the docstring)."""
+
+    TYPE: ClassVar[int] = 51
+    req: int
+    withdrawn: list[int]
+    started: list[int]
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReady(_Json):
     """Worker -> pool, once at start-up."""
 
@@ -622,19 +695,21 @@ class WorkerReady(_Json):
 
 
 Request = StatusRequest | HoldPools | DropBlocks
-Answer = StatusReply | Done | Failed
+Answer = StatusReply | Done | Failed | Cancelled
 PoolEvent = PoolRegistered | PoolGone | PoolRejected
 Message = (
     Tasks | Results | Ready | Heartbeat | Shutdown | Request | Answer | TasksFailed | PoolEvent
-    | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady
+    | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady | Withdraw | Withdrawn | CancelTasks
+    | TaskNeeds
 )
 
 _TYPES: dict[int, Any] = {
     cls.TYPE: cls
     for cls in (
         Tasks, Results, Ready, Heartbeat, Shutdown, StatusRequest, StatusReply, HoldPools, DropBlocks, Done, Failed,
+        CancelTasks, Cancelled, TaskNeeds,
         TasksFailed, PoolRegistered, PoolGone, PoolRejected,
-        Probe, ProbeReply, Register, Registered, Rejected, WorkerReady,
+        Probe, ProbeReply, Register, Registered, Rejected, WorkerReady, Withdraw, Withdrawn,
     )
 }
 _HEADERS = {t: _HEADER.pack(MAGIC, PROTOCOL_VERSION, t) for t in _TYPES}

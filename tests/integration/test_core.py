@@ -132,10 +132,10 @@ def test_module_missing_on_the_worker_is_named(make_executor: Any, tmp_path: Any
     sys.modules.pop("only_on_client", None)
 
 
-def test_resource_specification_takes_only_a_priority(make_executor: Any) -> None:
+def test_resource_specification_takes_only_its_keys(make_executor: Any) -> None:
     ex = make_executor()
-    with pytest.raises(InvalidResourceSpecification, match=r"cores.*takes only \['priority'\]"):
-        ex.submit(tasks.noop, {"cores": 2})
+    with pytest.raises(InvalidResourceSpecification, match=r"disk.*takes only \['priority', 'cores', 'memory', 'gpus'\]"):
+        ex.submit(tasks.noop, {"disk": 2})
     assert ex.submit(tasks.add, None, 5).result(timeout=30) == 5
     with pytest.raises(TypeError, match=r"ex\.stdlib\.submit"):
         ex.submit(tasks.add, 1, 2)  # the stdlib's signature by mistake

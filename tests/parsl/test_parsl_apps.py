@@ -173,5 +173,5 @@ def test_unknown_parameter_is_named() -> None:
 def test_parsl_priority_is_accepted_and_other_keys_refused(load_dfk: Any) -> None:
     load_dfk()
     assert add_with_spec(1, 2, parsl_resource_specification={"priority": 1}).result() == 3
-    with pytest.raises(htex.InvalidResourceSpecification, match=r"\['priority'\]"):
-        add_with_spec(1, 2, parsl_resource_specification={"cores": 2}).result()
+    with pytest.raises(htex.InvalidResourceSpecification, match=r"\['priority', 'cores', 'memory', 'gpus'\]"):
+        add_with_spec(1, 2, parsl_resource_specification={"disk": 2}).result()

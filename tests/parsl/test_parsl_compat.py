@@ -132,8 +132,8 @@ def test_unpicklable_argument_is_parsls_serialization_error(load_dfk: Any) -> No
 def test_resource_specification_is_parsls_invalid_resource_specification(load_dfk: Any) -> None:
     load_dfk()
     with pytest.raises(InvalidResourceSpecification) as info:
-        add(1, 2, parsl_resource_specification={"cores": 2}).result()
-    assert info.value.invalid_keys == {"cores"}
+        add(1, 2, parsl_resource_specification={"cores": 2, "disk": 1}).result()
+    assert info.value.invalid_keys == {"disk"}
 
 
 def test_bad_state_is_parsls_bad_state_exception(load_dfk: Any) -> None:

@@ -201,6 +201,11 @@ _SAMPLES: list[Any] = [
     protocol.Registered(),
     protocol.Rejected(reason="no"),
     protocol.WorkerReady(rank=0, pid=9),
+    protocol.Withdraw(req=4, ids=[1, 2, 3]),
+    protocol.Withdrawn(req=4, withdrawn=[2, 3], started=[1]),
+    protocol.CancelTasks(req=5, ids=[1, 2], kill=True),
+    protocol.Cancelled(req=5, withdrawn=[2], started=[1]),
+    protocol.TaskNeeds(ids=[1, 2], needs=[(2.0, 0.0, 0), (1.0, 512.0, 1)]),
 ]
 
 

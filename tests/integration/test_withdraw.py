@@ -1,0 +1,205 @@
+"""The pool's Withdraw primitive (protocol.Withdraw -> Withdrawn), against a real pool and real workers.
+
+The test stands where the interchange is: two ROUTER sockets on UNIX sockets in
+the test's directory, so it decides exactly what the pool holds (which task a
+worker runs, which wait in its prefetch queue) before it asks for them back.
+The pool and its workers are the real processes.  Whether a task ran is read
+from a side-effect file each task appends its label to.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from htex import protocol, serialize
+
+import tasks
+from support import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _lines(path: str) -> list[str]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+class FakeInterchange:
+    """Our side of the pool's two sockets, and the pool process itself."""
+
+    def __init__(self, tmp: str, workers: int, prefetch: int) -> None:
+        self.ctx = zmq.Context()
+        self.tasks = self.ctx.socket(zmq.ROUTER)
+        self.results = self.ctx.socket(zmq.ROUTER)
+        task_url, result_url = f"ipc://{tmp}/tasks", f"ipc://{tmp}/results"
+        self.tasks.bind(task_url)
+        self.results.bind(result_url)
+        self.pool = subprocess.Popen([
+            sys.executable, "-m", "htex.process_worker_pool", "--task_url", task_url, "--result_url", result_url,
+            "--max_workers", str(workers), "-p", str(prefetch), "--hb_period", "1", "--hb_threshold", "20",
+            "-l", os.path.join(tmp, "logs"), "-u", "pool0",
+        ])
+        reg = self.receive(protocol.Register)
+        assert reg.worker_count == workers
+        self.identity = reg.manager_id.encode()
+        self.send(protocol.Registered())
+        self.functions = serialize.FunctionRegistry()
+
+    def send(self, msg: protocol.Message) -> None:
+        self.tasks.send_multipart([self.identity, *msg.encode()])
+
+    def receive(self, cls: type[Any], sock: zmq.Socket[Any] | None = None, timeout: float = 20.0) -> Any:
+        """The next message of type ``cls`` (heartbeats and the like skipped)."""
+        sock = sock or self.tasks
+        deadline = time.monotonic() + timeout
+        while sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+            _, *frames = sock.recv_multipart()
+            msg = protocol.decode(frames)
+            if isinstance(msg, cls):
+                return msg
+        pytest.fail(f"no {cls.__name__} from the pool within {timeout} s")
+
+    def submit(self, calls: list[tuple[int, Any, tuple[Any, ...]]]) -> None:
+        """Send tasks (id, function, args) in one TASKS message."""
+        ids, keys, payloads, functions = [], [], [], {}
+        for tid, fn, args in calls:
+            key, blob = self.functions.key_for(fn)
+            if blob is not None:  # the first time this function is seen: it goes with its first task
+                functions[key] = blob
+            payload, _ = serialize.pack_task_args(args, {}, None, may_wait=True)
+            ids.append(tid)
+            keys.append(key)
+            payloads.append(payload)
+        self.send(protocol.Tasks(protocol.u64_array(ids), protocol.u64_array(keys), payloads, functions))
+
+    def results_for(self, n: int) -> dict[int, Any]:
+        got: dict[int, Any] = {}
+        while len(got) < n:
+            msg = self.receive(protocol.Results, self.results)
+            for tid, blob in zip(msg.ids, msg.payloads, strict=True):
+                got[tid] = serialize.unpack_result(protocol.as_buffer(blob))
+        return got
+
+    def close(self) -> None:
+        if self.pool.poll() is None:
+            self.send(protocol.Shutdown(reason="test over"))
+            try:
+                self.pool.wait(20)
+            except subprocess.TimeoutExpired:
+                self.pool.kill()
+                self.pool.wait()
+        self.ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def fake(tmp_path: Any) -> Iterator[Any]:
+    made: list[FakeInterchange] = []
+
+    def make(workers: int = 1, prefetch: int = 8) -> FakeInterchange:
+        made.append(FakeInterchange(str(tmp_path), workers, prefetch))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.close()
+
+
+def test_withdraw_takes_back_prefetched_tasks_and_leaves_the_started_one(fake: Any, tmp_path: Any) -> None:
+    ic = fake(workers=1, prefetch=8)
+    log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    # Task 1 holds the only worker; 2..5 wait in the pool's prefetch queue.
+    ic.submit([(1, tasks.record_then_wait_for, (log, "t1", gate))] +
+              [(i, tasks.record, (log, f"t{i}")) for i in range(2, 6)])
+    wait_for(lambda: _lines(log) == ["t1"], timeout=30, what="task 1 to start")
+    ic.send(protocol.Withdraw(req=7, ids=[1, 3, 5, 99]))
+    answer = ic.receive(protocol.Withdrawn)
+    assert answer.req == 7
+    assert sorted(answer.withdrawn) == [3, 5]
+    assert answer.started == [1]  # 99: not held by the pool (neither list)
+    with open(gate, "w"):
+        pass
+    results = ic.results_for(3)  # 1, 2 and 4: the withdrawn never come back
+    assert sorted(results) == [1, 2, 4]
+    assert all(ok for ok, _ in results.values())
+    assert sorted(_lines(log)) == ["t1", "t2", "t4"]
+    # Asked again, nothing is held: a finished task is in neither list.
+    ic.send(protocol.Withdraw(req=8, ids=[1, 2, 3]))
+    again = ic.receive(protocol.Withdrawn)
+    assert (again.req, again.withdrawn, again.started) == (8, [], [])
+
+
+
+def _warm_up(ic: FakeInterchange) -> None:
+    """Run short tasks first: the pool then sizes a worker's batch by their time, so the next batch has several."""
+    ic.submit([(1000 + i, tasks.noop, ()) for i in range(20)])
+    ic.results_for(20)
+
+
+def test_withdraw_with_kill_stops_the_running_task_and_spares_its_batch(fake: Any, tmp_path: Any) -> None:
+    from htex import TaskCancelled, WorkerLost
+
+    ic = fake(workers=1, prefetch=8)
+    _warm_up(ic)
+    log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    # One batch of two for the one worker: X runs (and waits), Y waits behind it in the batch.
+    ic.submit([(1, tasks.record_then_wait_for, (log, "X", gate)), (2, tasks.record, (log, "Y"))])
+    wait_for(lambda: _lines(log) == ["X"], timeout=30, what="X to start")
+    ic.send(protocol.Withdraw(req=1, ids=[1, 2], kill=True))
+    answer = ic.receive(protocol.Withdrawn)
+    assert answer.withdrawn == [] and sorted(answer.started) == [1, 2]  # both handed to the worker
+    results = ic.results_for(2)
+    ok, exc = results[1]
+    assert not ok and isinstance(exc, TaskCancelled) and not isinstance(exc, WorkerLost)
+    # Y never started: asked for too, it ends cancelled (the interchange was told it may have started,
+    # so a result comes for it), and never runs.
+    ok, exc = results[2]
+    assert not ok and isinstance(exc, TaskCancelled) and "before it started" in str(exc)
+    ic.submit([(3, tasks.record, (log, "after"))])
+    assert ic.results_for(1)[3][0]
+    assert _lines(log) == ["X", "after"]
+
+
+def test_a_kill_spares_the_rest_of_the_batch(fake: Any, tmp_path: Any) -> None:
+    """Tasks behind the killed one in its worker's batch never started: back to the queue, run by the new worker."""
+    from htex import TaskCancelled
+
+    ic = fake(workers=1, prefetch=8)
+    _warm_up(ic)
+    log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    ic.submit([(1, tasks.record_then_wait_for, (log, "X", gate)), (2, tasks.record, (log, "Y"))])
+    wait_for(lambda: _lines(log) == ["X"], timeout=30, what="X to start")
+    ic.send(protocol.Withdraw(req=1, ids=[1], kill=True))
+    assert ic.receive(protocol.Withdrawn).started == [1]
+    results = ic.results_for(2)
+    assert isinstance(results[1][1], TaskCancelled) and results[2][0]
+    assert _lines(log) == ["X", "Y"]
+
+
+def test_withdraw_with_kill_waits_for_the_worker_to_reach_the_task(fake: Any, tmp_path: Any) -> None:
+    """The task to cancel is behind another in its worker's batch: the pool kills the worker as it starts it."""
+    from htex import TaskCancelled
+
+    ic = fake(workers=1, prefetch=8)
+    _warm_up(ic)
+    log, gate_z, gate_x = str(tmp_path / "started"), str(tmp_path / "z"), str(tmp_path / "x")
+    ic.submit([(1, tasks.record_then_wait_for, (log, "Z", gate_z)), (2, tasks.record_then_wait_for, (log, "X", gate_x)),
+               (3, tasks.record, (log, "after"))])
+    wait_for(lambda: _lines(log) == ["Z"], timeout=30, what="Z to start")
+    ic.send(protocol.Withdraw(req=1, ids=[2], kill=True))
+    assert ic.receive(protocol.Withdrawn).started == [2]
+    with open(gate_z, "w"):
+        pass
+    results = ic.results_for(3)
+    assert results[1][0] and results[3][0]  # Z finished; `after` ran on the new worker
+    assert not results[2][0] and isinstance(results[2][1], TaskCancelled)
+    assert _lines(log) == ["Z", "X", "after"]
