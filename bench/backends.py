@@ -123,6 +123,16 @@ class HtexPrefetchBackend(HtexBackend):
         super().__init__(run_root, prefetch_capacity=256)
 
 
+class HtexNoPrefetchBackend(HtexBackend):
+    """htex at the spec's default, ``prefetch_capacity=0``: a pool gets a task only for an idle worker."""
+
+    name = "htex-pf0"
+    title = "htex (prefetch 0)"
+
+    def __init__(self, run_root: str) -> None:
+        super().__init__(run_root, prefetch_capacity=0)
+
+
 class HtexPriorityBackend(HtexBackend):
     """htex with a priority on every task (eight values in turn): what the interchange's heap costs."""
 
@@ -291,6 +301,7 @@ class RayBackend(Backend):
 ALL: dict[str, tuple[type[Backend], str | None]] = {
     "htex": (HtexBackend, None),
     "htex-pf": (HtexPrefetchBackend, None),
+    "htex-pf0": (HtexNoPrefetchBackend, None),
     "htex-prio": (HtexPriorityBackend, None),
     "htex-pf-prio": (HtexPrefetchPriorityBackend, None),
     "htex-tcp": (HtexTcpBackend, None),

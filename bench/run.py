@@ -62,6 +62,7 @@ import scale  # noqa: E402
 from workloads import FULL, SMOKE, WORKLOADS, Sizes, Workload, warm_up  # noqa: E402
 
 BASELINE = "ppe"
+MAIN = ("htex", "htex-pf", "htex-pf0", BASELINE)  # every round; the others only --extra-rounds
 SPREAD_FLAG = 0.25  # flag a cell whose min-max spread exceeds this fraction of its median
 
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     default = [b for b in available if not b.endswith("-prio")]
     skipped.update({b: "run only when named in --backends" for b in available if b.endswith("-prio")})
     if args.smoke and not args.backends:  # CI's check of htex: keep it fast; name others with --backends to include them
-        default = [b for b in available if b in ("htex", "htex-pf", BASELINE)]
+        default = [b for b in available if b in MAIN]
         skipped.update({b: "not run with --smoke unless named in --backends" for b in available if b not in default
                         and b not in skipped})
     chosen = [b for b in (args.backends or default) if b in available]
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"round {r + 1}/{run.rounds}")
         for key in rotate(run.workloads, r):
             for name in rotate(run.backends, r):
-                if name in ("htex", "htex-pf", BASELINE) or r < args.extra_rounds:
+                if name in MAIN or r < args.extra_rounds:
                     run_one(run, WORKLOADS[key], name, sizes, run_root)
 
     if run.do_scale:

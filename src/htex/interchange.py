@@ -55,12 +55,13 @@ from typing import Any
 
 import zmq
 
-from . import __version__, dispatch, protocol, security
+from . import __version__, dispatch, prefetch, protocol, security
 from .errors import ProtocolError
 from .protocol import InterchangeConfig
 
 log = logging.getLogger("htex.interchange")
 
+_Task = tuple[int, int, protocol.Blob]  # task id, function key, payload (opaque)
 _DRAIN = 256  # messages read from one socket before looking at the others (fairness)
 MAX_CONTROL_BYTES = 1 << 20  # the task socket only receives Probe, Register, Heartbeat, StatusRequest
 
@@ -73,14 +74,15 @@ class _Pool:
     reg: protocol.Register
     capacity: int  # workers + prefetch capacity: the tasks it may hold at once
     last_heard: float
-    tasks: dict[int, int] = field(default_factory=dict)  # task id -> function key, sent and not done
+    tasks: dict[int, _Task] = field(default_factory=dict)  # sent and not done, in the order sent (id -> task)
     functions: set[int] = field(default_factory=set)
     held: bool = False
     last_busy: float = 0.0
+    auto: prefetch.Auto | None = None  # its prefetch adapts (capacity follows auto.cap); None: fixed
 
     @property
     def free(self) -> int:
-        return 0 if self.held else self.capacity - len(self.tasks)
+        return 0 if self.held else max(0, self.capacity - len(self.tasks))  # "auto" may lower capacity below it
 
     @property
     def idle(self) -> int:
@@ -110,7 +112,7 @@ class _Pool:
         r = self.reg
         return protocol.PoolInfo(
             manager=r.manager_id, block_id=r.block_id, hostname=r.hostname, pid=r.pid,
-            worker_count=r.worker_count, prefetch_capacity=r.prefetch_capacity, tasks=len(self.tasks),
+            worker_count=r.worker_count, prefetch_capacity=self.capacity - r.worker_count, tasks=len(self.tasks),
             active=not self.held, idle_duration=0.0 if self.tasks else now - self.last_busy,
             last_heartbeat=now - self.last_heard, python_version=r.python_version, version=r.htex_version,
         )
@@ -140,7 +142,7 @@ class Interchange:
     def __init__(self, cfg: InterchangeConfig) -> None:
         self.cfg = cfg
         self.ctx = zmq.Context()
-        self.queue: dispatch.TaskQueue[tuple[int, int, protocol.Blob]] = dispatch.TaskQueue()
+        self.queue: dispatch.TaskQueue[_Task] = dispatch.TaskQueue()
         self.next_liveness_check = 0.0
         self.results_out: list[Sequence[protocol.Blob]] = []  # results read this turn, sent to the client after dispatch
         self.functions: dict[int, protocol.Blob] = {}
@@ -295,11 +297,12 @@ class Interchange:
             self._to_pool(identity, protocol.Rejected(reason=reason))
             self._to_client(protocol.PoolRejected(manager=reg.manager_id, reason=reason))
             return
-        if reg.worker_count < 1 or reg.prefetch_capacity < 0 or identity in self.pools:
+        if reg.worker_count < 1 or reg.prefetch_capacity < prefetch.AUTO or identity in self.pools:
             self._drop(identity, f"bad registration {reg}")
             return
         now = time.monotonic()
-        pool = _Pool(identity, reg, reg.worker_count + reg.prefetch_capacity, now, last_busy=now)
+        auto = prefetch.Auto(reg.worker_count) if reg.prefetch_capacity == prefetch.AUTO else None
+        pool = _Pool(identity, reg, reg.worker_count + max(0, reg.prefetch_capacity), now, last_busy=now, auto=auto)
         self.pools[identity] = pool
         self.with_room[identity] = pool
         self._to_pool(identity, protocol.Registered())
@@ -328,6 +331,8 @@ class Interchange:
             forward = pool.settle(msg, frames[1:])
             if forward:
                 self.results_out.append(forward)
+            if pool.auto is not None:
+                pool.capacity = pool.reg.worker_count + pool.auto.finished(len(msg.ids), pool.last_heard, bool(pool.tasks))
             self.counts.done += len(msg.ids)
             self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
             if pool.free > 0:
@@ -387,8 +392,11 @@ class Interchange:
             return False
         pool.functions.update(functions)
         self.counts.functions_sent += len(functions)
-        for tid, key, _ in batch:
-            pool.tasks[tid] = key
+        if pool.auto is not None:
+            pool.auto.sent(time.monotonic(), not pool.tasks)
+        tasks = pool.tasks  # the whole task stays with its pool, to go elsewhere if it is stolen back
+        for task in batch:
+            tasks[task[0]] = task
         self.counts.dispatched += n
         return True
 

@@ -65,7 +65,7 @@ from typing import Any
 import psutil
 import zmq
 
-from . import __version__, framing, poolcmd, procs, protocol, security, serialize
+from . import __version__, framing, poolcmd, prefetch, procs, protocol, security, serialize
 from .errors import ProtocolError, WorkerLost
 
 log = logging.getLogger("htex.pool")
@@ -98,7 +98,7 @@ class PoolConfig:
     max_workers: float = math.inf
     cores_per_worker: float = 1.0
     mem_per_worker: float | None = None
-    prefetch_capacity: int = 0
+    prefetch_capacity: int = 0  # prefetch.AUTO: the interchange adapts it
     heartbeat_period: float = 30.0
     heartbeat_threshold: float = 120.0
     logdir: str = "."
@@ -376,9 +376,9 @@ class Manager:
     def run(self) -> int:
         procs.become_subreaper()
         log.info(
-            "manager %s (block %s) on %s: %d workers, prefetch %d, interchange %s",
+            "manager %s (block %s) on %s: %d workers, prefetch %s, interchange %s",
             self.cfg.manager_id, self.cfg.block_id, socket.gethostname(), self.count,
-            self.cfg.prefetch_capacity, self.cfg.task_url,
+            prefetch.flag(self.cfg.prefetch_capacity), self.cfg.task_url,
         )
         try:
             self._register()
