@@ -49,13 +49,13 @@ import signal
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from . import __version__, dispatch, prefetch, protocol, security
+from . import __version__, dispatch, prefetch, protocol, security, stealing
 from .errors import ProtocolError
 from .protocol import InterchangeConfig
 
@@ -83,6 +83,18 @@ class _Pool:
     @property
     def free(self) -> int:
         return 0 if self.held else max(0, self.capacity - len(self.tasks))  # "auto" may lower capacity below it
+
+    @property
+    def workers(self) -> int:
+        return self.reg.worker_count
+
+    @property
+    def held_ids(self) -> Iterable[int]:
+        return self.tasks.keys()
+
+    @property
+    def held_count(self) -> int:
+        return len(self.tasks)
 
     @property
     def idle(self) -> int:
@@ -155,6 +167,7 @@ class Interchange:
         self.started = time.monotonic()
         self.dropped = 0
         self.counts = _Counts()
+        self.stealing = stealing.Stealing()
 
         socks = _open_sockets(self.ctx, cfg)
         self.client, self.task_sock, self.result_sock = socks.client, socks.tasks, socks.results
@@ -178,6 +191,8 @@ class Interchange:
                 if self.result_sock in events:
                     self._read_results()
                 self._dispatch()
+                if not self.queue and self.stealing.victims:
+                    self._steal()
                 self._forward_results()  # after dispatch: a freed worker gets its next task first
                 self._keep_time()
         finally:
@@ -284,6 +299,8 @@ class Interchange:
                 self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
             elif isinstance(msg, protocol.Register):
                 self._register(identity, msg)
+            elif isinstance(msg, protocol.Withdrawn) and pool is not None:
+                self._withdrawn(pool, msg)
             elif pool is None:
                 # A pool we declared lost (it may have been stopped and resumed): tell it to go.
                 self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
@@ -305,6 +322,7 @@ class Interchange:
         pool = _Pool(identity, reg, reg.worker_count + max(0, reg.prefetch_capacity), now, last_busy=now, auto=auto)
         self.pools[identity] = pool
         self.with_room[identity] = pool
+        self.stealing.look = True
         self._to_pool(identity, protocol.Registered())
         log.info("registered %s with %d workers", pool.describe(), reg.worker_count)
         self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
@@ -333,6 +351,7 @@ class Interchange:
                 self.results_out.append(forward)
             if pool.auto is not None:
                 pool.capacity = pool.reg.worker_count + pool.auto.finished(len(msg.ids), pool.last_heard, bool(pool.tasks))
+            self.stealing.finished(pool)
             self.counts.done += len(msg.ids)
             self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
             if pool.free > 0:
@@ -397,8 +416,35 @@ class Interchange:
         tasks = pool.tasks  # the whole task stays with its pool, to go elsewhere if it is stolen back
         for task in batch:
             tasks[task[0]] = task
+        self.stealing.sent(pool)
         self.counts.dispatched += n
         return True
+
+    def _steal(self) -> None:
+        """Workers idle and nothing queued: ask a pool that queues tasks for some back (stealing.py)."""
+        steal = self.stealing.plan(self.with_room.values())
+        if steal is not None:
+            req, victim, ids = steal
+            if not self._to_pool(victim.identity, protocol.Withdraw(req=req, ids=ids)):
+                self.stealing.gone(victim.identity)  # unreachable: its silence will be noticed
+
+    def _withdrawn(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
+        """A pool gave tasks back: those it still holds for us go to the front of the queue, to go elsewhere.
+
+        They keep their order (ids grow with submission) but not their priority: they wait behind
+        prioritized tasks queued since, ahead of plain ones."""
+        if not self.stealing.answered(msg.req, pool.identity):
+            log.warning("%s answered a withdraw we did not ask for (req %d)", pool.describe(), msg.req)
+            return
+        back = sorted((task for tid in msg.withdrawn if (task := pool.tasks.pop(tid, None)) is not None),
+                      key=lambda t: t[0])
+        self.stealing.moved(pool.identity, len(back))
+        if back:
+            self.queue.put_back(back, ())
+            self.stealing.finished(pool)
+            if pool.free > 0:
+                self.with_room[pool.identity] = pool
+            log.debug("took back %d tasks from %s", len(back), pool.describe())
 
     # -- step 4: time -------------------------------------------------------------
 
@@ -428,6 +474,7 @@ class Interchange:
     def _lose_pool(self, pool: _Pool, why: str, released: bool = False) -> None:
         del self.pools[pool.identity]
         self.with_room.pop(pool.identity, None)
+        self.stealing.gone(pool.identity)
         # Every task it held may have started (a pool cut off from us runs its prefetched tasks):
         # none goes back to the queue.  The executor resends them only within lost_task_retries.
         held = list(pool.tasks)
