@@ -95,6 +95,8 @@ class Run:
 
 def run_one(run: Run, w: Workload, name: str, sizes: Sizes, run_root: str) -> None:
     b = backends.make(name, run_root)
+    if w.two_pools and type(b).start_two_pools is backends.Backend.start_two_pools:
+        return  # no pools to balance (Parsl, Dask, Ray adapters)
     seen: set[proctree.Seen] = set()
 
     def track() -> None:
@@ -251,7 +253,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 5; 1 with --smoke)")
     p.add_argument("--extra-rounds", type=int, default=3,
                    help="rounds for Parsl/Dask/Ray, at most --rounds (default 3: Parsl alone takes ~1 min a round)")
-    p.add_argument("--only", default="", help="comma-separated: W1,W2,W3,W4,W5,MEM,SCALE (default all)")
+    p.add_argument("--only", default="", help="comma-separated: W1,W2,W3,W4,W5,W6,MEM,SCALE (default all)")
     p.add_argument("--backends", default="", help=f"comma-separated among {','.join(backends.ALL)} (default: all importable)")
     p.add_argument("--out", default=None, help="Markdown output (default bench/results/latest.md, smoke.md with --smoke)")
     p.add_argument("--scale-managers", default=None, help="FEW,MANY simulated managers (default 10,1000)")

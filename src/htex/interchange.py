@@ -55,7 +55,7 @@ from typing import Any
 
 import zmq
 
-from . import __version__, dispatch, prefetch, protocol, security, stealing
+from . import __version__, dispatch, fdlimit, prefetch, protocol, security, stealing
 from .errors import ProtocolError
 from .protocol import InterchangeConfig
 
@@ -175,6 +175,9 @@ class Interchange:
         self.poller = zmq.Poller()
         for sock in (self.client, self.task_sock, self.result_sock):
             self.poller.register(sock, zmq.POLLIN)
+        self.accepts = fdlimit.AcceptWatch([self.task_sock, self.result_sock])  # out of descriptors: say so
+        for sock in self.accepts.sockets:
+            self.poller.register(sock, zmq.POLLIN)
 
     # -- the loop -------------------------------------------------------------
 
@@ -190,6 +193,9 @@ class Interchange:
                     self._read_pools()
                 if self.result_sock in events:
                     self._read_results()
+                for sock in self.accepts.sockets:
+                    if sock in events:
+                        self.accepts.read(sock)
                 self._dispatch()
                 if not self.queue and self.stealing.victims:
                     self._steal()
@@ -493,6 +499,7 @@ class Interchange:
         for identity in list(self.pools):
             self._to_pool(identity, protocol.Shutdown(reason="the executor is shutting down"))
         self.task_sock.setsockopt(zmq.LINGER, 1000)
+        self.accepts.close()
         self.task_sock.close()
         if self.auth is not None:
             self.auth.stop()
@@ -597,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if cfg.debug else logging.INFO,
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
+    soft, hard = fdlimit.raise_limit()
+    log.info("file descriptors: soft limit %d, hard %d (2 a pool)", soft, hard)
     # Ctrl-C in the terminal is the client's; it tells us to stop over the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

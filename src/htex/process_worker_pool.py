@@ -79,6 +79,8 @@ MAX_START_FAILURES = 3
 # long enough to amortise a message, short enough that long tasks go one by one.
 WORKER_BATCH = 32
 BATCH_SECONDS = 0.002
+# Seconds without an answer to our registration before we say so (the interchange may be out of descriptors).
+REGISTER_PATIENCE = 10.0
 # At shutdown: how long workers, and then what tasks left behind, get between SIGTERM and SIGKILL.
 STOP_GRACE = 2.0
 
@@ -352,7 +354,8 @@ class Manager:
         self.stopping = False
         self.exit_code = 0
         self.last_sent = 0.0
-        self.last_heard = time.monotonic()
+        self.last_heard = self.started = time.monotonic()
+        self.registered = self.unanswered_told = False
 
         self.task_sock = self._dealer(cfg.task_url)
         self.result_sock = self._dealer(cfg.result_url)
@@ -448,6 +451,7 @@ class Manager:
                 self._stop(EXIT_REJECTED)
                 return
             elif isinstance(msg, protocol.Registered):
+                self.registered = True
                 log.info("registered with the interchange")
 
     def _withdraw(self, msg: protocol.Withdraw) -> None:
@@ -585,6 +589,13 @@ class Manager:
         elif now - self.last_sent >= self.cfg.heartbeat_period:
             self._send(self.task_sock, protocol.Heartbeat())
             self.workers.reap_orphans()
+        if not self.registered and not self.unanswered_told and now - self.started > REGISTER_PATIENCE:
+            self.unanswered_told = True  # not silent: the likely cause, once, then go on waiting
+            text = (f"no answer to our registration from the interchange at {self.cfg.task_url} after "
+                    f"{REGISTER_PATIENCE:.0f} s; still waiting. If it serves many pools, it may be out of file "
+                    "descriptors: its log (interchange.log) says so")
+            log.error("%s", text)
+            print(f"htex pool: {text}", file=sys.stderr)
 
     def _send(self, sock: zmq.Socket[Any], msg: protocol.Message) -> None:
         sock.send_multipart(msg.encode(), copy=False)
