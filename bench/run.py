@@ -278,11 +278,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _raise_fd_limit() -> None:
-    # 1,000 simulated managers are 2,000 connections to the interchange (which inherits this limit).
+    """Descriptors for the interchange (which inherits this limit): 2 per simulated manager.
+
+    10,000 managers need 20,000 and more; a hard limit below that (20,000 on the machine the scale
+    figures come from) is raised when we may (root), else the soft limit goes up to the hard one.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 65536
+    want = 65536
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return
+        except (ValueError, OSError):
+            want = hard
     if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 65536), hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def _watchdog(limit: float) -> None:
