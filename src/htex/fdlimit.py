@@ -6,29 +6,26 @@ limit (``ulimit -n``) is 1,024.  ``raise_limit`` lifts the soft limit to the
 hard one at start (any process may).
 
 When descriptors do run out, libzmq cannot accept a connection: the pool's
-connect succeeds at the kernel (the listen backlog) and then nothing happens,
-and libzmq says nothing unless asked.  ``AcceptWatch`` asks: a monitor on the
-listening sockets reports each failed accept, and the interchange logs it as
-an error that names the limit and what to do.  The pool, never answered, says
-so when it gives up (process_worker_pool: "never answered our registration").
+connect succeeds at the kernel (the listen backlog), then nothing happens,
+and libzmq says nothing (its I/O thread retries the accept at once, again and
+again).  A socket monitor would see each failed accept, but a monitor's events
+must be read as fast as that loop makes them, or libzmq's I/O thread blocks on
+the monitor and every pool with it.  So ``Probe`` asks the kernel instead,
+once a second: it opens a descriptor and closes it; EMFILE means the table is
+full, and the interchange logs an error naming the limit and what to do.  The
+pool, never answered, says so too (process_worker_pool: "no answer to our
+registration").
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import resource
-import struct
-import time
-from typing import Any
-
-import zmq
 
 log = logging.getLogger("htex.interchange")
 
-# A monitor event's first frame: the event (u16) and its value (i32, here the errno), native order, packed.
-# (zmq.utils.monitor would parse it too, but it imports asyncio: 6 MiB in the interchange.)
-_EVENT = struct.Struct("=Hi")
 REPEAT_SECONDS = 10.0  # the same error is logged at most this often (a flood of failed accepts)
 
 
@@ -49,39 +46,25 @@ def describe_limit() -> str:
     return f"soft {soft}, hard {hard}"
 
 
-class AcceptWatch:
-    """Monitors of the interchange's listening sockets; ``sockets`` go in its poller, ``read`` when they are ready."""
+class Probe:
+    """``check`` once a second: out of descriptors is an error in the log (every REPEAT_SECONDS while it lasts)."""
 
-    def __init__(self, socks: list[zmq.Socket[Any]]) -> None:
-        self.sockets = [s.get_monitor_socket(zmq.EVENT_ACCEPT_FAILED) for s in socks]
-        self.failed = 0
-        self._last_logged = 0.0
+    def __init__(self) -> None:
+        self.said_at = -REPEAT_SECONDS
 
-    def read(self, sock: zmq.Socket[Any]) -> None:
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(frames) < 2 or len(frames[0]) < _EVENT.size:
-                continue
-            self.failed += 1
-            _, code = _EVENT.unpack_from(frames[0])
-            endpoint = frames[1].decode(errors="replace")
-            now = time.monotonic()
-            if now - self._last_logged < REPEAT_SECONDS:
-                continue
-            self._last_logged = now
-            if code in (errno.EMFILE, errno.ENFILE):
-                log.error(
-                    "out of file descriptors (%s): a pool cannot connect, and waits. Each pool needs 2; "
-                    "raise the hard limit for the client's process (ulimit -Hn, or limits.conf), or use fewer "
-                    "pools. %d connections refused so far", describe_limit(), self.failed,
-                )
-            else:
-                log.error("could not accept a pool's connection at %s: %s (%d so far)",
-                          endpoint, errno.errorcode.get(code, code), self.failed)
-
-    def close(self) -> None:
-        for sock in self.sockets:
-            sock.close(linger=0)
+    def check(self, now: float, pools: int) -> bool:
+        """True if the descriptor table is full now."""
+        try:
+            os.close(os.open(os.devnull, os.O_RDONLY))
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+        if now - self.said_at >= REPEAT_SECONDS:
+            self.said_at = now
+            log.error(
+                "out of file descriptors (%s) with %d pools registered: a pool cannot connect, and waits. Each "
+                "pool needs 2; raise the hard limit for the client's process (ulimit -Hn, or limits.conf), or use "
+                "fewer pools", describe_limit(), pools,
+            )
+        return True

@@ -33,7 +33,10 @@ handler lets in only the run's pool key.  A peer's identity is its own: with
 ROUTER_HANDOVER off, a second connection that claims a live pool's identity
 cannot take its place.
 
-A pool's capacity is its worker count plus its prefetch capacity.  When a pool
+A pool's capacity is its worker count plus its prefetch capacity: fixed, or
+adapted to what the pool's results show (``prefetch.py``, "auto", the default).
+Tasks a pool queues while another pool idles and our queue is empty are taken
+back and sent again (``stealing.py``, on the pool's Withdraw).  When a pool
 is lost (silent for heartbeat_threshold, or its block's job ended), every task
 it held fails with ManagerLost, prefetched ones included: a pool cut off from
 us may well have started them, and a task must never run twice unless the
@@ -175,9 +178,7 @@ class Interchange:
         self.poller = zmq.Poller()
         for sock in (self.client, self.task_sock, self.result_sock):
             self.poller.register(sock, zmq.POLLIN)
-        self.accepts = fdlimit.AcceptWatch([self.task_sock, self.result_sock])  # out of descriptors: say so
-        for sock in self.accepts.sockets:
-            self.poller.register(sock, zmq.POLLIN)
+        self.descriptors = fdlimit.Probe()  # out of descriptors: say so
 
     # -- the loop -------------------------------------------------------------
 
@@ -193,9 +194,6 @@ class Interchange:
                     self._read_pools()
                 if self.result_sock in events:
                     self._read_results()
-                for sock in self.accepts.sockets:
-                    if sock in events:
-                        self.accepts.read(sock)
                 self._dispatch()
                 if not self.queue and self.stealing.victims:
                     self._steal()
@@ -470,6 +468,7 @@ class Interchange:
             # Not on every turn of the loop: with 1,000 pools heartbeating, this scan (and even the
             # getppid system call) would cost more than the messages.  A second late is nothing.
             self.next_liveness_check = now + min(1.0, self.cfg.heartbeat_threshold / 10)
+            self.descriptors.check(now, len(self.pools))
             if os.getppid() != self.parent:
                 log.error("the client process is gone (parent changed); stopping")
                 self.stopping = True
@@ -499,7 +498,6 @@ class Interchange:
         for identity in list(self.pools):
             self._to_pool(identity, protocol.Shutdown(reason="the executor is shutting down"))
         self.task_sock.setsockopt(zmq.LINGER, 1000)
-        self.accepts.close()
         self.task_sock.close()
         if self.auth is not None:
             self.auth.stop()
