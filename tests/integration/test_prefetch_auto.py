@@ -63,3 +63,12 @@ def test_the_pool_command_carries_the_setting(value: Any) -> None:
     assert args.prefetch_capacity == prefetch.parse(value)
     with pytest.raises(SystemExit):
         poolcmd.build_parser().parse_args(["-p", "-3"])
+
+
+def test_htex_parsl_defaults_to_auto_too() -> None:
+    """The one default where htex differs from the spec (and from Parsl) holds under htex.parsl as well."""
+    pytest.importorskip("parsl")
+    from htex.parsl import HighThroughputExecutor
+
+    assert HighThroughputExecutor().htex.prefetch_capacity == "auto"
+    assert HighThroughputExecutor(prefetch_capacity=0).htex.prefetch_capacity == 0  # Parsl's behaviour, asked for
