@@ -4,7 +4,7 @@ Usage (from the repository root, with the project's venv)::
 
     .venv/bin/python bench/run.py                 # everything, 5 rounds (about 5 minutes on 2 cores)
     .venv/bin/python bench/run.py --smoke         # tiny sizes, 1 round, checks results (< 30 s; for CI)
-    .venv/bin/python bench/run.py --only W1,W2    # some workloads: W1 W2 W3 W4 W5 MEM SCALE
+    .venv/bin/python bench/run.py --only W1,W2    # some workloads: W1 W2 W3 W4 W5 W6 MEM SCALE
     .venv/bin/python bench/run.py --rounds 3 --backends htex,ppe
 
 Workloads (each on a fresh executor with 2 workers: htex with LocalProvider
@@ -16,6 +16,7 @@ importable):
     W3     500 tasks with a 1 MB bytes argument, returning len: MB/s
     W4     200 x time.sleep(0.05): efficiency = ideal time (200*0.05/2) / measured
     W5     start() to the first result, s; shutdown(), s
+    W6     two pools of 2 workers, 16 x sleep(2) among 2,000 x sleep(0.001), shuffled: makespan / ideal
     MEM    PSS summed over the executor's child processes (client excluded), idle after start
     SCALE  one interchange with 1,000 vs 10 simulated managers: dispatch rate ratio (target >= 0.8),
            and the interchange's CPU for heartbeats of 1,000 idle managers (target < 5% of a core)

@@ -424,6 +424,8 @@ class Manager:
     def _timeout_ms(self) -> int:
         now = time.monotonic()
         due = min(self.last_sent + self.cfg.heartbeat_period, self.last_heard + self.cfg.heartbeat_threshold)
+        if not self.unanswered_told:
+            due = min(due, self.started + REGISTER_PATIENCE)  # to say so on time if nobody answers
         return max(0, int((due - now) * 1000) + 1)
 
     # -- step 1: the interchange -------------------------------------------
@@ -589,13 +591,17 @@ class Manager:
         elif now - self.last_sent >= self.cfg.heartbeat_period:
             self._send(self.task_sock, protocol.Heartbeat())
             self.workers.reap_orphans()
-        if not self.registered and not self.unanswered_told and now - self.started > REGISTER_PATIENCE:
-            self.unanswered_told = True  # not silent: the likely cause, once, then go on waiting
-            text = (f"no answer to our registration from the interchange at {self.cfg.task_url} after "
-                    f"{REGISTER_PATIENCE:.0f} s; still waiting. If it serves many pools, it may be out of file "
-                    "descriptors: its log (interchange.log) says so")
-            log.error("%s", text)
-            print(f"htex pool: {text}", file=sys.stderr)
+        if not self.unanswered_told and now - self.started >= REGISTER_PATIENCE:
+            self.unanswered_told = True
+            if not self.registered:  # not silent: the likely cause, once, then go on waiting
+                self._say_unanswered()
+
+    def _say_unanswered(self) -> None:
+        text = (f"no answer to our registration from the interchange at {self.cfg.task_url} after "
+                f"{REGISTER_PATIENCE:.0f} s; still waiting. If it serves many pools, it may be out of file "
+                "descriptors: its log (interchange.log) says so")
+        log.error("%s", text)
+        print(f"htex pool: {text}", file=sys.stderr)
 
     def _send(self, sock: zmq.Socket[Any], msg: protocol.Message) -> None:
         sock.send_multipart(msg.encode(), copy=False)

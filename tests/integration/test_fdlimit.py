@@ -81,3 +81,28 @@ def test_out_of_descriptors_is_an_error_in_the_log(tmp_path: Any) -> None:
             proc.kill()
             proc.wait()
         ctx.destroy(linger=0)
+
+
+def test_a_pool_never_answered_says_so(tmp_path: Any) -> None:
+    """The pool's side: a real pool whose registration nobody answers (our ROUTER reads it and stays
+    silent, as an interchange out of descriptors is) says why it waits, then goes on waiting."""
+    ctx = zmq.Context()
+    tasks_sock, results_sock = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    task_url, result_url = f"ipc://{tmp_path}/tasks", f"ipc://{tmp_path}/results"
+    tasks_sock.bind(task_url)
+    results_sock.bind(result_url)
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "htex.process_worker_pool", "--task_url", task_url, "--result_url", result_url,
+         "--max_workers", "1", "-l", str(tmp_path / "logs")],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert tasks_sock.poll(30_000), "the pool did not register"
+        assert pool.stderr is not None
+        line = pool.stderr.readline()  # blocks until it speaks; the test's timeout bounds it
+        assert "no answer to our registration" in line and "out of file descriptors" in line
+        assert pool.poll() is None  # still waiting
+    finally:
+        pool.terminate()
+        pool.wait(timeout=30)
+        ctx.destroy(linger=0)
