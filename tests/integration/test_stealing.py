@@ -35,11 +35,12 @@ def _holding(ex: Any) -> dict[str, int]:
     return {m["manager"]: m["tasks"] for m in ex.connected_managers}
 
 
-def _hold_one_pool(ex: Any, log: str, gate: str) -> tuple[Any, str]:
+def _hold_one_pool(ex: Any, log: str, gate: str, label: str = "blocker") -> tuple[Any, str]:
     """Start the gate task; return its future and the manager running it."""
-    blocker = ex.submit(tasks.record_then_wait_for, {}, log, "blocker", gate)
-    wait_for(lambda: "blocker" in _lines(log), timeout=30, what="the blocking task to start")
-    (busy,) = [m for m, n in _holding(ex).items() if n == 1]
+    blocker = ex.submit(tasks.record_then_wait_for, {}, log, label, gate)
+    wait_for(lambda: label in _lines(log), timeout=30, what="the blocking task to start")
+    (busy,) = wait_for(lambda: [m for m, n in _holding(ex).items() if n == 1], timeout=30,
+                       what="the interchange to count it")
     return blocker, busy
 
 
@@ -79,3 +80,39 @@ def test_a_pool_that_dies_holding_prefetched_tasks_fails_exactly_those(make_exec
             fut.result(timeout=30)
     assert _lines(log) == ["blocker"]  # the prefetched ones never ran
     assert ex.stats()["lost"] == 5
+
+
+def test_a_pool_lost_while_asked_for_its_tasks_fails_them_once_and_stealing_goes_on(
+        make_executor: Any, tmp_path: Any) -> None:
+    """The victim never answers the Withdraw (stopped, then killed): the tasks it held fail with ManagerLost
+    exactly once and never run; the steal in flight is forgotten with the pool, and stealing goes on."""
+    ex = make_executor(max_workers=1, prefetch_capacity=8,
+                       provider=LocalProvider(init_blocks=2, min_blocks=2, max_blocks=2))
+    wait_for(lambda: len(ex.connected_managers) == 2, timeout=30, what="two pools")
+    log, gate = str(tmp_path / "ran"), str(tmp_path / "gate")
+    blocker, busy = _hold_one_pool(ex, log, gate)
+    (info,) = [m for m in ex.connected_managers if m["manager"] == busy]
+    os.kill(info["pid"], signal.SIGSTOP)  # it hears nothing now: what it is sent waits in its socket
+    futs = [ex.submit(tasks.record_then, {}, log, i, 0) for i in range(12)]
+    wait_for(lambda: sum(f.done() for f in futs) + _holding(ex).get(busy, 0) >= 13, timeout=30,
+             what="the idle pool to run its share while the stopped one holds the rest")
+    job = next(j for b, j in ex.blocks.items() if b == info["block_id"])
+    os.killpg(int(job), signal.SIGKILL)
+    outcomes = []
+    for f in [blocker, *futs]:
+        try:
+            outcomes.append(f.result(timeout=30) != busy)
+        except ManagerLost:
+            outcomes.append(False)
+    ran = Counter(_lines(log))
+    assert all(n == 1 for n in ran.values())  # nothing ran twice
+    lost = outcomes.count(False)
+    assert lost >= 2 and ex.stats()["lost"] == lost  # the blocker and what the stopped pool held
+    assert len(ran) == 1 + outcomes.count(True)  # only the blocker ran of what the stopped pool held
+    # Stealing was not left waiting for an answer that will never come: queued tasks still move.
+    blocker2, busy2 = _hold_one_pool(ex, log, gate + "2", "blocker2")
+    more = [ex.submit(tasks.record_then, {}, log, 100 + i, 0) for i in range(12)]
+    assert busy2 not in [f.result(timeout=30) for f in more]
+    with open(gate + "2", "w"):
+        pass
+    blocker2.result(timeout=30)
