@@ -303,8 +303,8 @@ class Interchange:
                 self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
             elif isinstance(msg, protocol.Register):
                 self._register(identity, msg)
-            elif isinstance(msg, protocol.Withdrawn) and pool is not None:
-                self._withdrawn(pool, msg)
+            elif isinstance(msg, protocol.Withdrawn) and pool is not None and msg.req >= stealing.FIRST_REQ:
+                self._stolen_back(pool, msg)
             elif pool is None:
                 # A pool we declared lost (it may have been stopped and resumed): tell it to go.
                 self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
@@ -432,15 +432,15 @@ class Interchange:
             if not self._to_pool(victim.identity, protocol.Withdraw(req=req, ids=ids)):
                 self.stealing.gone(victim.identity)  # unreachable: its silence will be noticed
 
-    def _withdrawn(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
-        """A pool gave tasks back: those it still holds for us go to the front of the queue, to go elsewhere.
-
-        They keep their order (ids grow with submission) but not their priority: they wait behind
-        prioritized tasks queued since, ahead of plain ones."""
-        if not self.stealing.answered(msg.req, pool.identity):
+    def _stolen_back(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
+        """A pool gave tasks back: those we asked for and it still holds for us go to the front of the
+        queue, to go elsewhere.  They keep their order (ids grow with submission) but not their
+        priority: they wait behind prioritized tasks queued since, ahead of plain ones."""
+        asked = self.stealing.answered(msg.req, pool.identity)
+        if asked is None:
             log.warning("%s answered a withdraw we did not ask for (req %d)", pool.describe(), msg.req)
             return
-        back = sorted((task for tid in msg.withdrawn if (task := pool.tasks.pop(tid, None)) is not None),
+        back = sorted((task for tid in msg.withdrawn if tid in asked and (task := pool.tasks.pop(tid, None))),
                       key=lambda t: t[0])
         self.stealing.moved(pool.identity, len(back))
         if back:

@@ -37,7 +37,8 @@ from typing import Protocol
 
 log = logging.getLogger("htex.interchange")
 
-# Withdraw's req numbers of stealing start here: other users of Withdraw (cancelling) count from 1.
+# Withdraw's req numbers of stealing start here: other users of Withdraw (cancelling) count from 1, and
+# the interchange routes a Withdrawn by its req.
 FIRST_REQ = 1 << 40
 
 
@@ -64,7 +65,7 @@ class Stealing:
     def __init__(self) -> None:
         self.victims: dict[bytes, PoolView] = {}  # pools holding more tasks than workers
         self.exhausted: set[bytes] = set()  # their last answer moved nothing; new tasks make them victims again
-        self.in_flight: tuple[int, bytes] | None = None  # (req, victim) of the Withdraw sent
+        self.in_flight: tuple[int, bytes, frozenset[int]] | None = None  # (req, victim, ids) of the Withdraw sent
         self.look = False  # a worker may have been freed since the last scan
         self.stolen = 0  # tasks moved, since start
         self._reqs = itertools.count(FIRST_REQ)
@@ -104,17 +105,20 @@ class Stealing:
         n = max(1, min(thief.free, -(-extra // 2)))  # half of what it queues: both end with about as much
         ids = list(itertools.islice(reversed(list(victim.held_ids)), n))
         req = next(self._reqs)
-        self.in_flight = (req, victim.identity)
+        self.in_flight = (req, victim.identity, frozenset(ids))
         log.debug("stealing up to %d tasks from %r for %r (req %d)", n, victim.identity[:32], thief.identity[:32], req)
         return req, victim, ids
 
-    def answered(self, req: int, victim: bytes) -> bool:
-        """A Withdrawn came: True if it answers our Withdraw (else another part of the interchange asked)."""
-        if self.in_flight != (req, victim):
-            return False
+    def answered(self, req: int, victim: bytes) -> frozenset[int] | None:
+        """A Withdrawn came: the ids we asked for, if it answers our Withdraw (None if not: drop it).
+
+        Only those may move: a pool (or whoever holds its key) cannot make other tasks look withdrawn."""
+        if self.in_flight is None or self.in_flight[:2] != (req, victim):
+            return None
+        asked = self.in_flight[2]
         self.in_flight = None
         self.look = True  # the thief is still idle: look again (another victim, or the same one)
-        return True
+        return asked
 
     def moved(self, victim: bytes, n: int) -> None:
         """The answer moved ``n`` tasks back to the queue."""
