@@ -235,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--cores_per_worker", type=float, default=1.0)
     p.add_argument("-m", "--mem_per_worker", type=_optional_float, default=None, help="GB per worker")
     p.add_argument("--max_workers", "--max_workers_per_node", type=_float_or_inf, default=math.inf)
-    p.add_argument("-p", "--prefetch_capacity", type=_prefetch, default=0,
-                   help='tasks held beyond the workers: a number, or "auto" (the interchange adapts it)')
+    p.add_argument("-p", "--prefetch_capacity", type=_prefetch, default=prefetch.AUTO,
+                   help='tasks held beyond the workers: "auto" (the default: the interchange adapts it) or a number')
     p.add_argument("--hb_period", type=float, default=30.0, help="heartbeat period, s")
     p.add_argument("--hb_threshold", type=float, default=120.0, help="declare the interchange lost after, s")
     p.add_argument("--address_probe_timeout", type=float, default=DEFAULT_PROBE_TIMEOUT)

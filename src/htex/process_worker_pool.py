@@ -100,7 +100,7 @@ class PoolConfig:
     max_workers: float = math.inf
     cores_per_worker: float = 1.0
     mem_per_worker: float | None = None
-    prefetch_capacity: int = 0  # prefetch.AUTO: the interchange adapts it
+    prefetch_capacity: int = prefetch.AUTO  # the interchange adapts it; a number >= 0: fixed
     heartbeat_period: float = 30.0
     heartbeat_threshold: float = 120.0
     logdir: str = "."
