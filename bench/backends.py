@@ -19,6 +19,7 @@ import concurrent.futures
 import importlib.util
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,6 +58,10 @@ class Backend(ABC):
         """Strings in the command lines of processes this backend starts outside our process tree."""
         return []
 
+    def start_two_pools(self, timeout: float) -> None:
+        """Start with two pools (blocks) of WORKERS workers each (W6); backends without pools do not."""
+        raise NotImplementedError(f"{self.name}: no two-pool configuration")
+
 
 def _mod(name: str) -> Any:
     """Import an optional package (untyped, and maybe absent: imported only when its backend runs)."""
@@ -93,6 +98,25 @@ class HtexBackend(Backend):
         )
         self.ex.start()
 
+    def start_two_pools(self, timeout: float) -> None:
+        from htex import HighThroughputExecutor
+        from htex.providers.local import LocalProvider
+
+        os.makedirs(self.run_root, exist_ok=True)
+        self.ex = HighThroughputExecutor(
+            label="htex",
+            max_workers=WORKERS,
+            provider=LocalProvider(init_blocks=2, min_blocks=2, max_blocks=2),
+            run_dir=tempfile.mkdtemp(prefix="htex-", dir=self.run_root),
+            **self.kwargs,
+        )
+        self.ex.start()
+        deadline = time.monotonic() + timeout
+        while len(self.ex.connected_managers) < 2:  # both pools, before the clock starts
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"two pools did not connect within {timeout:g} s")
+            time.sleep(0.05)
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.ex.submit(fn, {}, *args)
 
@@ -121,6 +145,16 @@ class HtexPrefetchBackend(HtexBackend):
 
     def __init__(self, run_root: str) -> None:
         super().__init__(run_root, prefetch_capacity=256)
+
+
+class HtexNoPrefetchBackend(HtexBackend):
+    """htex at the spec's default, ``prefetch_capacity=0``: a pool gets a task only for an idle worker."""
+
+    name = "htex-pf0"
+    title = "htex (prefetch 0)"
+
+    def __init__(self, run_root: str) -> None:
+        super().__init__(run_root, prefetch_capacity=0)
 
 
 class HtexPriorityBackend(HtexBackend):
@@ -175,6 +209,9 @@ class ProcessPoolBackend(Backend):
 
     def start(self) -> None:
         self.ex = concurrent.futures.ProcessPoolExecutor(WORKERS)
+
+    def start_two_pools(self, timeout: float) -> None:
+        self.ex = concurrent.futures.ProcessPoolExecutor(2 * WORKERS)  # one pool of as many workers: the reference
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self.ex is not None
@@ -291,6 +328,7 @@ class RayBackend(Backend):
 ALL: dict[str, tuple[type[Backend], str | None]] = {
     "htex": (HtexBackend, None),
     "htex-pf": (HtexPrefetchBackend, None),
+    "htex-pf0": (HtexNoPrefetchBackend, None),
     "htex-prio": (HtexPriorityBackend, None),
     "htex-pf-prio": (HtexPrefetchPriorityBackend, None),
     "htex-tcp": (HtexTcpBackend, None),

@@ -11,6 +11,9 @@ UNIX socketpair, so W2's figure can be read against it:
     zmq ipc, client + 2 relays  : client -> A -> B and back
     zmq ipc, client + 3 relays  : client -> interchange -> pool -> worker and back
     socketpair, client + 1      : the same single hop without ZeroMQ (what ProcessPoolExecutor's pipe costs)
+    socketpairs, client + 3     : the chain of three relays with no ZeroMQ (no I/O thread): what a
+                                  transport of framed UNIX sockets between client, interchange and
+                                  local pools could reach at best
 
 Each relay blocks in recv and forwards at once: no poller, no decoding.
 """
@@ -92,6 +95,45 @@ def socketpair(trips: int) -> float:
         p.join(5)
 
 
+def _relay_unix(up: socket.socket, down: socket.socket | None) -> None:
+    if down is None:
+        _echo(up)
+        return
+    while data := up.recv(65536):
+        down.send(data)
+        up.send(down.recv(65536))
+
+
+def unix_chain(relays: int, trips: int) -> float:
+    """Round trips through ``relays`` processes linked by socketpairs (messages small enough for one recv)."""
+    pairs = [socket.socketpair() for _ in range(relays)]
+    procs = []
+    for i in range(relays):
+        down = pairs[i + 1][0] if i + 1 < relays else None
+        procs.append(mp.Process(target=_relay_unix, args=(pairs[i][1], down), daemon=True))
+    for p in procs:
+        p.start()
+    for a, b in pairs:  # each end now lives in its process; the parent keeps only the first
+        b.close()
+        if a is not pairs[0][0]:
+            a.close()
+    s = pairs[0][0]
+    try:
+        lat = []
+        for i in range(trips + 200):
+            t = time.perf_counter()
+            s.send(b"x" * 100)
+            s.recv(65536)
+            if i >= 200:
+                lat.append(time.perf_counter() - t)
+        return statistics.median(lat) * 1e6
+    finally:
+        s.close()
+        for p in procs:
+            p.kill()
+            p.join()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trips", type=int, default=2000)
@@ -100,6 +142,7 @@ def main() -> None:
     for relays in (1, 2, 3):
         print(f"zmq ipc, client + {relays} relay{'s' if relays > 1 else ''}: p50 {zmq_chain(relays, args.trips):6.0f} µs")
     print(f"socketpair, client + 1     : p50 {socketpair(args.trips):6.0f} µs")
+    print(f"socketpairs, client + 3    : p50 {unix_chain(3, args.trips):6.0f} µs")
 
 
 if __name__ == "__main__":

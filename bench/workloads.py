@@ -9,7 +9,9 @@ workload's function), so start-up is not in the numbers.
 
 from __future__ import annotations
 
+import heapq
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +31,10 @@ class Sizes:
     w3_bytes: int = 1_000_000  # MB = 10**6 bytes throughout
     w4_tasks: int = 200
     w4_sleep: float = 0.05
+    w6_long: int = 16  # tasks of w6_long_s ...
+    w6_long_s: float = 2.0
+    w6_short: int = 2000  # ... shuffled among tasks of w6_short_s
+    w6_short_s: float = 0.001
     warmup: int = 20
     idle_s: float = 2.0  # MEM: idle time before measuring
     timeout: float = 300.0  # for any one wait; a hang fails the workload instead of the run
@@ -36,7 +42,7 @@ class Sizes:
 
 FULL = Sizes()
 SMOKE = replace(FULL, w1_tasks=200, w2_trips=20, w3_tasks=10, w3_bytes=100_000, w4_tasks=8, warmup=4, idle_s=0.3,
-                timeout=20.0)
+                timeout=20.0, w6_long=4, w6_long_s=0.2, w6_short=100)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class Workload:
     run: Callable[[Backend, Sizes, Callable[[], None]], Result]
     warm_fn: Callable[[Sizes], tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
     lifecycle: bool = False  # starts and stops the backend itself
+    two_pools: bool = False  # runs only on backends with pools (Backend.start_two_pools)
 
 
 def warm_up(b: Backend, s: Sizes, extra: tuple[Callable[..., Any], tuple[Any, ...]] | None) -> None:
@@ -136,6 +143,33 @@ def w5(b: Backend, s: Sizes, track: Callable[[], None]) -> Result:
     return {"first_s": t1 - t0, "shutdown_s": t3 - t2}, ""
 
 
+def w6(b: Backend, s: Sizes, track: Callable[[], None]) -> Result:
+    """Balance: two pools of 2 workers, long tasks shuffled among many short ones; makespan against the ideal."""
+    b.start_two_pools(s.timeout)
+    warm_up(b, s, (benchtasks.sleep, (0.0,)))
+    track()
+    durations = [s.w6_long_s] * s.w6_long + [s.w6_short_s] * s.w6_short
+    random.Random(6).shuffle(durations)  # the same order for every backend and round
+    t0 = time.perf_counter()
+    results = b.gather([b.submit(benchtasks.sleep, d) for d in durations], s.timeout)
+    dt = time.perf_counter() - t0
+    track()
+    b.shutdown()
+    _check(results == durations, "W6: wrong results")
+    ideal = max(sum(durations) / 4, max(durations))
+    return {"vs_ideal": dt / ideal, "makespan_s": dt}, (
+        f"{dt:.3f} s for an ideal {ideal:.3f} s; {_greedy(durations, 4):.3f} s for any scheduler that starts "
+        "tasks in submission order with no overhead (the ideal needs the long tasks first)")
+
+
+def _greedy(durations: list[float], workers: int) -> float:
+    """The makespan of list scheduling in order (each task to the first free worker), with no overhead."""
+    free = [0.0] * workers
+    for d in durations:
+        heapq.heappush(free, heapq.heappop(free) + d)
+    return max(free)
+
+
 def mem(b: Backend, s: Sizes, track: Callable[[], None]) -> Result:
     time.sleep(s.idle_s)
     total, roles = proctree.pss_by_role(b.markers())
@@ -157,6 +191,9 @@ WORKLOADS: dict[str, Workload] = {
         Workload("W4", "200 x sleep(0.05) on 2 workers",
                  (Metric("efficiency", "efficiency (ideal/measured)", "", "higher"),), w4,
                  warm_fn=lambda s: (benchtasks.sleep, (0.0,))),
+        Workload("W6", "balance: 16 x 2 s among 2,000 x 1 ms, shuffled, on two pools of 2 workers",
+                 (Metric("vs_ideal", "makespan / ideal", "", "lower"),
+                  Metric("makespan_s", "makespan", "s", "lower")), w6, lifecycle=True, two_pools=True),
         Workload("W5", "start -> first result; shutdown",
                  (Metric("first_s", "start() to first result", "s", "lower"),
                   Metric("shutdown_s", "shutdown()", "s", "lower")), w5, lifecycle=True),

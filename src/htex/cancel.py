@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures._base import PENDING, RUNNING  # the states a future moves between (stdlib, stable)
 from dataclasses import dataclass, field
@@ -164,6 +164,19 @@ class Withdrawals:
         cancel.started += [t for t in msg.started if t in wanted]
         cancel.waiting.discard(msg.req)
         return withdrawn, None if cancel.waiting else self._answer(cancel)
+
+    def taken_back(self, ids: Iterable[int]) -> set[int]:
+        """Tasks a pool gave back for another reason (stealing) that a cancel waits for: they count as
+        withdrawn for that cancel (they will never run), and the pool's own answer no longer covers them."""
+        taken = set(ids)
+        found: set[int] = set()
+        for cancel, _, asked in self._by_req.values():
+            mine = taken.intersection(asked)
+            if mine:
+                cancel.withdrawn += sorted(mine)
+                asked[:] = [t for t in asked if t not in mine]
+                found |= mine
+        return found
 
     def pool_gone(self, identity: bytes) -> list[protocol.Cancelled]:
         """A pool lost or unreachable before it answered: its tasks may have started (they fail with it)."""

@@ -72,7 +72,7 @@ class HighThroughputExecutor:
         cores_per_worker: float = 1.0,
         mem_per_worker: float | None = None,
         max_workers: int | float = math.inf,
-        prefetch_capacity: int = 0,
+        prefetch_capacity: int | str = "auto",  # the spec says 0: the one default we change (see prefetch.py)
         heartbeat_threshold: int = 120,
         heartbeat_period: int = 30,
         poll_period: int = 10,
@@ -93,7 +93,8 @@ class HighThroughputExecutor:
         _check(cores_per_worker > 0, f"cores_per_worker must be > 0, got {cores_per_worker}")
         _check(max_workers >= 1, f"max_workers must be >= 1, got {max_workers}")
         _check(mem_per_worker is None or mem_per_worker > 0, f"mem_per_worker must be > 0 GB, got {mem_per_worker}")
-        _check(prefetch_capacity >= 0, f"prefetch_capacity must be >= 0, got {prefetch_capacity}")
+        _check(prefetch_capacity == "auto" or (type(prefetch_capacity) is int and prefetch_capacity >= 0),
+               f'prefetch_capacity must be "auto" or an integer >= 0, got {prefetch_capacity!r}')
         _check(lost_task_retries >= 0, f"lost_task_retries must be >= 0, got {lost_task_retries}")
         _check(max_outstanding is None or max_outstanding >= 1, f"max_outstanding must be >= 1, got {max_outstanding}")
         _check(not encrypted or security.available(), "encrypted=True but this libzmq has no CURVE support")

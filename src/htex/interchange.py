@@ -36,7 +36,10 @@ cannot take its place.
 
 Tasks with cores, memory or gpus (announced by a TaskNeeds) wait apart and are
 placed first, each where it fits (``resources.SizedTasks``); plain tasks never
-go through that.  A pool's capacity is its worker count plus its prefetch capacity.  When a pool
+go through that.  A pool's capacity is its worker count plus its prefetch capacity: fixed, or
+adapted to what the pool's results show (``prefetch.py``, "auto", the default).
+Tasks a pool queues while another pool idles and our queue is empty are taken
+back and sent again (``stealing.py``, on the pool's Withdraw).  When a pool
 is lost (silent for heartbeat_threshold, or its block's job ended), every task
 it held fails with ManagerLost, prefetched ones included: a pool cut off from
 us may well have started them, and a task must never run twice unless the
@@ -53,18 +56,19 @@ import signal
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from . import __version__, cancel, dispatch, protocol, resources, security
+from . import __version__, cancel, dispatch, fdlimit, prefetch, protocol, resources, security, stealing
 from .errors import ProtocolError
 from .protocol import InterchangeConfig
 
 log = logging.getLogger("htex.interchange")
 
+_Task = tuple[int, int, protocol.Blob]  # task id, function key, payload (opaque)
 _DRAIN = 256  # messages read from one socket before looking at the others (fairness)
 MAX_CONTROL_BYTES = 1 << 20  # the task socket only receives Probe, Register, Heartbeat, StatusRequest
 
@@ -77,20 +81,34 @@ class _Pool:
     reg: protocol.Register
     capacity: int  # workers + prefetch capacity: the tasks it may hold at once
     last_heard: float
-    tasks: dict[int, int] = field(default_factory=dict)  # task id -> function key, sent and not done
+    tasks: dict[int, _Task] = field(default_factory=dict)  # sent and not done, in the order sent (id -> task)
     functions: set[int] = field(default_factory=set)
     held: bool = False
     last_busy: float = 0.0
     sized: dict[int, int] = field(default_factory=dict)  # its tasks with needs -> the worker slots each takes
     extra: int = 0  # slots those tasks take beyond one each: while > 0, no prefetch (resources.py says why)
+    auto: prefetch.Auto | None = None  # its prefetch adapts (capacity follows auto.cap); None: fixed
 
     @property
     def free(self) -> int:
         if self.held:
             return 0
         if self.extra:
-            return self.reg.worker_count - len(self.tasks) - self.extra
-        return self.capacity - len(self.tasks)
+            return max(0, self.reg.worker_count - len(self.tasks) - self.extra)
+        return max(0, self.capacity - len(self.tasks))  # "auto" may lower capacity below what it holds
+
+    @property
+    def workers(self) -> int:
+        return self.reg.worker_count
+
+    @property
+    def held_ids(self) -> Iterable[int]:
+        """What stealing may ask back: tasks with needs stay where they were placed."""
+        return (t for t in self.tasks if t not in self.sized) if self.sized else self.tasks.keys()
+
+    @property
+    def held_count(self) -> int:
+        return len(self.tasks)
 
     @property
     def idle(self) -> int:
@@ -129,7 +147,7 @@ class _Pool:
         r = self.reg
         return protocol.PoolInfo(
             manager=r.manager_id, block_id=r.block_id, hostname=r.hostname, pid=r.pid,
-            worker_count=r.worker_count, prefetch_capacity=r.prefetch_capacity, tasks=len(self.tasks),
+            worker_count=r.worker_count, prefetch_capacity=self.capacity - r.worker_count, tasks=len(self.tasks),
             active=not self.held, idle_duration=0.0 if self.tasks else now - self.last_busy,
             last_heartbeat=now - self.last_heard, python_version=r.python_version, version=r.htex_version,
         )
@@ -159,7 +177,7 @@ class Interchange:
     def __init__(self, cfg: InterchangeConfig) -> None:
         self.cfg = cfg
         self.ctx = zmq.Context()
-        self.queue: dispatch.TaskQueue[tuple[int, int, protocol.Blob]] = dispatch.TaskQueue()
+        self.queue: dispatch.TaskQueue[_Task] = dispatch.TaskQueue()
         self.next_liveness_check = 0.0
         self.results_out: list[Sequence[protocol.Blob]] = []  # results read this turn, sent to the client after dispatch
         self.functions: dict[int, protocol.Blob] = {}
@@ -175,6 +193,7 @@ class Interchange:
         self.withdrawals = cancel.Withdrawals()  # CancelTasks waiting for pools' Withdrawn
         self.sized = resources.SizedTasks()  # tasks with cores/memory/gpus: placed apart from the plain queue
         self.reserved: set[bytes] = set()  # pools kept free for a task with needs: no plain task goes there
+        self.stealing = stealing.Stealing()
 
         socks = _open_sockets(self.ctx, cfg)
         self.client, self.task_sock, self.result_sock = socks.client, socks.tasks, socks.results
@@ -182,6 +201,7 @@ class Interchange:
         self.poller = zmq.Poller()
         for sock in (self.client, self.task_sock, self.result_sock):
             self.poller.register(sock, zmq.POLLIN)
+        self.descriptors = fdlimit.Probe()  # out of descriptors: say so
 
     # -- the loop -------------------------------------------------------------
 
@@ -198,6 +218,8 @@ class Interchange:
                 if self.result_sock in events:
                     self._read_results()
                 self._dispatch()
+                if not self.queue and self.stealing.victims:
+                    self._steal()
                 self._forward_results()  # after dispatch: a freed worker gets its next task first
                 self._keep_time()
         finally:
@@ -336,6 +358,8 @@ class Interchange:
                 self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
             elif isinstance(msg, protocol.Register):
                 self._register(identity, msg)
+            elif isinstance(msg, protocol.Withdrawn) and pool is not None and msg.req >= stealing.FIRST_REQ:
+                self._stolen_back(pool, msg)
             elif isinstance(msg, protocol.Withdrawn) and pool is not None:
                 self._withdrawn(pool, msg)
             elif pool is None:
@@ -351,13 +375,15 @@ class Interchange:
             self._to_pool(identity, protocol.Rejected(reason=reason))
             self._to_client(protocol.PoolRejected(manager=reg.manager_id, reason=reason))
             return
-        if reg.worker_count < 1 or reg.prefetch_capacity < 0 or identity in self.pools:
+        if reg.worker_count < 1 or reg.prefetch_capacity < prefetch.AUTO or identity in self.pools:
             self._drop(identity, f"bad registration {reg}")
             return
         now = time.monotonic()
-        pool = _Pool(identity, reg, reg.worker_count + reg.prefetch_capacity, now, last_busy=now)
+        auto = prefetch.Auto(reg.worker_count) if reg.prefetch_capacity == prefetch.AUTO else None
+        pool = _Pool(identity, reg, reg.worker_count + max(0, reg.prefetch_capacity), now, last_busy=now, auto=auto)
         self.pools[identity] = pool
         self.with_room[identity] = pool
+        self.stealing.look = True
         self._to_pool(identity, protocol.Registered())
         log.info("registered %s with %d workers", pool.describe(), reg.worker_count)
         self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
@@ -386,6 +412,9 @@ class Interchange:
                 self.sized.done(msg.ids)
             if forward:
                 self.results_out.append(forward)
+            if pool.auto is not None:
+                pool.capacity = pool.reg.worker_count + pool.auto.finished(len(msg.ids), pool.last_heard, bool(pool.tasks))
+            self.stealing.finished(pool)
             self.counts.done += len(msg.ids)
             self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
             if pool.free > 0:
@@ -470,10 +499,43 @@ class Interchange:
             return False
         pool.functions.update(functions)
         self.counts.functions_sent += len(functions)
-        for tid, key, _ in batch:
-            pool.tasks[tid] = key
+        if pool.auto is not None:
+            pool.auto.sent(time.monotonic(), not pool.tasks)
+        tasks = pool.tasks  # the whole task stays with its pool, to go elsewhere if it is stolen back
+        for task in batch:
+            tasks[task[0]] = task
+        self.stealing.sent(pool)
         self.counts.dispatched += len(batch)
         return True
+
+    def _steal(self) -> None:
+        """Workers idle and nothing queued: ask a pool that queues tasks for some back (stealing.py)."""
+        steal = self.stealing.plan(self.with_room.values())
+        if steal is not None:
+            req, victim, ids = steal
+            if not self._to_pool(victim.identity, protocol.Withdraw(req=req, ids=ids)):
+                self.stealing.gone(victim.identity)  # unreachable: its silence will be noticed
+
+    def _stolen_back(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
+        """A pool gave tasks back: those we asked for and it still holds for us go to the front of the
+        queue, to go elsewhere.  They keep their order (ids grow with submission) but not their
+        priority: they wait behind prioritized tasks queued since, ahead of plain ones."""
+        asked = self.stealing.answered(msg.req, pool.identity)
+        if asked is None:
+            log.warning("%s answered a withdraw we did not ask for (req %d)", pool.describe(), msg.req)
+            return
+        cancelled = self.withdrawals.taken_back(msg.withdrawn)  # a cancel waits for these: they stop here
+        back = sorted((task for tid in msg.withdrawn
+                       if tid in asked and (task := pool.tasks.pop(tid, None)) and tid not in cancelled),
+                      key=lambda t: t[0])
+        pool.forget(sorted(cancelled))
+        self.stealing.moved(pool.identity, len(back))
+        if back:
+            self.queue.put_back(back, ())
+            self.stealing.finished(pool)
+            if pool.free > 0:
+                self.with_room[pool.identity] = pool
+            log.debug("took back %d tasks from %s", len(back), pool.describe())
 
     # -- step 4: time -------------------------------------------------------------
 
@@ -493,6 +555,7 @@ class Interchange:
             # Not on every turn of the loop: with 1,000 pools heartbeating, this scan (and even the
             # getppid system call) would cost more than the messages.  A second late is nothing.
             self.next_liveness_check = now + min(1.0, self.cfg.heartbeat_threshold / 10)
+            self.descriptors.check(now, len(self.pools))
             if os.getppid() != self.parent:
                 log.error("the client process is gone (parent changed); stopping")
                 self.stopping = True
@@ -503,6 +566,7 @@ class Interchange:
     def _lose_pool(self, pool: _Pool, why: str, released: bool = False) -> None:
         del self.pools[pool.identity]
         self.with_room.pop(pool.identity, None)
+        self.stealing.gone(pool.identity)
         # Every task it held may have started (a pool cut off from us runs its prefetched tasks):
         # none goes back to the queue.  The executor resends them only within lost_task_retries.
         held = list(pool.tasks)
@@ -627,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if cfg.debug else logging.INFO,
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
+    soft, hard = fdlimit.raise_limit()
+    log.info("file descriptors: soft limit %d, hard %d (2 a pool)", soft, hard)
     # Ctrl-C in the terminal is the client's; it tells us to stop over the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

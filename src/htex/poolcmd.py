@@ -31,7 +31,7 @@ from typing import Any
 
 import zmq
 
-from . import protocol, security
+from . import prefetch, protocol, security
 from .errors import ConfigurationError
 
 log = logging.getLogger("htex.pool")
@@ -80,7 +80,7 @@ class PoolLaunch:
     task_port: int  # 0: the interchange listens on no TCP port (an unencrypted run on this host)
     result_port: int
     ipc_prefix: str | None  # ".../pools": ipc://.../pools-tasks and -results ({pool_urls}); None: TCP only
-    prefetch_capacity: int
+    prefetch_capacity: int | str  # "auto" or a number
     cores_per_worker: float
     mem_per_worker: float | None
     poll_period: int
@@ -207,6 +207,14 @@ def _float_or_inf(text: str) -> float:
     return math.inf if text.lower() in ("inf", "infinity", "none") else float(text)
 
 
+def _prefetch(text: str) -> int:
+    """``auto`` or a number >= 0, as the pool registers it (prefetch.AUTO for auto)."""
+    try:
+        return prefetch.parse(text if text == "auto" else int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _optional_float(text: str) -> float | None:
     return None if text.lower() in ("none", "", "0") else float(text)
 
@@ -227,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--cores_per_worker", type=float, default=1.0)
     p.add_argument("-m", "--mem_per_worker", type=_optional_float, default=None, help="GB per worker")
     p.add_argument("--max_workers", "--max_workers_per_node", type=_float_or_inf, default=math.inf)
-    p.add_argument("-p", "--prefetch_capacity", type=int, default=0)
+    p.add_argument("-p", "--prefetch_capacity", type=_prefetch, default=prefetch.AUTO,
+                   help='tasks held beyond the workers: "auto" (the default: the interchange adapts it) or a number')
     p.add_argument("--hb_period", type=float, default=30.0, help="heartbeat period, s")
     p.add_argument("--hb_threshold", type=float, default=120.0, help="declare the interchange lost after, s")
     p.add_argument("--address_probe_timeout", type=float, default=DEFAULT_PROBE_TIMEOUT)

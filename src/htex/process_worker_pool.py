@@ -71,7 +71,7 @@ from typing import Any
 import psutil
 import zmq
 
-from . import __version__, framing, poolcmd, procs, protocol, security, serialize
+from . import __version__, framing, poolcmd, prefetch, procs, protocol, security, serialize
 from .errors import ProtocolError, TaskCancelled, WorkerLost
 
 log = logging.getLogger("htex.pool")
@@ -87,6 +87,8 @@ WORKER_BATCH = 32
 BATCH_SECONDS = 0.002
 # While a task to cancel waits in a worker's batch, how often to look whether the worker has reached it.
 DOOMED_CHECK_SECONDS = 0.005
+# Seconds without an answer to our registration before we say so (the interchange may be out of descriptors).
+REGISTER_PATIENCE = 10.0
 # At shutdown: how long workers, and then what tasks left behind, get between SIGTERM and SIGKILL.
 STOP_GRACE = 2.0
 
@@ -106,7 +108,7 @@ class PoolConfig:
     max_workers: float = math.inf
     cores_per_worker: float = 1.0
     mem_per_worker: float | None = None
-    prefetch_capacity: int = 0
+    prefetch_capacity: int = prefetch.AUTO  # the interchange adapts it; a number >= 0: fixed
     heartbeat_period: float = 30.0
     heartbeat_threshold: float = 120.0
     logdir: str = "."
@@ -362,7 +364,8 @@ class Manager:
         self.stopping = False
         self.exit_code = 0
         self.last_sent = 0.0
-        self.last_heard = time.monotonic()
+        self.last_heard = self.started = time.monotonic()
+        self.registered = self.unanswered_told = False
 
         self.task_sock = self._dealer(cfg.task_url)
         self.result_sock = self._dealer(cfg.result_url)
@@ -386,9 +389,9 @@ class Manager:
     def run(self) -> int:
         procs.become_subreaper()
         log.info(
-            "manager %s (block %s) on %s: %d workers, prefetch %d, interchange %s",
+            "manager %s (block %s) on %s: %d workers, prefetch %s, interchange %s",
             self.cfg.manager_id, self.cfg.block_id, socket.gethostname(), self.count,
-            self.cfg.prefetch_capacity, self.cfg.task_url,
+            prefetch.flag(self.cfg.prefetch_capacity), self.cfg.task_url,
         )
         try:
             self._register()
@@ -437,6 +440,8 @@ class Manager:
         due = min(self.last_sent + self.cfg.heartbeat_period, self.last_heard + self.cfg.heartbeat_threshold)
         if self.doomed:
             due = min(due, now + DOOMED_CHECK_SECONDS)
+        if not self.unanswered_told:
+            due = min(due, self.started + REGISTER_PATIENCE)  # to say so on time if nobody answers
         return max(0, int((due - now) * 1000) + 1)
 
     # -- step 1: the interchange -------------------------------------------
@@ -464,6 +469,7 @@ class Manager:
                 self._stop(EXIT_REJECTED)
                 return
             elif isinstance(msg, protocol.Registered):
+                self.registered = True
                 log.info("registered with the interchange")
 
     def _withdraw(self, msg: protocol.Withdraw) -> None:
@@ -637,6 +643,17 @@ class Manager:
             self.workers.reap_orphans()
         if self.doomed:
             self._kill_doomed()
+        if not self.unanswered_told and now - self.started >= REGISTER_PATIENCE:
+            self.unanswered_told = True
+            if not self.registered:  # not silent: the likely cause, once, then go on waiting
+                self._say_unanswered()
+
+    def _say_unanswered(self) -> None:
+        text = (f"no answer to our registration from the interchange at {self.cfg.task_url} after "
+                f"{REGISTER_PATIENCE:.0f} s; still waiting. If it serves many pools, it may be out of file "
+                "descriptors: its log (interchange.log) says so")
+        log.error("%s", text)
+        print(f"htex pool: {text}", file=sys.stderr)
 
     def _send(self, sock: zmq.Socket[Any], msg: protocol.Message) -> None:
         sock.send_multipart(msg.encode(), copy=False)

@@ -39,7 +39,7 @@ SPEC_PARAMETERS = {
     "label": "HighThroughputExecutor", "launch_cmd": None, "address": None, "worker_ports": None,
     "worker_port_range": (54000, 55000), "interchange_port_range": (55000, 56000), "storage_access": None,
     "working_dir": None, "worker_debug": False, "cores_per_worker": 1.0, "mem_per_worker": None,
-    "max_workers": float("inf"), "prefetch_capacity": 0, "heartbeat_threshold": 120, "heartbeat_period": 30,
+    "max_workers": float("inf"), "prefetch_capacity": "auto", "heartbeat_threshold": 120, "heartbeat_period": 30,
     "poll_period": 10, "address_probe_timeout": None, "managed": True, "worker_logdir_root": None,
 }
 SPEC_MEMBERS = [
@@ -75,6 +75,7 @@ def test_max_workers_per_node_is_accepted() -> None:
 
 @pytest.mark.parametrize("kw", [
     {"cores_per_worker": 0}, {"max_workers": 0}, {"mem_per_worker": -1}, {"prefetch_capacity": -1},
+    {"prefetch_capacity": "fast"}, {"prefetch_capacity": 1.5},
     {"heartbeat_period": 10, "heartbeat_threshold": 5}, {"worker_port_range": (5, 1)},
 ])
 def test_bad_configuration_is_refused(kw: dict[str, object]) -> None:

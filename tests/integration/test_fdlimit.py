@@ -1,0 +1,108 @@
+"""The interchange out of file descriptors: an error in its log that names the limit, never a silent wait.
+
+A real interchange process (``python -m htex.interchange``) started with a
+low descriptor limit (its hard limit set before it starts: the one way to run
+out without opening 20,000 connections), and plain TCP connections as pools:
+each connection it accepts costs it one descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import zmq
+
+from htex import protocol
+from htex.protocol import InterchangeConfig
+
+from support import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+LIMIT = 96  # enough to start (Python, libzmq's threads and mailboxes, the log), too few for 100 pools
+
+
+def _limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
+
+
+def _log(logdir: str) -> str:
+    path = os.path.join(logdir, "interchange.log")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read()
+
+
+def test_out_of_descriptors_is_an_error_in_the_log(tmp_path: Any) -> None:
+    ctx = zmq.Context()
+    client = ctx.socket(zmq.ROUTER)
+    url = f"ipc://{tmp_path}/client"
+    client.bind(url)
+    logdir = str(tmp_path / "logs")
+    cfg = InterchangeConfig(client_url=url, client_identity="ic", logdir=logdir, heartbeat_period=1,
+                            heartbeat_threshold=30, worker_port_range=(57000, 58000))
+    proc = subprocess.Popen([sys.executable, "-m", "htex.interchange"], stdin=subprocess.PIPE, preexec_fn=_limit)
+    conns: list[zmq.Socket[Any]] = []
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(cfg.to_json())
+        proc.stdin.close()
+        assert client.poll(30_000), "the interchange did not start"
+        _, *frames = client.recv_multipart()
+        ready = protocol.decode(frames)
+        assert isinstance(ready, protocol.Ready)
+        assert f"soft limit {LIMIT}, hard {LIMIT}" in _log(logdir)
+        for _ in range(2 * LIMIT):  # more pools than it has descriptors
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"tcp://127.0.0.1:{ready.task_port}")
+            conns.append(sock)
+        text = wait_for(lambda: "out of file descriptors" in _log(logdir) and _log(logdir), timeout=30,
+                        what="the error in the interchange's log")
+        assert f"soft {LIMIT}, hard {LIMIT}" in text and "ulimit" in text
+        # libzmq retries the refused connection at once, for ever: the error is said once per
+        # fdlimit.REPEAT_SECONDS while it lasts, not once per retry.
+        assert text.count("out of file descriptors") <= 2
+        client.send_multipart([b"ic", *protocol.Shutdown(reason="test").encode()])
+        for sock in conns:  # give it its descriptors back, so that it can stop cleanly
+            sock.close()
+        conns = []
+        assert proc.wait(timeout=30) == 0
+    finally:
+        for sock in conns:
+            sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        ctx.destroy(linger=0)
+
+
+def test_a_pool_never_answered_says_so(tmp_path: Any) -> None:
+    """The pool's side: a real pool whose registration nobody answers (our ROUTER reads it and stays
+    silent, as an interchange out of descriptors is) says why it waits, then goes on waiting."""
+    ctx = zmq.Context()
+    tasks_sock, results_sock = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    task_url, result_url = f"ipc://{tmp_path}/tasks", f"ipc://{tmp_path}/results"
+    tasks_sock.bind(task_url)
+    results_sock.bind(result_url)
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "htex.process_worker_pool", "--task_url", task_url, "--result_url", result_url,
+         "--max_workers", "1", "-l", str(tmp_path / "logs")],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert tasks_sock.poll(30_000), "the pool did not register"
+        assert pool.stderr is not None
+        line = pool.stderr.readline()  # blocks until it speaks; the test's timeout bounds it
+        assert "no answer to our registration" in line and "out of file descriptors" in line
+        assert pool.poll() is None  # still waiting
+    finally:
+        pool.terminate()
+        pool.wait(timeout=30)
+        ctx.destroy(linger=0)
