@@ -5,7 +5,8 @@ configuration, the environment (a lost process, a scheduler), or htex itself::
 
     HtexError
     ├── ConfigurationError (ValueError)        your configuration is wrong
-    │   └── InvalidResourceSpecification       submit() got keys it cannot honour
+    │   ├── InvalidResourceSpecification       submit() got keys it cannot honour
+    │   └── PlacementError                     cpu_affinity or available_accelerators cannot be honoured
     ├── SerializationError (pickle.PicklingError)
     │                                          a function, argument or result will not pickle
     ├── DeserializationError (pickle.UnpicklingError)
@@ -62,6 +63,10 @@ class ConfigurationError(HtexError, ValueError):
 
 class InvalidResourceSpecification(ConfigurationError):
     """submit() was given a resource_specification this executor cannot honour."""
+
+
+class PlacementError(ConfigurationError):
+    """``cpu_affinity`` or ``available_accelerators`` does not parse, or asks for what the node lacks."""
 
 
 class SerializationError(HtexError, pickle.PicklingError):
@@ -147,6 +152,7 @@ __all__ = [
     "InternalError",
     "InvalidResourceSpecification",
     "ManagerLost",
+    "PlacementError",
     "ProtocolError",
     "ProviderError",
     "RemoteError",

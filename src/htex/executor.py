@@ -27,11 +27,11 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from . import endpoints, poolcmd, protocol, rundir, security, serialize, shm
+from . import endpoints, placement, poolcmd, protocol, rundir, security, serialize, shm
 from .client import ClientThread, InterchangeProcess
 from .errors import ConfigurationError, InvalidResourceSpecification
 from .inflight import Inflight, Lifecycle
@@ -86,6 +86,8 @@ class HighThroughputExecutor:
         max_outstanding: int | None = 100_000,
         max_idletime: float = 120.0,
         shared_memory: bool | None = None,
+        available_accelerators: int | Sequence[str] | None = None,
+        cpu_affinity: str = "none",
     ) -> None:
         if max_workers_per_node is not None:
             max_workers = max_workers_per_node
@@ -126,6 +128,12 @@ class HighThroughputExecutor:
         self.max_outstanding = max_outstanding
         self.max_idletime = max_idletime  # seconds a block may sit idle before it is scaled in
         self.shared_memory = shared_memory  # None: on when every pool runs on this host; decided at start()
+        # Node placement (placement.py): checked now; a list of core groups against this host's cores
+        # when the pools run here (elsewhere, the pool checks it against its node's).
+        self.available_accelerators = placement.accelerator_list(available_accelerators)
+        self.cpu_affinity = placement.check_affinity(cpu_affinity)
+        if not self.provider.remote:
+            placement.check_groups_fit(self.cpu_affinity, placement.node_cores())
         self.cert_dir: str | None = None
         self.client_dir: str | None = None  # the directory start() was called in: where tasks run by default
         self.hub_address: str | None = None  # monitoring hub: accepted, unused
@@ -383,7 +391,8 @@ class HighThroughputExecutor:
             address_probe_timeout=self.address_probe_timeout or poolcmd.DEFAULT_PROBE_TIMEOUT,
             nodes_per_block=self.provider.nodes_per_block, cert_dir=self.cert_dir,
             working_dir=os.path.join(self.client_dir or "", self.working_dir) if self.working_dir else None,
-            client_dir=self.client_dir,
+            client_dir=self.client_dir, cpu_affinity=self.cpu_affinity,
+            accelerators=tuple(self.available_accelerators),
         )
 
     def initialize_scaling(self) -> list[str]:

@@ -303,7 +303,8 @@ class Interchange:
         self.pools[identity] = pool
         self.with_room[identity] = pool
         self._to_pool(identity, protocol.Registered())
-        log.info("registered %s with %d workers", pool.describe(), reg.worker_count)
+        log.info("registered %s with %d workers%s", pool.describe(), reg.worker_count,
+                 f", accelerators {' '.join(reg.accelerators)}" if reg.accelerators else "")
         self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
 
     def _read_results(self) -> None:

@@ -327,8 +327,6 @@ _NOT_USED_YET: dict[str, Any] = {
     "interchange_launch_cmd": None,
     "loopback_address": "127.0.0.1",
     "worker_port": None,
-    "cpu_affinity": "none",
-    "available_accelerators": (),
     "drain_period": None,
     "manager_selector": None,
     "block_error_handler": True,
@@ -393,26 +391,22 @@ class HighThroughputExecutor(ParslExecutor):
         self.working_dir = working_dir
         if remote_monitoring_radio is not None:
             self.remote_monitoring_radio = remote_monitoring_radio
-        # As Parsl: an int n means accelerators "0".."n-1".
-        accelerators = ([str(i) for i in range(available_accelerators)] if isinstance(available_accelerators, int)
-                        else list(available_accelerators))
         given = dict(interchange_launch_cmd=interchange_launch_cmd, loopback_address=loopback_address,
-                     worker_port=worker_port, cpu_affinity=cpu_affinity, drain_period=drain_period,
-                     manager_selector=manager_selector, block_error_handler=block_error_handler,
-                     available_accelerators=tuple(accelerators))
+                     worker_port=worker_port, drain_period=drain_period,
+                     manager_selector=manager_selector, block_error_handler=block_error_handler)
         for name, value in given.items():
             setattr(self, name, value)
-        self.available_accelerators = accelerators  # a list, as Parsl keeps it
         unused = [f"{n}={v!r}" for n, v in sorted(given.items()) if v != _NOT_USED_YET[n]]
         if unused:
             log.info("executor %s: accepted, not used yet: %s", label, ", ".join(unused))
+        # Parsl's "no accelerators" is 0 or an empty list; htex's is None (an empty list there is a mistake).
         self.htex = _ParslHtex(
-            label=label, provider=as_htex_provider(provider), storage_access=storage_access, **kwargs,
+            label=label, provider=as_htex_provider(provider), storage_access=storage_access,
+            available_accelerators=available_accelerators or None, cpu_affinity=cpu_affinity, **kwargs,
         )
-        self.htex.parsl_values = {
-            "cpu_affinity": cpu_affinity, "drain_period": drain_period,
-            "accelerators": " ".join(accelerators),
-        }
+        self.cpu_affinity = self.htex.cpu_affinity
+        self.available_accelerators = list(self.htex.available_accelerators)  # a list, as Parsl keeps it
+        self.htex.parsl_values = {"drain_period": drain_period}
         if provider is None:
             self.provider = self.htex.provider
 

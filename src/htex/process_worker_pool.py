@@ -65,14 +65,15 @@ from typing import Any
 import psutil
 import zmq
 
-from . import __version__, framing, poolcmd, procs, protocol, security, serialize
-from .errors import ProtocolError, WorkerLost
+from . import __version__, framing, placement, poolcmd, procs, protocol, security, serialize
+from .errors import PlacementError, ProtocolError, WorkerLost
 
 log = logging.getLogger("htex.pool")
 
 EXIT_REJECTED = 3  # the interchange refused this pool (version mismatch, or declared lost)
 EXIT_NO_WORKERS = 4  # workers die before they start
 EXIT_INTERCHANGE_LOST = 5  # the interchange went silent (or was never reached)
+EXIT_BAD_PLACEMENT = 6  # cpu_affinity asks for cores this node does not give
 # A worker that dies this many times in a row before saying hello means workers cannot start here.
 MAX_START_FAILURES = 3
 # The most tasks one worker is handed at once, and how long a batch should take:
@@ -104,6 +105,9 @@ class PoolConfig:
     logdir: str = "."
     debug: bool = False
     cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
+    cpu_affinity: str = "none"  # placement.py
+    accelerators: list[str] = field(default_factory=list)
+    drain_period: float | None = None  # drain this many seconds after start (drain.py)
 
 
 def worker_count(max_workers: float, cores_per_worker: float, mem_per_worker: float | None) -> int:
@@ -144,9 +148,11 @@ class Workers:
     worker holds is the Manager's business (``_WorkerSlot.tasks``).
     """
 
-    def __init__(self, cfg: PoolConfig, count: int, poller: zmq.Poller) -> None:
+    def __init__(self, cfg: PoolConfig, count: int, poller: zmq.Poller,
+                 seats: list[placement.Seat] | None = None) -> None:
         self.cfg = cfg
         self.count = count
+        self.seats = seats  # each worker's cores and accelerator (placement.py); None: not placed
         self.poller = poller
         self.slots = [_WorkerSlot(rank) for rank in range(count)]
         self.idle: deque[int] = deque()  # ranks of the workers waiting for a batch, in the order they freed up
@@ -202,6 +208,8 @@ class Workers:
     def _command(self, slot: _WorkerSlot, link_fd: int, started_fd: int) -> list[str]:
         cmd = [sys.executable, "-m", "htex.worker", "--fd", str(link_fd), "--rank", str(slot.rank),
                "--started-fd", str(started_fd)]
+        if self.seats and self.seats[slot.rank].cores:
+            cmd += ["--cores", ",".join(map(str, self.seats[slot.rank].cores))]
         if self.cfg.debug:
             cmd += ["--debug", "--logfile", os.path.join(self.cfg.logdir, f"worker_{slot.rank}.log")]
         return cmd
@@ -214,6 +222,8 @@ class Workers:
             PARSL_WORKER_POOL_ID=self.cfg.manager_id,
             PARSL_WORKER_BLOCK_ID=self.cfg.block_id,
         )
+        if self.seats:
+            env.update(self.seats[slot.rank].environment())
         return env
 
     def read(self, slot: _WorkerSlot) -> list[protocol.Message]:
@@ -342,6 +352,11 @@ class Manager:
         self.cfg = cfg
         self.identity = cfg.manager_id.encode()
         self.count = worker_count(cfg.max_workers, cfg.cores_per_worker, cfg.mem_per_worker)
+        seats = None
+        if cfg.cpu_affinity != "none" or cfg.accelerators:
+            cores = placement.node_cores()
+            self.count = int(min(self.count, placement.worker_limit(cfg.cpu_affinity, cfg.accelerators, cores)))
+            seats = placement.seats(cfg.cpu_affinity, cfg.accelerators, self.count, cores)
         self.ctx = zmq.Context()
         self.queue: deque[Task] = deque()
         self.handed: dict[int, Task] = {}  # at a worker, no result yet
@@ -358,7 +373,7 @@ class Manager:
         self.result_sock = self._dealer(cfg.result_url)
         self.poller = zmq.Poller()
         self.poller.register(self.task_sock, zmq.POLLIN)
-        self.workers = Workers(cfg, self.count, self.poller)
+        self.workers = Workers(cfg, self.count, self.poller, seats)
 
     def _dealer(self, url: str) -> zmq.Socket[Any]:
         sock = self.ctx.socket(zmq.DEALER)
@@ -415,6 +430,7 @@ class Manager:
             prefetch_capacity=self.cfg.prefetch_capacity,
             htex_version=__version__,
             python_version=platform.python_version(),
+            accelerators=self.cfg.accelerators[: self.count],
         )
         self._send(self.task_sock, reg)
 
@@ -631,9 +647,14 @@ def main(argv: list[str] | None = None) -> int:
         logdir=logdir,
         debug=args.debug,
         cert_dir=args.cert_dir or os.environ.get("HTEX_CERT_DIR") or None,
+        cpu_affinity=args.cpu_affinity, accelerators=args.accelerators, drain_period=args.drain_period,
     )
     try:
         return Manager(cfg).run()
+    except PlacementError as exc:
+        log.error("%s", exc)
+        print(f"htex pool: {exc}", file=sys.stderr)
+        return EXIT_BAD_PLACEMENT
     except _Stop:
         return 0
 

@@ -599,6 +599,7 @@ class Register(_Json):
     prefetch_capacity: int
     htex_version: str
     python_version: str
+    accelerators: list[str] = field(default_factory=list)  # one per worker, in rank order ([]: none)
 
 
 @dataclass(frozen=True, slots=True)

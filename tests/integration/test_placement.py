@@ -1,0 +1,146 @@
+"""Node placement with real pools and workers: one accelerator per worker, CPU affinity, and bad settings."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import placement_tasks
+from htex import HighThroughputExecutor, PlacementError
+
+from support import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+CORES = sorted(os.sched_getaffinity(0))
+
+
+def _seats(ex: Any, workers: int) -> dict[int, tuple[list[int], dict[str, str | None]]]:
+    """What each worker of the executor's pool reports, by rank: tasks go out in pairs until every rank answered."""
+    seen: dict[int, tuple[list[int], dict[str, str | None]]] = {}
+
+    def more() -> bool:
+        for fut in [ex.submit(placement_tasks.seat, {}) for _ in range(workers)]:
+            rank, cores, env = fut.result(timeout=30)
+            seen[rank] = (cores, env)
+        return len(seen) == workers
+
+    wait_for(more, timeout=60, interval=0, what=f"all {workers} workers to run a task")
+    return seen
+
+
+def test_one_worker_per_accelerator_each_sees_only_its_own(make_executor: Any) -> None:
+    # cores_per_worker 0.25 would allow 8 workers on 2 cores: the 3 accelerators cap it at 3.
+    ex = make_executor(available_accelerators=["0", "1.1", "7"], max_workers=math.inf, cores_per_worker=0.25)
+    wait_for(lambda: ex.connected_managers, what="the pool")
+    assert ex.connected_workers == 3
+    seats = _seats(ex, 3)
+    for rank, device in enumerate(["0", "1.1", "7"]):
+        env = seats[rank][1]
+        assert env["CUDA_VISIBLE_DEVICES"] == env["ROCR_VISIBLE_DEVICES"] == env["ZE_AFFINITY_MASK"] == device
+        assert env["OMP_NUM_THREADS"] is None  # not pinned to cores: no OpenMP variables
+    # The registration says which accelerators the pool has (the interchange logs it).
+    with open(os.path.join(ex.logdir, "interchange.log")) as f:
+        log = f.read()
+    assert "accelerators 0 1.1 7" in log
+
+
+def test_max_workers_still_caps_accelerators(make_executor: Any) -> None:
+    ex = make_executor(available_accelerators=4, max_workers=1)
+    wait_for(lambda: ex.connected_managers, what="the pool")
+    assert ex.connected_workers == 1
+    rank, _, env = ex.submit(placement_tasks.seat, {}, 0).result(timeout=30)
+    assert (rank, env["CUDA_VISIBLE_DEVICES"]) == (0, "0")
+
+
+@pytest.mark.skipif(len(CORES) < 2, reason="needs 2 cores")
+@pytest.mark.parametrize(("affinity", "expected"), [
+    ("block", {0: [0], 1: [1]}),
+    ("block-reverse", {0: [1], 1: [0]}),
+    ("alternating", {0: [0], 1: [1]}),
+    ("list:1:0-1", {0: [1], 1: [0, 1]}),
+])
+def test_cpu_affinity_pins_each_worker(make_executor: Any, affinity: str, expected: dict[int, list[int]]) -> None:
+    # Written with core positions; this process's own cores (what the scheduler gave) are what they index.
+    if affinity.startswith("list:"):
+        affinity = "list:" + ":".join(",".join(str(CORES[i]) for i in cores) for cores in expected.values())
+    ex = make_executor(cpu_affinity=affinity, max_workers=2)
+    seats = _seats(ex, 2)
+    for rank, positions in expected.items():
+        cores, env = seats[rank]
+        want = [CORES[i] for i in positions]
+        assert cores == want, f"worker {rank}"
+        listed = ",".join(map(str, want))
+        assert env["OMP_NUM_THREADS"] == str(len(want))
+        assert env["GOMP_CPU_AFFINITY"] == listed
+        assert env["KMP_AFFINITY"] == f"explicit,proclist=[{listed}]"
+        assert env["CUDA_VISIBLE_DEVICES"] is None
+
+
+def test_no_placement_leaves_workers_as_the_pool_is(make_executor: Any) -> None:
+    ex = make_executor(max_workers=2)
+    _, cores, env = ex.submit(placement_tasks.seat, {}, 0).result(timeout=30)
+    assert cores == CORES
+    assert env == {k: os.environ.get(k) for k in placement_tasks.PLACEMENT_VARS}  # inherited, nothing added
+    assert "--cpu-affinity" not in ex.launch_command("0")  # the default command is as it was
+
+
+def test_launch_command_carries_placement_and_the_pool_reads_it_back() -> None:
+    from htex import poolcmd
+
+    ex = HighThroughputExecutor(cpu_affinity="list:0:1", available_accelerators=["0", "GPU-5d1e"], managed=False)
+    launch = ex._pool_launch()
+    cmd = poolcmd.launch_command(None, launch, "3")
+    args = poolcmd.build_parser().parse_args(__import__("shlex").split(cmd)[3:])
+    assert (args.cpu_affinity, args.accelerators) == ("list:0:1", ["0", "GPU-5d1e"])
+    # Today's Parsl template, with its placeholders for them, gives the same flags.
+    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD as PARSL_CMD
+
+    parsl_cmd = poolcmd.launch_command(PARSL_CMD.replace("process_worker_pool.py", "pwp"), launch, "3")
+    assert "--cpu-affinity list:0:1" in parsl_cmd and "--available-accelerators 0 GPU-5d1e" in parsl_cmd
+
+
+def test_parsl_executor_passes_placement_with_parsls_meaning() -> None:
+    from htex.parsl import HighThroughputExecutor as ParslHtex
+
+    ex = ParslHtex(cpu_affinity="alternating", available_accelerators=2)
+    assert ex.available_accelerators == ["0", "1"] == ex.htex.available_accelerators
+    assert ex.htex.cpu_affinity == "alternating"
+    assert ParslHtex(available_accelerators=()).htex.available_accelerators == []  # Parsl's default: none
+    with pytest.raises(PlacementError):
+        ParslHtex(cpu_affinity="nope")
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"cpu_affinity": "blocky"}, r"cpu_affinity='blocky' is not one of 'none', 'block'"),
+    ({"cpu_affinity": "list:0-1:x"}, r"group 'x' is not cores"),
+    ({"cpu_affinity": "list:3-1"}, r"range '3-1' runs backwards"),
+    ({"cpu_affinity": "list:" + ":".join(["0"] * (len(CORES) + 1))}, r"groups \(one per worker\) but this node gives"),
+    ({"cpu_affinity": "list:0:99999"}, r"names cores \[99999\]"),
+    ({"available_accelerators": []}, r"available_accelerators=\[\] names no accelerator"),
+    ({"available_accelerators": 0}, r"give at least 1"),
+    ({"available_accelerators": ["0", "0"]}, r"must be distinct"),
+])
+def test_bad_placement_is_refused_at_construction(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(PlacementError, match=match):
+        HighThroughputExecutor(**kwargs)
+
+
+def test_a_node_without_the_cores_a_list_names_refuses_to_start(tmp_path: Any) -> None:
+    """A pool on a node that lacks the listed cores (checked on the node: the executor may run elsewhere)
+    exits at once, before it connects, with the reason on stderr."""
+    groups = ":".join(str(c) for c in range(len(CORES) + 1))
+    proc = subprocess.run(
+        [sys.executable, "-m", "htex.process_worker_pool", "--task_url", "ipc:///nonexistent-t",
+         "--result_url", "ipc:///nonexistent-r", "--logdir", str(tmp_path), "--cpu-affinity", f"list:{groups}"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 6
+    assert f"cpu_affinity='list:{groups}' has {len(CORES) + 1} groups" in proc.stderr
+    assert glob.glob(str(tmp_path / "block--1" / "*" / "manager.log"))

@@ -1,0 +1,17 @@
+"""Functions the placement tests run on workers (importable there: conftest puts tests/ on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+PLACEMENT_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK", "OMP_NUM_THREADS",
+                  "GOMP_CPU_AFFINITY", "KMP_AFFINITY")
+
+
+def seat(hold: float = 0.2) -> tuple[int, list[int], dict[str, str | None]]:
+    """This worker's rank, the cores it may run on, and its placement variables (after ``hold`` s, so that
+    tasks submitted together spread over the workers)."""
+    time.sleep(hold)
+    env = {k: os.environ.get(k) for k in PLACEMENT_VARS}
+    return int(os.environ["PARSL_WORKER_RANK"]), sorted(os.sched_getaffinity(0)), env
