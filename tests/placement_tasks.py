@@ -15,3 +15,18 @@ def seat(hold: float = 0.2) -> tuple[int, list[int], dict[str, str | None]]:
     time.sleep(hold)
     env = {k: os.environ.get(k) for k in PLACEMENT_VARS}
     return int(os.environ["PARSL_WORKER_RANK"]), sorted(os.sched_getaffinity(0)), env
+
+
+def block_id() -> str:
+    return os.environ["PARSL_WORKER_BLOCK_ID"]
+
+
+def youngest_block_first() -> object:
+    """A manager selector of a user's own (made here: the interchange must be able to import its class)."""
+    from htex.selectors import ManagerSelector
+
+    class YoungestBlockFirst(ManagerSelector):
+        def order(self, pools: list) -> list:  # type: ignore[type-arg, override]
+            return sorted(pools, key=lambda p: -int(p.reg.block_id))
+
+    return YoungestBlockFirst()

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from . import endpoints, placement, poolcmd, protocol, rundir, security, serialize, shm
+from . import endpoints, placement, poolcmd, protocol, rundir, security, selectors, serialize, shm
 from .client import ClientThread, InterchangeProcess
 from .errors import ConfigurationError, InvalidResourceSpecification
 from .inflight import Inflight, Lifecycle
@@ -88,6 +88,7 @@ class HighThroughputExecutor:
         shared_memory: bool | None = None,
         available_accelerators: int | Sequence[str] | None = None,
         cpu_affinity: str = "none",
+        manager_selector: selectors.ManagerSelector | None = None,
     ) -> None:
         if max_workers_per_node is not None:
             max_workers = max_workers_per_node
@@ -134,6 +135,8 @@ class HighThroughputExecutor:
         self.cpu_affinity = placement.check_affinity(cpu_affinity)
         if not self.provider.remote:
             placement.check_groups_fit(self.cpu_affinity, placement.node_cores())
+        self.manager_selector = manager_selector
+        self._packed_selector = selectors.pack(manager_selector)  # checked now: it must pickle
         self.cert_dir: str | None = None
         self.client_dir: str | None = None  # the directory start() was called in: where tasks run by default
         self.hub_address: str | None = None  # monitoring hub: accepted, unused
@@ -230,7 +233,7 @@ class HighThroughputExecutor:
             worker_ports=(ends.task_port, ends.result_port) if ends.task_port else None,
             listen_fds=ends.listening_fds(), heartbeat_period=float(self.heartbeat_period),
             heartbeat_threshold=float(self.heartbeat_threshold), logdir=self.logdir, debug=self.worker_debug,
-            cert_dir=self.cert_dir, ipc_name=ends.ipc_name,
+            cert_dir=self.cert_dir, ipc_name=ends.ipc_name, manager_selector=self._packed_selector,
         )
         try:
             self._interchange = self._client.spawn_interchange(config, ends.listening_fds(), self.logdir)

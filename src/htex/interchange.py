@@ -153,6 +153,11 @@ class Interchange:
         self.started = time.monotonic()
         self.dropped = 0
         self.counts = _Counts()
+        self.selector = None  # the order pools are offered tasks in (selectors.py); None: they take turns
+        if cfg.manager_selector is not None:
+            from .selectors import unpack  # only then: cloudpickle is not needed otherwise
+
+            self.selector = unpack(cfg.manager_selector)
 
         socks = _open_sockets(self.ctx, cfg)
         self.client, self.task_sock, self.result_sock = socks.client, socks.tasks, socks.results
@@ -357,10 +362,12 @@ class Interchange:
     # -- step 3: dispatch -------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand queued tasks, in queue order, to pools with room, as ``dispatch.plan`` says (its rules are there)."""
+        """Hand queued tasks, in queue order, to pools with room, as ``dispatch.plan`` says (its rules are there),
+        offering them to pools in turn order, or in the order the ``manager_selector`` gives (selectors.py)."""
         room = self.with_room
         while self.queue and room:
-            if self._take_turns(dispatch.plan(len(self.queue), ((p, p.idle, p.free) for p in room.values()))):
+            pools = room.values() if self.selector is None else self.selector.order(list(room.values()))
+            if self._take_turns(dispatch.plan(len(self.queue), ((p, p.idle, p.free) for p in pools))):
                 return
             # A pool was unreachable: its tasks are back at the front of the queue, and it left the
             # turn order.  Plan again without it (rare: a pool that vanished without a word).

@@ -69,6 +69,7 @@ try:
     from parsl.executors import errors as parsl_executor_errors
     from parsl.executors.base import ParslExecutor
     from parsl.executors.high_throughput import errors as parsl_htex_errors
+    from parsl.executors.high_throughput import manager_selector as parsl_selectors
     from parsl.jobs.states import JobState as ParslJobState
     from parsl.providers.base import ExecutionProvider as ParslExecutionProvider
     from parsl.providers.local.local import LocalProvider as ParslLocalProvider
@@ -78,7 +79,7 @@ except ImportError as exc:  # pragma: no cover - exercised only where Parsl is m
         f"htex.parsl needs Parsl, which is not installed here ({exc}). Install it with: pip install htex[parsl]"
     ) from exc
 
-from . import errors, poolcmd, procs
+from . import errors, poolcmd, procs, selectors
 from .errors import ConfigurationError, ProviderError
 from .executor import HighThroughputExecutor as _HtexExecutor
 from .providers.base import ExecutionProvider, JobState, JobStatus
@@ -206,6 +207,33 @@ def as_htex_provider(provider: Any) -> ExecutionProvider | None:
     )
 
 
+class ParslManagerSelector(selectors.ManagerSelector):
+    """A Parsl ``ManagerSelector`` of your own, run by htex's interchange: it is given Parsl's arguments
+    (manager id -> a record with ``block_id``, ``worker_count``, ``hostname``, ``tasks``; the ids to sort)."""
+
+    def __init__(self, parsl_selector: Any) -> None:
+        self.parsl_selector = parsl_selector
+
+    def order(self, pools: list[selectors.P]) -> Sequence[selectors.P]:
+        by_id = {p.reg.manager_id.encode(): p for p in pools}
+        records = {mid: {"block_id": p.reg.block_id, "worker_count": p.reg.worker_count, "hostname": p.reg.hostname,
+                         "tasks": [], "active": True, "draining": False} for mid, p in by_id.items()}
+        return [by_id[m] for m in self.parsl_selector.sort_managers(records, set(by_id)) if m in by_id]
+
+
+def as_htex_selector(selector: Any) -> selectors.ManagerSelector | None:
+    """htex's selector for ``selector``: itself if htex's, ours for Parsl's two, a ParslManagerSelector for another."""
+    if selector is None or isinstance(selector, selectors.ManagerSelector):
+        return selector
+    if isinstance(selector, parsl_selectors.RandomManagerSelector):
+        return selectors.RandomManagerSelector()
+    if isinstance(selector, parsl_selectors.BlockIdManagerSelector):
+        return selectors.BlockIdManagerSelector()
+    if isinstance(selector, parsl_selectors.ManagerSelector):
+        return ParslManagerSelector(selector)
+    raise ConfigurationError(f"manager_selector must be a Parsl or htex ManagerSelector, got {type(selector).__name__}")
+
+
 # ---------------------------------------------------------------------------
 # Errors: htex's, as Parsl's classes
 # ---------------------------------------------------------------------------
@@ -328,7 +356,6 @@ _NOT_USED_YET: dict[str, Any] = {
     "loopback_address": "127.0.0.1",
     "worker_port": None,
     "drain_period": None,
-    "manager_selector": None,
     "block_error_handler": True,
 }
 
@@ -392,8 +419,7 @@ class HighThroughputExecutor(ParslExecutor):
         if remote_monitoring_radio is not None:
             self.remote_monitoring_radio = remote_monitoring_radio
         given = dict(interchange_launch_cmd=interchange_launch_cmd, loopback_address=loopback_address,
-                     worker_port=worker_port, drain_period=drain_period,
-                     manager_selector=manager_selector, block_error_handler=block_error_handler)
+                     worker_port=worker_port, drain_period=drain_period, block_error_handler=block_error_handler)
         for name, value in given.items():
             setattr(self, name, value)
         unused = [f"{n}={v!r}" for n, v in sorted(given.items()) if v != _NOT_USED_YET[n]]
@@ -402,8 +428,10 @@ class HighThroughputExecutor(ParslExecutor):
         # Parsl's "no accelerators" is 0 or an empty list; htex's is None (an empty list there is a mistake).
         self.htex = _ParslHtex(
             label=label, provider=as_htex_provider(provider), storage_access=storage_access,
-            available_accelerators=available_accelerators or None, cpu_affinity=cpu_affinity, **kwargs,
+            available_accelerators=available_accelerators or None, cpu_affinity=cpu_affinity,
+            manager_selector=as_htex_selector(manager_selector), **kwargs,
         )
+        self.manager_selector = manager_selector
         self.cpu_affinity = self.htex.cpu_affinity
         self.available_accelerators = list(self.htex.available_accelerators)  # a list, as Parsl keeps it
         self.htex.parsl_values = {"drain_period": drain_period}

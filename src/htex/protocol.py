@@ -690,6 +690,7 @@ class InterchangeConfig:
     cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
     listen_fds: list[int] | None = None  # listening sockets the executor bound for us (task, result)
     ipc_name: str | None = None  # also listen on ipc://NAME-tasks and -results (a private directory)
+    manager_selector: str | None = None  # selectors.pack'ed; None: pools take turns
 
     def to_json(self) -> bytes:
         return _dump(self)

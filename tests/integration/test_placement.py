@@ -144,3 +144,70 @@ def test_a_node_without_the_cores_a_list_names_refuses_to_start(tmp_path: Any) -
     assert proc.returncode == 6
     assert f"cpu_affinity='list:{groups}' has {len(CORES) + 1} groups" in proc.stderr
     assert glob.glob(str(tmp_path / "block--1" / "*" / "manager.log"))
+
+
+# -- manager selection --------------------------------------------------------------------------
+
+
+def _blocks_of_sequential_tasks(ex: Any, n: int) -> list[str]:
+    """The block each of ``n`` tasks ran in, each submitted when the one before is done (every pool idle)."""
+    wait_for(lambda: len(ex.connected_managers) == 2, timeout=30, what="both blocks' pools")
+    return [ex.submit(placement_tasks.block_id, {}).result(timeout=30) for _ in range(n)]
+
+
+def test_block_id_selector_fills_the_oldest_block(make_executor: Any) -> None:
+    from htex import BlockIdManagerSelector, LocalProvider
+
+    ex = make_executor(max_workers=1, manager_selector=BlockIdManagerSelector(),
+                       provider=LocalProvider(init_blocks=2, min_blocks=2, max_blocks=2))
+    assert set(_blocks_of_sequential_tasks(ex, 12)) == {"0"}
+
+
+def test_without_a_selector_pools_take_turns(make_executor: Any) -> None:
+    from htex import LocalProvider
+
+    ex = make_executor(max_workers=1, provider=LocalProvider(init_blocks=2, min_blocks=2, max_blocks=2))
+    assert set(_blocks_of_sequential_tasks(ex, 12)) == {"0", "1"}
+
+
+def test_random_and_own_selectors(make_executor: Any) -> None:
+    from htex import LocalProvider, RandomManagerSelector
+
+    ex = make_executor(max_workers=1, manager_selector=RandomManagerSelector(),
+                       provider=LocalProvider(init_blocks=2, min_blocks=2, max_blocks=2))
+    assert set(_blocks_of_sequential_tasks(ex, 40)) == {"0", "1"}  # all in one block: 2 in 2**40
+    ex = make_executor(max_workers=1, manager_selector=placement_tasks.youngest_block_first(),
+                       provider=LocalProvider(init_blocks=2, min_blocks=2, max_blocks=2))
+    assert set(_blocks_of_sequential_tasks(ex, 12)) == {"1"}
+
+
+def test_a_selector_must_be_one() -> None:
+    from htex import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"manager_selector must be an htex\.selectors\.ManagerSelector"):
+        HighThroughputExecutor(manager_selector="random")  # type: ignore[arg-type]
+
+
+def test_parsl_selectors_become_htexs() -> None:
+    from parsl.executors.high_throughput.manager_selector import BlockIdManagerSelector, ManagerSelector
+
+    from htex import selectors
+    from htex.parsl import HighThroughputExecutor as ParslHtex
+    from htex.parsl import ParslManagerSelector
+
+    assert isinstance(ParslHtex(manager_selector=BlockIdManagerSelector()).htex.manager_selector,
+                      selectors.BlockIdManagerSelector)
+
+    class Reverse(ManagerSelector):
+        def sort_managers(self, ready: Any, managers: Any) -> list[bytes]:
+            return sorted(managers, key=lambda m: ready[m]["block_id"], reverse=True)
+
+    own = ParslHtex(manager_selector=Reverse()).htex.manager_selector
+    assert isinstance(own, ParslManagerSelector)
+
+    class Pool:
+        def __init__(self, block: str) -> None:
+            self.reg = type("Reg", (), {"manager_id": f"m{block}", "block_id": block, "worker_count": 1,
+                                        "hostname": "h"})()
+
+    assert [p.reg.block_id for p in own.order([Pool("1"), Pool("3"), Pool("2")])] == ["3", "2", "1"]
