@@ -30,3 +30,9 @@ def youngest_block_first() -> object:
             return sorted(pools, key=lambda p: -int(p.reg.block_id))
 
     return YoungestBlockFirst()
+
+
+def block_after(seconds: float) -> str:
+    """The block this task ran in, after ``seconds`` of work."""
+    time.sleep(seconds)
+    return os.environ["PARSL_WORKER_BLOCK_ID"]

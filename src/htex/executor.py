@@ -37,6 +37,7 @@ from .errors import ConfigurationError, InvalidResourceSpecification
 from .inflight import Inflight, Lifecycle
 from .mapping import map_in_order
 from .providers.base import ExecutionProvider, JobStatus
+from .providers.cluster import walltime_seconds
 from .providers.local import LocalProvider
 from .scaling import BlockPoller, Blocks
 
@@ -89,6 +90,7 @@ class HighThroughputExecutor:
         available_accelerators: int | Sequence[str] | None = None,
         cpu_affinity: str = "none",
         manager_selector: selectors.ManagerSelector | None = None,
+        drain_period: float | None = None,
     ) -> None:
         if max_workers_per_node is not None:
             max_workers = max_workers_per_node
@@ -137,6 +139,8 @@ class HighThroughputExecutor:
             placement.check_groups_fit(self.cpu_affinity, placement.node_cores())
         self.manager_selector = manager_selector
         self._packed_selector = selectors.pack(manager_selector)  # checked now: it must pickle
+        self.drain_period = drain_period  # seconds before the walltime: pools stop taking tasks (scaling.py)
+        self._pool_drain_period()  # checked now against the provider's walltime
         self.cert_dir: str | None = None
         self.client_dir: str | None = None  # the directory start() was called in: where tasks run by default
         self.hub_address: str | None = None  # monitoring hub: accepted, unused
@@ -395,8 +399,18 @@ class HighThroughputExecutor:
             nodes_per_block=self.provider.nodes_per_block, cert_dir=self.cert_dir,
             working_dir=os.path.join(self.client_dir or "", self.working_dir) if self.working_dir else None,
             client_dir=self.client_dir, cpu_affinity=self.cpu_affinity,
-            accelerators=tuple(self.available_accelerators),
+            accelerators=tuple(self.available_accelerators), drain_period=self._pool_drain_period(),
         )
+
+    def _pool_drain_period(self) -> float | None:
+        """When a pool drains, in seconds after it starts (the pool's flag): ``drain_period`` before the walltime."""
+        if self.drain_period is None:
+            return None
+        walltime = walltime_seconds(self.provider.walltime)
+        _check(0 < self.drain_period < walltime,
+               f"drain_period={self.drain_period} must be > 0 and less than the provider's walltime "
+               f"({self.provider.walltime!r} = {walltime} s): pools drain that many seconds before their block ends")
+        return walltime - self.drain_period
 
     def initialize_scaling(self) -> list[str]:
         """Start the provider's first blocks: init_blocks, or min_blocks if that is more."""

@@ -76,6 +76,7 @@ class _Pool:
     tasks: dict[int, int] = field(default_factory=dict)  # task id -> function key, sent and not done
     functions: set[int] = field(default_factory=set)
     held: bool = False
+    draining: bool = False  # it asked for no new task (drain_period); it is stopped once it holds none
     last_busy: float = 0.0
 
     @property
@@ -292,6 +293,8 @@ class Interchange:
                 self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
                 if isinstance(msg, protocol.Heartbeat):
                     self._to_pool(identity, protocol.Rejected(reason="unknown pool: it was declared lost"))
+            elif isinstance(msg, protocol.Draining):
+                self._draining(pool)
 
     def _register(self, identity: bytes, reg: protocol.Register) -> None:
         reason = _version_mismatch(reg)
@@ -338,6 +341,21 @@ class Interchange:
             self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
             if pool.free > 0:
                 self.with_room[identity] = pool
+            elif pool.draining and not pool.tasks:
+                self._drained(pool)
+
+    def _draining(self, pool: _Pool) -> None:
+        """The pool's drain time came: no new task for it; its block's replacement can start now."""
+        log.info("%s is draining (%d tasks to finish)", pool.describe(), len(pool.tasks))
+        pool.held = pool.draining = True
+        self.with_room.pop(pool.identity, None)
+        self._to_client(protocol.PoolDraining(manager=pool.reg.manager_id, block_id=pool.reg.block_id))
+        if not pool.tasks:
+            self._drained(pool)
+
+    def _drained(self, pool: _Pool) -> None:
+        self._to_pool(pool.identity, protocol.Shutdown(reason="drained: its block's walltime is near"))
+        self._lose_pool(pool, "it drained (drain_period) and holds no task", released=True)
 
     def _forward_results(self) -> None:
         if self.results_out:

@@ -56,13 +56,11 @@ This module imports Parsl; the rest of htex never does.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from types import MappingProxyType
 from typing import Any
 
 try:
@@ -79,7 +77,7 @@ except ImportError as exc:  # pragma: no cover - exercised only where Parsl is m
         f"htex.parsl needs Parsl, which is not installed here ({exc}). Install it with: pip install htex[parsl]"
     ) from exc
 
-from . import errors, poolcmd, procs, selectors
+from . import errors, procs, selectors
 from .errors import ConfigurationError, ProviderError
 from .executor import HighThroughputExecutor as _HtexExecutor
 from .providers.base import ExecutionProvider, JobState, JobStatus
@@ -355,19 +353,19 @@ _NOT_USED_YET: dict[str, Any] = {
     "interchange_launch_cmd": None,
     "loopback_address": "127.0.0.1",
     "worker_port": None,
-    "drain_period": None,
     "block_error_handler": True,
 }
 
 
 class _ParslHtex(_HtexExecutor):
-    """htex's executor, filling the launch_cmd placeholders only Parsl's parameters give."""
+    """htex's executor, with Parsl's meaning of drain_period."""
 
-    # Set by htex.parsl.HighThroughputExecutor after construction; empty: Parsl's defaults.
-    parsl_values: Mapping[str, Any] = MappingProxyType({})
+    # Parsl's drain_period, set by htex.parsl.HighThroughputExecutor: seconds after a pool starts
+    # (htex's counts back from the walltime).
+    parsl_drain_period: float | None = None
 
-    def _pool_launch(self) -> poolcmd.PoolLaunch:
-        return dataclasses.replace(super()._pool_launch(), extra=self.parsl_values)
+    def _pool_drain_period(self) -> float | None:
+        return self.parsl_drain_period
 
 
 class HighThroughputExecutor(ParslExecutor):
@@ -419,7 +417,7 @@ class HighThroughputExecutor(ParslExecutor):
         if remote_monitoring_radio is not None:
             self.remote_monitoring_radio = remote_monitoring_radio
         given = dict(interchange_launch_cmd=interchange_launch_cmd, loopback_address=loopback_address,
-                     worker_port=worker_port, drain_period=drain_period, block_error_handler=block_error_handler)
+                     worker_port=worker_port, block_error_handler=block_error_handler)
         for name, value in given.items():
             setattr(self, name, value)
         unused = [f"{n}={v!r}" for n, v in sorted(given.items()) if v != _NOT_USED_YET[n]]
@@ -434,7 +432,9 @@ class HighThroughputExecutor(ParslExecutor):
         self.manager_selector = manager_selector
         self.cpu_affinity = self.htex.cpu_affinity
         self.available_accelerators = list(self.htex.available_accelerators)  # a list, as Parsl keeps it
-        self.htex.parsl_values = {"drain_period": drain_period}
+        if drain_period is not None and drain_period <= 0:
+            raise ConfigurationError(f"drain_period={drain_period} must be > 0 (seconds after a pool starts)")
+        self.drain_period = self.htex.parsl_drain_period = drain_period
         if provider is None:
             self.provider = self.htex.provider
 

@@ -368,6 +368,8 @@ class Manager:
         self.exit_code = 0
         self.last_sent = 0.0
         self.last_heard = time.monotonic()
+        # drain_period: when to stop taking tasks (the interchange stops us once we hold none).
+        self.drain_at = self.last_heard + cfg.drain_period if cfg.drain_period is not None else math.inf
 
         self.task_sock = self._dealer(cfg.task_url)
         self.result_sock = self._dealer(cfg.result_url)
@@ -436,7 +438,8 @@ class Manager:
 
     def _timeout_ms(self) -> int:
         now = time.monotonic()
-        due = min(self.last_sent + self.cfg.heartbeat_period, self.last_heard + self.cfg.heartbeat_threshold)
+        due = min(self.last_sent + self.cfg.heartbeat_period, self.last_heard + self.cfg.heartbeat_threshold,
+                  self.drain_at)
         return max(0, int((due - now) * 1000) + 1)
 
     # -- step 1: the interchange -------------------------------------------
@@ -579,6 +582,10 @@ class Manager:
         elif now - self.last_sent >= self.cfg.heartbeat_period:
             self._send(self.task_sock, protocol.Heartbeat())
             self.workers.reap_orphans()
+        if now >= self.drain_at:
+            log.info("drain time (drain_period %s s after start): asking for no new task", self.cfg.drain_period)
+            self._send(self.task_sock, protocol.Draining())
+            self.drain_at = math.inf
 
     def _send(self, sock: zmq.Socket[Any], msg: protocol.Message) -> None:
         sock.send_multipart(msg.encode(), copy=False)

@@ -36,8 +36,8 @@ Who sends what::
                                  any of them   -> Failed(reason)  (could not be carried out)
     interchange -> executor    Ready, Results, Heartbeat, the answers above; events:
                                  TasksFailed(ids, LostReason), PoolRegistered(PoolInfo),
-                                 PoolGone (lost or released), PoolRejected
-    pool      -> interchange   Probe, Register, Results, Heartbeat
+                                 PoolGone (lost or released), PoolRejected, PoolDraining
+    pool      -> interchange   Probe, Register, Results, Heartbeat, Draining
     interchange -> pool        ProbeReply, Registered, Rejected, Tasks, Heartbeat, Shutdown
     key holder -> interchange  StatusRequest (req 0, on the task port: `htex status`)
     worker    -> pool          WorkerReady, Results
@@ -614,6 +614,22 @@ class Rejected(_Json):
 
 
 @dataclass(frozen=True, slots=True)
+class Draining(_Json):
+    """Pool -> interchange: its drain time came (drain_period): send it no new task, stop it once it holds none."""
+
+    TYPE: ClassVar[int] = 50
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDraining(_Json):
+    """Interchange -> executor: this pool takes no new task and will leave once its tasks are done."""
+
+    TYPE: ClassVar[int] = 51
+    manager: str
+    block_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReady(_Json):
     """Worker -> pool, once at start-up."""
 
@@ -624,10 +640,10 @@ class WorkerReady(_Json):
 
 Request = StatusRequest | HoldPools | DropBlocks
 Answer = StatusReply | Done | Failed
-PoolEvent = PoolRegistered | PoolGone | PoolRejected
+PoolEvent = PoolRegistered | PoolGone | PoolRejected | PoolDraining
 Message = (
     Tasks | Results | Ready | Heartbeat | Shutdown | Request | Answer | TasksFailed | PoolEvent
-    | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady
+    | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady | Draining
 )
 
 _TYPES: dict[int, Any] = {
@@ -635,7 +651,7 @@ _TYPES: dict[int, Any] = {
     for cls in (
         Tasks, Results, Ready, Heartbeat, Shutdown, StatusRequest, StatusReply, HoldPools, DropBlocks, Done, Failed,
         TasksFailed, PoolRegistered, PoolGone, PoolRejected,
-        Probe, ProbeReply, Register, Registered, Rejected, WorkerReady,
+        Probe, ProbeReply, Register, Registered, Rejected, WorkerReady, Draining, PoolDraining,
     )
 }
 _HEADERS = {t: _HEADER.pack(MAGIC, PROTOCOL_VERSION, t) for t in _TYPES}

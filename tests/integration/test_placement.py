@@ -115,6 +115,15 @@ def test_parsl_executor_passes_placement_with_parsls_meaning() -> None:
     assert ParslHtex(available_accelerators=()).htex.available_accelerators == []  # Parsl's default: none
     with pytest.raises(PlacementError):
         ParslHtex(cpu_affinity="nope")
+    # drain_period keeps Parsl's meaning there: seconds after the pool starts, whatever the walltime.
+    assert "--drain_period=600 " in ParslHtex(drain_period=600).htex.launch_command("0")
+
+
+def test_drain_period_must_fit_in_the_walltime() -> None:
+    from htex import ConfigurationError, LocalProvider
+
+    with pytest.raises(ConfigurationError, match=r"drain_period=900 must be > 0 and less than the provider's walltime"):
+        HighThroughputExecutor(drain_period=900, provider=LocalProvider(walltime="00:10:00"))
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -211,3 +220,26 @@ def test_parsl_selectors_become_htexs() -> None:
                                         "hostname": "h"})()
 
     assert [p.reg.block_id for p in own.order([Pool("1"), Pool("3"), Pool("2")])] == ["3", "2", "1"]
+
+
+# -- draining -----------------------------------------------------------------------------------
+
+
+def test_a_draining_pool_finishes_its_tasks_and_a_new_block_takes_over(make_executor: Any) -> None:
+    """LocalProvider does not enforce the walltime (tests/schedulers/test_drain_slurm.py has Slurm kill it):
+    here the pool drains 3 s after it starts, finishes what it holds, leaves, and a new block runs the rest."""
+    from htex import JobState, LocalProvider
+
+    ex = make_executor(max_workers=2, drain_period=7, prefetch_capacity=2,
+                       provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, walltime="00:00:10"))
+    assert "--drain_period=3 " in ex.launch_command("0")
+    futs = []
+    wait_for(lambda: futs.append(ex.submit(placement_tasks.block_after, {}, 0.2)) or "1" in ex.blocks,
+             timeout=60, interval=0.1, what="a second block to start")
+    futs += [ex.submit(placement_tasks.block_after, {}, 0.2) for _ in range(10)]
+    ran_in = [f.result(timeout=60) for f in futs]  # none failed
+    assert ran_in[0] == "0" and ran_in[-1] == "1"
+    wait_for(lambda: ex.status()["0"].state is JobState.COMPLETED, what="the drained block's job to end by itself")
+    with open(os.path.join(ex.logdir, "interchange.log")) as f:
+        log = f.read()
+    assert "is draining" in log and "lost" not in log

@@ -91,9 +91,9 @@ def test_todays_site_config_runs_and_says_what_it_ignores(load_dfk: Any, caplog:
                             block_error_handler=False, max_workers_per_node=2, encrypted=True))
     said = [r.getMessage() for r in caplog.records if "accepted, not used yet" in r.getMessage()]
     assert len(said) == 1
-    for name in ("drain_period", "worker_port", "block_error_handler"):
+    for name in ("worker_port", "block_error_handler"):
         assert name in said[0]
-    for name in ("loopback_address", "available_accelerators", "cpu_affinity", "manager_selector"):  # default, or acted on
+    for name in ("loopback_address", "available_accelerators", "cpu_affinity", "manager_selector", "drain_period"):
         assert name not in said[0]
     ex = dfk.executors["HighThroughputExecutor"]
     assert ex.available_accelerators == ["0", "1"] and ex.cpu_affinity == "alternating"
