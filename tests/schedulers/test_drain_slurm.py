@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+import placement_tasks
 from htex import HighThroughputExecutor, JobState
 from htex.providers.slurm import SlurmProvider
 
-import placement_tasks
 from sched_helpers import slurm_down_reason
 from support import wait_for
 
