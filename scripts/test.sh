@@ -11,6 +11,7 @@ if [ "${HTEX_SCHEDULERS:-1}" != 0 ]; then
   echo "== schedulers"; bash scripts/schedulers-up.sh
 fi
 echo "== network namespaces"; bash ci/netns/setup.sh || echo "(tests/network will say why they skip)"
+echo "== MPI"; bash ci/mpi/setup.sh || echo "(the MPI tests will say why they skip)"
 echo "== bench (smoke: correctness only, no timing asserted)"
 .venv/bin/python bench/run.py --smoke >/dev/null
 echo "== pytest"

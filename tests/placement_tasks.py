@@ -36,3 +36,38 @@ def block_after(seconds: float) -> str:
     """The block this task ran in, after ``seconds`` of work."""
     time.sleep(seconds)
     return os.environ["PARSL_WORKER_BLOCK_ID"]
+
+
+MPI_VARS = ("PARSL_MPI_PREFIX", "PARSL_MPIEXEC_PREFIX", "PARSL_SRUN_PREFIX", "PARSL_APRUN_PREFIX", "PARSL_NUM_NODES",
+            "PARSL_RANKS_PER_NODE", "PARSL_NUM_RANKS", "PARSL_MPI_NODELIST", "PARSL_LAUNCHER_OPTIONS")
+
+
+def mpi_env() -> dict[str, str | None]:
+    return {k: os.environ.get(k) for k in MPI_VARS}
+
+
+def hold_nodes_until(started: str, release: str) -> float:
+    """Note that the nodes are ours (a file), keep them until ``release`` exists; return when we let go."""
+    open(started, "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return time.time()
+
+
+def nodes_taken_at() -> float:
+    return time.time()
+
+
+def run_mpi(program: str) -> str:
+    """Run ``program`` under this task's MPI prefix, as a bash app would; its output."""
+    import subprocess
+
+    cmd = f"{os.environ['PARSL_MPI_PREFIX']} {program}"
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True, check=True, timeout=120).stdout
+
+
+def mpi_hello_command(program: str, parsl_resource_specification: dict[str, object] | None = None,
+                      stdout: str | None = None, stderr: str | None = None) -> str:
+    """A Parsl bash app's body: the MPI program under the task's launcher prefix."""
+    return f"$PARSL_MPI_PREFIX {program}"

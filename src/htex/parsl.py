@@ -59,8 +59,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from types import MappingProxyType
 from typing import Any
 
 try:
@@ -69,6 +70,7 @@ try:
     from parsl.executors.high_throughput import errors as parsl_htex_errors
     from parsl.executors.high_throughput import manager_selector as parsl_selectors
     from parsl.jobs.states import JobState as ParslJobState
+    from parsl.launchers import SimpleLauncher as ParslSimpleLauncher
     from parsl.providers.base import ExecutionProvider as ParslExecutionProvider
     from parsl.providers.local.local import LocalProvider as ParslLocalProvider
     from parsl.serialize import errors as parsl_serialize_errors
@@ -80,11 +82,13 @@ except ImportError as exc:  # pragma: no cover - exercised only where Parsl is m
 from . import errors, procs, selectors
 from .errors import ConfigurationError, ProviderError
 from .executor import HighThroughputExecutor as _HtexExecutor
+from .launchers import SimpleLauncher
+from .mpi_executor import MPIExecutor as _HtexMPIExecutor
 from .providers.base import ExecutionProvider, JobState, JobStatus
 
 __all__ = [
     "BadStateException", "DeserializationError", "HighThroughputExecutor", "InterchangeLost",
-    "InvalidResourceSpecification", "ManagerLost", "ParslProvider", "ScaleOutFailed", "SerializationError",
+    "InvalidResourceSpecification", "MPIExecutor", "ManagerLost", "ParslProvider", "ScaleOutFailed", "SerializationError",
     "WorkerLost", "to_htex_state",
 ]
 
@@ -381,6 +385,9 @@ class HighThroughputExecutor(ParslExecutor):
     that names it, not a silent no-op.
     """
 
+    _htex_class: type[_ParslHtex] = _ParslHtex  # the htex executor it runs
+    _htex_options: Mapping[str, Any] = MappingProxyType({})  # what a subclass adds to its parameters
+
     def __init__(
         self,
         label: str = "HighThroughputExecutor",
@@ -424,10 +431,10 @@ class HighThroughputExecutor(ParslExecutor):
         if unused:
             log.info("executor %s: accepted, not used yet: %s", label, ", ".join(unused))
         # Parsl's "no accelerators" is 0 or an empty list; htex's is None (an empty list there is a mistake).
-        self.htex = _ParslHtex(
+        self.htex = self._htex_class(
             label=label, provider=as_htex_provider(provider), storage_access=storage_access,
             available_accelerators=available_accelerators or None, cpu_affinity=cpu_affinity,
-            manager_selector=as_htex_selector(manager_selector), **kwargs,
+            manager_selector=as_htex_selector(manager_selector), **kwargs, **self._htex_options,
         )
         self.manager_selector = manager_selector
         self.cpu_affinity = self.htex.cpu_affinity
@@ -452,8 +459,9 @@ class HighThroughputExecutor(ParslExecutor):
             fut = self.htex.submit(func, resource_specification, *args, **kwargs)
         except errors.HtexError as exc:
             parsl_exc = _to_parsl(exc, self, fname)
-            if isinstance(parsl_exc, InvalidResourceSpecification):
-                parsl_exc.invalid_keys = set(resource_specification or ())  # htex takes none of them
+            # An MPI task's error names the bad keys; else htex takes none of them.
+            if isinstance(parsl_exc, InvalidResourceSpecification) and not hasattr(parsl_exc, "invalid_keys"):
+                parsl_exc.invalid_keys = set(resource_specification or ())
             raise parsl_exc from exc
         return _translated(fut, self, fname)
 
@@ -524,4 +532,31 @@ class HighThroughputExecutor(ParslExecutor):
         return self.htex.stats()
 
     def __repr__(self) -> str:
-        return f"htex.parsl.HighThroughputExecutor(label={self.label!r}, provider={self.provider!r})"
+        return f"htex.parsl.{type(self).__name__}(label={self.label!r}, provider={self.provider!r})"
+
+
+class _ParslMPIHtex(_ParslHtex, _HtexMPIExecutor):
+    """htex's MPIExecutor with Parsl's meaning of drain_period, taking Parsl's SimpleLauncher too."""
+
+    @staticmethod
+    def _one_pool_per_block(provider: ExecutionProvider) -> bool:
+        launcher = provider.launcher
+        return isinstance(launcher, (SimpleLauncher, ParslSimpleLauncher))
+
+
+class MPIExecutor(HighThroughputExecutor):
+    """Parsl's MPIExecutor, run by htex (``htex.MPIExecutor``): ``max_workers_per_block`` MPI tasks at once per
+    block, each started by its app with ``$PARSL_MPI_PREFIX`` over the nodes its ``parsl_resource_specification``
+    asks for (``num_nodes``, ``ranks_per_node`` or ``num_ranks``, ``launcher_options``).  The provider's launcher
+    must be a SimpleLauncher (Parsl's or htex's).  Unlike Parsl's, ``encrypted`` defaults to on, as everywhere in
+    htex."""
+
+    _htex_class = _ParslMPIHtex
+
+    def __init__(self, label: str = "MPIExecutor", provider: Any = None, *, max_workers_per_block: int = 1,
+                 mpi_launcher: str = "mpiexec", **kwargs: Any) -> None:
+        self._htex_options = {"max_workers_per_block": max_workers_per_block, "mpi_launcher": mpi_launcher}
+        super().__init__(label, provider, **kwargs)
+        self.max_workers_per_block = max_workers_per_block
+        self.mpi_launcher = mpi_launcher
+        self.enable_mpi_mode = True

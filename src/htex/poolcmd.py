@@ -54,9 +54,7 @@ PARSL_1_0_LAUNCH_CMD = (
 # Placeholders of today's Parsl that htex fills from nothing of its own (MPI mode, logging):
 # what Parsl fills when they are unset, so a template naming them formats.  htex.parsl passes
 # the user's values in PoolLaunch.extra.
-PARSL_ONLY_DEFAULTS: dict[str, Any] = {
-    "logconf": "", "enable_mpi_mode": "", "mpi_launcher": "mpiexec",
-}
+PARSL_ONLY_DEFAULTS: dict[str, Any] = {"logconf": ""}
 # How long a pool probes its candidate addresses when launch_cmd leaves it unsaid (Parsl's default).
 DEFAULT_PROBE_TIMEOUT = 30.0
 # Probes are resent this often: IMMEDIATE drops those sent before a connection is up.
@@ -99,6 +97,7 @@ class PoolLaunch:
     cpu_affinity: str = "none"
     accelerators: tuple[str, ...] = ()
     drain_period: float | None = None  # the pool drains this many seconds after it starts (Parsl's flag)
+    mpi_launcher: str | None = None  # MPI mode (mpi.py): how tasks launch MPI programs; None: not MPI
 
     def values(self, block_id: str) -> dict[str, Any]:
         """The placeholders a launch_cmd may use (Parsl's, and ours), shell-quoted where they are paths.
@@ -146,6 +145,8 @@ class PoolLaunch:
             "accelerators": " ".join(shlex.quote(a) for a in self.accelerators),
             "drain_period": _number(self.drain_period) if self.drain_period is not None else None,
             "placement": self._placement_flags(),
+            "enable_mpi_mode": "--enable_mpi_mode" if self.mpi_launcher else "",
+            "mpi_launcher": self.mpi_launcher or "mpiexec",
         }
 
     def _placement_flags(self) -> str:
@@ -155,6 +156,8 @@ class PoolLaunch:
             flags += f"--cpu-affinity {shlex.quote(self.cpu_affinity)} "
         if self.drain_period is not None:
             flags += f"--drain_period={_number(self.drain_period)} "
+        if self.mpi_launcher:
+            flags += f"--enable_mpi_mode --mpi-launcher={self.mpi_launcher} "
         if self.accelerators:  # nargs="*": the next flag (a "--" word) ends the list
             flags += f"--available-accelerators {' '.join(shlex.quote(a) for a in self.accelerators)} "
         return flags
@@ -261,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=[], help="device ids; one worker per accelerator, each sees only its own")
     p.add_argument("--drain_period", type=_optional_float, default=None,
                    help="stop taking tasks this many seconds after start, finish the running ones, exit")
+    p.add_argument("--enable_mpi_mode", action="store_true", help="share the block's nodes among MPI tasks")
+    p.add_argument("--mpi-launcher", "--mpi_launcher", dest="mpi_launcher", default="mpiexec",
+                   choices=("mpiexec", "srun", "aprun"), help="the launcher PARSL_MPI_PREFIX uses")
     return p
 
 

@@ -107,7 +107,8 @@ class PoolConfig:
     cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
     cpu_affinity: str = "none"  # placement.py
     accelerators: list[str] = field(default_factory=list)
-    drain_period: float | None = None  # drain this many seconds after start (drain.py)
+    drain_period: float | None = None  # drain this many seconds after start
+    mpi_launcher: str | None = None  # MPI mode (mpi.py); None: not
 
 
 def worker_count(max_workers: float, cores_per_worker: float, mem_per_worker: float | None) -> int:
@@ -153,6 +154,7 @@ class Workers:
         self.cfg = cfg
         self.count = count
         self.seats = seats  # each worker's cores and accelerator (placement.py); None: not placed
+        self.extra_env: dict[str, str] = {}  # for every worker (MPI mode: the block's nodes)
         self.poller = poller
         self.slots = [_WorkerSlot(rank) for rank in range(count)]
         self.idle: deque[int] = deque()  # ranks of the workers waiting for a batch, in the order they freed up
@@ -224,6 +226,7 @@ class Workers:
         )
         if self.seats:
             env.update(self.seats[slot.rank].environment())
+        env.update(self.extra_env)
         return env
 
     def read(self, slot: _WorkerSlot) -> list[protocol.Message]:
@@ -376,6 +379,11 @@ class Manager:
         self.poller = zmq.Poller()
         self.poller.register(self.task_sock, zmq.POLLIN)
         self.workers = Workers(cfg, self.count, self.poller, seats)
+        if cfg.mpi_launcher:
+            from . import mpi  # only in MPI mode
+
+            self.workers.extra_env = mpi.pool_environment(cfg.mpi_launcher, os.path.join(cfg.logdir, "mpi-nodes"))
+            log.info("MPI mode (%s): the block's nodes are %s", cfg.mpi_launcher, self.workers.extra_env[mpi.NODES_ENV])
 
     def _dealer(self, url: str) -> zmq.Socket[Any]:
         sock = self.ctx.socket(zmq.DEALER)
@@ -655,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         debug=args.debug,
         cert_dir=args.cert_dir or os.environ.get("HTEX_CERT_DIR") or None,
         cpu_affinity=args.cpu_affinity, accelerators=args.accelerators, drain_period=args.drain_period,
+        mpi_launcher=args.mpi_launcher if args.enable_mpi_mode else None,
     )
     try:
         return Manager(cfg).run()

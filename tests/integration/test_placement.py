@@ -243,3 +243,96 @@ def test_a_draining_pool_finishes_its_tasks_and_a_new_block_takes_over(make_exec
     with open(os.path.join(ex.logdir, "interchange.log")) as f:
         log = f.read()
     assert "is draining" in log and "lost" not in log
+
+
+# -- MPI tasks, on one local node (tests/schedulers/test_mpi_slurm.py: two Slurm nodes) ----------------
+
+
+MPI_HELLO = os.environ.get("HTEX_MPI_HELLO", "/opt/htex-mpi/hello")
+
+
+@pytest.fixture
+def mpi_executor(run_dir: str) -> Any:
+    from htex import LocalProvider, MPIExecutor, SimpleLauncher
+
+    made: list[Any] = []
+
+    def make(**kw: Any) -> Any:
+        kw.setdefault("provider", LocalProvider(init_blocks=1, max_blocks=1, launcher=SimpleLauncher()))
+        ex = MPIExecutor(heartbeat_period=1, heartbeat_threshold=4, run_dir=os.path.join(run_dir, str(len(made))),
+                         **kw)
+        made.append(ex)
+        ex.start()
+        return ex
+
+    yield make
+    for ex in made:
+        ex.shutdown(wait=False)
+
+
+@pytest.mark.parametrize("launcher", ["mpiexec", "srun", "aprun"])
+def test_mpi_task_sees_parsls_variables(mpi_executor: Any, launcher: str) -> None:
+    import socket
+
+    ex = mpi_executor(mpi_launcher=launcher)
+    env = ex.submit(placement_tasks.mpi_env, {"num_nodes": 1, "num_ranks": 2, "launcher_options": "--x y"}).result(30)
+    host = socket.gethostname()
+    assert env["PARSL_MPIEXEC_PREFIX"] == f"mpiexec -n 2 -ppn 2 -hosts {host} --x y"
+    assert env["PARSL_SRUN_PREFIX"] == f"srun --ntasks 2 --ntasks-per-node 2 --nodelist {host} --nodes 1 --x y"
+    assert env["PARSL_APRUN_PREFIX"] == f"aprun -n 2 -N 2 -node-list {host} --x y"
+    assert env["PARSL_MPI_PREFIX"] == env[f"PARSL_{launcher.upper()}_PREFIX"]
+    assert (env["PARSL_NUM_NODES"], env["PARSL_RANKS_PER_NODE"], env["PARSL_NUM_RANKS"]) == ("1", "2", "2")
+    assert env["PARSL_MPI_NODELIST"] == host
+
+
+def test_an_mpi_task_waits_for_free_nodes(mpi_executor: Any, tmp_path: Any) -> None:
+    ex = mpi_executor(max_workers_per_block=2)  # two workers, one node: one task at a time holds it
+    started, release = str(tmp_path / "a-started"), str(tmp_path / "release")
+    spec = {"num_nodes": 1, "ranks_per_node": 1}
+    first = ex.submit(placement_tasks.hold_nodes_until, spec, started, release)
+    wait_for(lambda: os.path.exists(started), timeout=30, what="the first task to take the node")
+    second = ex.submit(placement_tasks.nodes_taken_at, spec)
+    wait_for(lambda: sum(m["tasks"] for m in ex.connected_managers) == 2, what="the second task to reach a worker")
+    assert not second.done()
+    open(release, "w").close()
+    assert second.result(timeout=30) >= first.result(timeout=30)  # it got the node only once the first let go
+
+
+@pytest.mark.skipif(not os.path.exists(MPI_HELLO), reason=f"no MPI hello at {MPI_HELLO}: run `bash ci/mpi/setup.sh`")
+def test_a_real_mpi_program_runs_under_the_prefix(mpi_executor: Any) -> None:
+    ex = mpi_executor()
+    out = ex.submit(placement_tasks.run_mpi, {"num_nodes": 1, "ranks_per_node": 2}, MPI_HELLO).result(timeout=90)
+    assert sorted(line.split(" on ")[0] for line in out.splitlines()) == ["rank 0 of 2", "rank 1 of 2"]
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ({}, r"needs num_nodes and ranks_per_node or num_ranks"),
+    ({"num_nodes": 1}, r"needs num_nodes and ranks_per_node or num_ranks"),
+    ({"num_nodes": 1, "ranks_per_node": 2, "num_ranks": 3}, r"inconsistent MPI counts: num_ranks=3 but .* = 2"),
+    ({"num_nodes": 2, "num_ranks": 3}, r"num_ranks=3 does not divide evenly over num_nodes=2"),
+    ({"num_nodes": 0, "ranks_per_node": 1}, r"num_nodes must be a whole number >= 1, got 0"),
+    ({"num_nodes": 1, "ranks_per_node": 1, "gpus": 1}, r"unknown resource_specification keys \['gpus'\]"),
+])
+def test_bad_mpi_specifications_raise_at_submit(mpi_executor: Any, spec: dict[str, Any], match: str) -> None:
+    from htex import InvalidResourceSpecification
+
+    ex = mpi_executor()
+    with pytest.raises(InvalidResourceSpecification, match=match):
+        ex.submit(placement_tasks.mpi_env, spec)
+
+
+def test_more_nodes_than_a_block_has_fails_at_once(mpi_executor: Any) -> None:
+    from htex import MPINodesUnavailable
+
+    ex = mpi_executor()
+    with pytest.raises(MPINodesUnavailable, match=r"asked for num_nodes=3, but this executor's blocks have 1 node"):
+        ex.submit(placement_tasks.mpi_env, {"num_nodes": 3, "ranks_per_node": 1})
+
+
+def test_mpi_executor_needs_one_pool_per_block() -> None:
+    from htex import ConfigurationError, LocalProvider, MPIExecutor
+
+    with pytest.raises(ConfigurationError, match="launcher is SimpleLauncher"):
+        MPIExecutor(provider=LocalProvider())
+    with pytest.raises(ConfigurationError, match="mpi_launcher='mpirun' is not one of"):
+        MPIExecutor(mpi_launcher="mpirun")
