@@ -336,3 +336,55 @@ def test_mpi_executor_needs_one_pool_per_block() -> None:
         MPIExecutor(provider=LocalProvider())
     with pytest.raises(ConfigurationError, match="mpi_launcher='mpirun' is not one of"):
         MPIExecutor(mpi_launcher="mpirun")
+
+
+def test_a_worker_that_dies_holding_nodes_gives_them_back(mpi_executor: Any) -> None:
+    from htex import WorkerLost
+
+    ex = mpi_executor(max_workers_per_block=1)
+    spec = {"num_nodes": 1, "ranks_per_node": 1}
+    with pytest.raises(WorkerLost):
+        ex.submit(placement_tasks.die, spec).result(timeout=30)
+    assert ex.submit(placement_tasks.mpi_env, spec).result(timeout=30)["PARSL_NUM_NODES"] == "1"
+
+
+def test_parsl_mpi_executor_takes_parsls_parameters() -> None:
+    import inspect
+
+    from parsl.executors import MPIExecutor as ParslMPIExecutor
+
+    from htex.parsl import MPIExecutor
+
+    given = {name: p.default for name, p in inspect.signature(ParslMPIExecutor.__init__).parameters.items()
+             if name not in ("self", "provider") and p.default is not inspect.Parameter.empty}
+    ex = MPIExecutor(**given)  # Parsl's defaults, every one (a provider of ours: Parsl's default has no SimpleLauncher)
+    assert (ex.max_workers_per_block, ex.mpi_launcher, ex.htex.max_workers) == (1, "mpiexec", 1)
+    assert "--enable_mpi_mode --mpi-launcher=mpiexec " in ex.htex.launch_command("0")
+
+
+# -- the pure parts ----------------------------------------------------------------------------------
+
+
+def test_seats_follow_parsls_strategies() -> None:
+    from htex import placement
+
+    cores = [4, 5, 6, 7, 8, 9]  # what the scheduler gave: positions, not numbers, matter
+    by = {s: [seat.cores for seat in placement.seats(s, [], 3, cores)] for s in placement.STRATEGIES}
+    assert by["none"] == [(), (), ()]
+    assert by["block"] == [(4, 5), (6, 7), (8, 9)]
+    assert by["block-reverse"] == [(8, 9), (6, 7), (4, 5)]
+    assert by["alternating"] == [(4, 7), (5, 8), (6, 9)]
+    listed = placement.seats("list:4-5,9:6", ["a", "b"], 2, cores)
+    assert listed == [placement.Seat((4, 5, 9), "a"), placement.Seat((6,), "b")]
+    assert placement.worker_limit("list:4:5:6", [], cores) == 3
+    assert placement.worker_limit("block", ["0", "1"], cores) == 2
+    assert placement.worker_limit("none", [], cores) == math.inf
+
+
+def test_mpi_specification_fills_the_missing_count() -> None:
+    from htex import mpi
+
+    assert mpi.check_spec({"num_nodes": 2, "num_ranks": 8}, 4) == mpi.MpiSpec(2, 4, 8, "")
+    assert mpi.check_spec({"num_nodes": "2", "ranks_per_node": "3"}, 2) == mpi.MpiSpec(2, 3, 6, "")  # as Parsl allows
+    env = mpi.MpiSpec(2, 3, 6, "-x").environment("srun", ["n1", "n2"])
+    assert env["PARSL_MPI_PREFIX"] == "srun --ntasks 6 --ntasks-per-node 3 --nodelist n1,n2 --nodes 2 -x"
