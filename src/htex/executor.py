@@ -55,6 +55,9 @@ class HighThroughputExecutor:
 
     Parameters are those of Parsl 1.0's HighThroughputExecutor (see the README);
     ``max_workers_per_node`` is accepted as today's Parsl spells ``max_workers``.
+    Node placement, as today's Parsl: ``available_accelerators`` and ``cpu_affinity``
+    (placement.py), ``manager_selector`` (selectors.py), ``drain_period`` (counted
+    back from the provider's walltime; scaling.py starts the replacement).
     """
 
     def __init__(

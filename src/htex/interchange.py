@@ -16,7 +16,7 @@ sockets; the only timeouts are heartbeats and liveness checks.
 
 The client's requests (``protocol.Request``) are answered in the order they
 come, each by one message with its ``req``; what happens to pools is told to
-the client as typed events (PoolRegistered, PoolGone, PoolRejected, TasksFailed).
+the client as typed events (PoolRegistered, PoolGone, PoolRejected, PoolDraining, TasksFailed).
 
 It never unpickles a task, function or result: those are opaque bytes that
 it queues and forwards (it reads only a result's first byte, to count tasks
