@@ -47,7 +47,9 @@ translated at the boundary (``submit`` and the futures it returns), so the
 DFK's and users' ``except`` clauses for Parsl's classes work.
 
 Per-task ``resource_specification`` (an app's ``parsl_resource_specification``)
-takes ``priority``, as in Parsl's HTEX, and nothing else.  Not supported:
+takes ``priority``, as in Parsl's HTEX, and nothing else; ``MPIExecutor``'s also
+takes an MPI task's ``num_nodes``, ``ranks_per_node``, ``num_ranks`` and
+``launcher_options`` (htex's mpi.py).  Not supported:
 Parsl's resource monitoring unless a ``remote_monitoring_radio``
 (e.g. ``parsl.monitoring.radios.filesystem.FilesystemRadio()``) is given.
 
