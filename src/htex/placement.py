@@ -122,6 +122,16 @@ def check_groups_fit(value: str, cores: Sequence[int]) -> None:
                              f"(it gives {_ranges(cores)})")
 
 
+def place(cpu_affinity: str, accelerators: Sequence[str], count: int) -> tuple[int, list[Seat] | None]:
+    """A pool's worker count (``count`` as its other limits allow, capped by these settings) and each
+    worker's seat; ``(count, None)`` when neither setting is used."""
+    if cpu_affinity == "none" and not accelerators:
+        return count, None
+    cores = node_cores()
+    count = int(min(count, worker_limit(cpu_affinity, accelerators, cores)))
+    return count, seats(cpu_affinity, accelerators, count, cores)
+
+
 def node_cores() -> list[int]:
     """The cores this process may run on, in order (what the scheduler gave the job)."""
     return sorted(os.sched_getaffinity(0))

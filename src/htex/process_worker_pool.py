@@ -354,12 +354,8 @@ class Manager:
     def __init__(self, cfg: PoolConfig) -> None:
         self.cfg = cfg
         self.identity = cfg.manager_id.encode()
-        self.count = worker_count(cfg.max_workers, cfg.cores_per_worker, cfg.mem_per_worker)
-        seats = None
-        if cfg.cpu_affinity != "none" or cfg.accelerators:
-            cores = placement.node_cores()
-            self.count = int(min(self.count, placement.worker_limit(cfg.cpu_affinity, cfg.accelerators, cores)))
-            seats = placement.seats(cfg.cpu_affinity, cfg.accelerators, self.count, cores)
+        count = worker_count(cfg.max_workers, cfg.cores_per_worker, cfg.mem_per_worker)
+        self.count, seats = placement.place(cfg.cpu_affinity, cfg.accelerators, count)
         self.ctx = zmq.Context()
         self.queue: deque[Task] = deque()
         self.handed: dict[int, Task] = {}  # at a worker, no result yet
