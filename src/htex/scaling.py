@@ -280,7 +280,10 @@ class Blocks:
                 self.failed_in_a_row += 1
                 self.last_failure = f"block {block} (job {job}) failed before its pool connected: {st.message}"
             has_pools = bool(self.pools.get(block))
-        log.warning("block %s (job %s) ended: %s %s", block, job, st.state.value, st.message)
+            drained = block in self.draining
+        # A drained block's job ends by itself: expected, not worth a warning.
+        level = logging.INFO if drained else logging.WARNING
+        log.log(level, "block %s (job %s) ended: %s %s", block, job, st.state.value, st.message)
         if has_pools and self.lifecycle.running:
             # Its pools are gone with the job: fail (or retry) their tasks now, not after heartbeat_threshold.
             reason = f"its job {job} ended ({st.state.value})"
