@@ -73,12 +73,6 @@ class MpiSpec:
         return env
 
 
-def check_launcher(launcher: str) -> str:
-    if launcher not in LAUNCHERS:
-        raise InvalidResourceSpecification(f"mpi_launcher={launcher!r} is not one of {list(LAUNCHERS)}")
-    return launcher
-
-
 def check_spec(spec: Mapping[str, Any], nodes_per_block: int) -> MpiSpec:
     """The MPI task's specification, complete; InvalidResourceSpecification naming what is wrong.
 
