@@ -231,7 +231,7 @@ def test_a_draining_pool_finishes_its_tasks_and_a_new_block_takes_over(make_exec
     from htex import JobState, LocalProvider
 
     ex = make_executor(max_workers=2, drain_period=7, prefetch_capacity=2,
-                       provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, walltime="00:00:10"))
+                       provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, walltime="00:00:10"))
     assert "--drain_period=3 " in ex.launch_command("0")
     futs = []
     wait_for(lambda: futs.append(ex.submit(placement_tasks.block_after, {}, 0.2)) or "1" in ex.blocks,

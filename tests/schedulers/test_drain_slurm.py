@@ -9,6 +9,7 @@ interchange tells the executor, which starts a replacement block at once
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -35,7 +36,9 @@ def slurm_executor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
         pytest.skip(f"Slurm is not up ({reason}): start it with `bash ci/schedulers/slurm-up.sh`")
     # Poll the scheduler every second instead of every 30 s, so the ended block is seen quickly.
     monkeypatch.setattr(SlurmProvider, "status_polling_interval", property(lambda self: 1.0))
-    provider = SlurmProvider(walltime="00:01:00", init_blocks=1, min_blocks=0, max_blocks=1, exclusive=False,
+    # min_blocks=1: a block is wanted even at an instant with no task outstanding, so the replacement
+    # starts when the first block begins to drain, whatever the stream is doing then.
+    provider = SlurmProvider(walltime="00:01:00", init_blocks=1, min_blocks=1, max_blocks=1, exclusive=False,
                              worker_init=f"export PYTHONPATH={TESTS_DIR}")
     ex = HighThroughputExecutor(label="drain", provider=provider, address="127.0.0.1", max_workers=2,
                                 run_dir=str(tmp_path / "runinfo"), heartbeat_period=1, heartbeat_threshold=10,
@@ -45,8 +48,9 @@ def slurm_executor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     ex.shutdown(wait=False)
 
 
-def test_tasks_stream_across_the_walltime_and_none_fails(slurm_executor: Any) -> None:
+def test_tasks_stream_across_the_walltime_and_none_fails(slurm_executor: Any, caplog: Any) -> None:
     ex = slurm_executor
+    caplog.set_level(logging.INFO, logger="htex.executor")
     assert "--drain_period=35 " in ex.launch_command("0")
     ran_in: list[str] = []
     started = time.monotonic()
@@ -59,6 +63,11 @@ def test_tasks_stream_across_the_walltime_and_none_fails(slurm_executor: Any) ->
     # The first block drained and its job ended by itself: completed, not killed at the walltime.
     wait_for(lambda: ex.status()["0"].terminal, timeout=60, what="the first block's job to end")
     assert ex.status()["0"].state is JobState.COMPLETED, ex.status()["0"]
+    # Ahead of time: block 1 was started before block 0's end was seen.
+    said = [r.getMessage() for r in caplog.records]
+    started = next(i for i, m in enumerate(said) if m.startswith("started block 1 "))
+    ended = next(i for i, m in enumerate(said) if m.startswith("block 0 (job ") and " ended: " in m)
+    assert started < ended, said
     with open(os.path.join(ex.logdir, "interchange.log")) as f:
         log = f.read()
     assert "is draining" in log and "drained (drain_period)" in log
