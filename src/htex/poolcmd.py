@@ -51,9 +51,8 @@ PARSL_1_0_LAUNCH_CMD = (
     "--result_port={result_port} --logdir={logdir} --block_id={{block_id}} --hb_period={heartbeat_period} "
     "{address_probe_timeout_string} --hb_threshold={heartbeat_threshold} "
 )
-# Placeholders of today's Parsl that htex fills from nothing of its own (MPI mode, logging):
-# what Parsl fills when they are unset, so a template naming them formats.  htex.parsl passes
-# the user's values in PoolLaunch.extra.
+# Placeholders of today's Parsl that htex fills from nothing of its own (its logging configuration):
+# what Parsl fills when unset, so a template naming them formats.  PoolLaunch.extra overrides them.
 PARSL_ONLY_DEFAULTS: dict[str, Any] = {"logconf": ""}
 # How long a pool probes its candidate addresses when launch_cmd leaves it unsaid (Parsl's default).
 DEFAULT_PROBE_TIMEOUT = 30.0
@@ -93,7 +92,7 @@ class PoolLaunch:
     # The client's directory at start(): where tasks run when working_dir is not given, as with Parsl
     # (its LocalProvider's blocks inherit it; sbatch/qsub, called from it, start jobs there).
     client_dir: str | None = None
-    # Node placement (placement.py, drain.py): Parsl's pool flags, and Parsl's placeholders for them.
+    # Node placement (placement.py), draining, MPI mode (mpi.py): Parsl's pool flags and placeholders.
     cpu_affinity: str = "none"
     accelerators: tuple[str, ...] = ()
     drain_period: float | None = None  # the pool drains this many seconds after it starts (Parsl's flag)
@@ -257,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--logdir", default="process_worker_pool_logs")
     p.add_argument("--cert_dir", default=None,
                    help="the run's CurveZMQ keys (encrypted executors); default: $HTEX_CERT_DIR")
-    # Node placement, with Parsl's flags (placement.py, drain.py)
+    # Node placement (placement.py), draining, MPI mode (mpi.py), with Parsl's flags
     p.add_argument("--cpu-affinity", "--cpu_affinity", dest="cpu_affinity", default="none",
                    help="none, block, alternating, block-reverse, or list:0-3:4-7 (one core group per worker)")
     p.add_argument("--available-accelerators", "--available_accelerators", dest="accelerators", nargs="*",
