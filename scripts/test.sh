@@ -17,6 +17,7 @@ echo "== parsl set-up"; bash ci/parsl/setup.sh || echo "(ci/parsl/setup.sh faile
 if [ "${HTEX_PARSL_SUITE:-1}" != 0 ]; then
   echo "== Parsl's own test suite on htex.parsl"; bash tests/parsl_suite/run.sh
 fi
+echo "== MPI"; bash ci/mpi/setup.sh || echo "(the MPI tests will say why they skip)"
 echo "== bench (smoke: correctness only, no timing asserted)"
 .venv/bin/python bench/run.py --smoke >/dev/null
 echo "== pytest"

@@ -5,7 +5,9 @@ configuration, the environment (a lost process, a scheduler), or htex itself::
 
     HtexError
     ├── ConfigurationError (ValueError)        your configuration is wrong
-    │   └── InvalidResourceSpecification       submit() got keys it cannot honour
+    │   ├── InvalidResourceSpecification       submit() got keys it cannot honour
+    │   │   └── MPINodesUnavailable            an MPI task asked for more nodes than a block has
+    │   └── PlacementError                     cpu_affinity or available_accelerators cannot be honoured
     ├── SerializationError (pickle.PicklingError)
     │                                          a function, argument or result will not pickle
     ├── DeserializationError (pickle.UnpicklingError)
@@ -64,6 +66,14 @@ class ConfigurationError(HtexError, ValueError):
 
 class InvalidResourceSpecification(ConfigurationError):
     """submit() was given a resource_specification this executor cannot honour."""
+
+
+class MPINodesUnavailable(InvalidResourceSpecification):
+    """An MPI task asked for more nodes than a block has (``requested``, ``available``): it would never run."""
+
+
+class PlacementError(ConfigurationError):
+    """``cpu_affinity`` or ``available_accelerators`` does not parse, or asks for what the node lacks."""
 
 
 class SerializationError(HtexError, pickle.PicklingError):
@@ -156,7 +166,9 @@ __all__ = [
     "InterchangeLost",
     "InternalError",
     "InvalidResourceSpecification",
+    "MPINodesUnavailable",
     "ManagerLost",
+    "PlacementError",
     "ProtocolError",
     "ProviderError",
     "RemoteError",

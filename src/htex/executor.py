@@ -32,12 +32,13 @@ from typing import Any
 
 import psutil
 
-from . import cancel, endpoints, poolcmd, protocol, resources, rundir, security, serialize, shm
+from . import cancel, endpoints, placement, poolcmd, protocol, resources, rundir, security, selectors, serialize, shm
 from .client import ClientThread, InterchangeProcess
 from .errors import ConfigurationError
 from .inflight import Inflight, Lifecycle
 from .mapping import map_in_order
 from .providers.base import ExecutionProvider, JobStatus
+from .providers.cluster import walltime_seconds
 from .providers.local import LocalProvider
 from .scaling import BlockPoller, Blocks
 
@@ -55,6 +56,9 @@ class HighThroughputExecutor:
 
     Parameters are those of Parsl 1.0's HighThroughputExecutor (see the README);
     ``max_workers_per_node`` is accepted as today's Parsl spells ``max_workers``.
+    Node placement, as today's Parsl: ``available_accelerators`` and ``cpu_affinity``
+    (placement.py), ``manager_selector`` (selectors.py), ``drain_period`` (counted
+    back from the provider's walltime; scaling.py starts the replacement).
     """
 
     def __init__(
@@ -87,6 +91,10 @@ class HighThroughputExecutor:
         max_outstanding: int | None = 100_000,
         max_idletime: float = 120.0,
         shared_memory: bool | None = None,
+        available_accelerators: int | Sequence[str] | None = None,
+        cpu_affinity: str = "none",
+        manager_selector: selectors.ManagerSelector | None = None,
+        drain_period: float | None = None,
     ) -> None:
         if max_workers_per_node is not None:
             max_workers = max_workers_per_node
@@ -128,6 +136,16 @@ class HighThroughputExecutor:
         self.max_outstanding = max_outstanding
         self.max_idletime = max_idletime  # seconds a block may sit idle before it is scaled in
         self.shared_memory = shared_memory  # None: on when every pool runs on this host; decided at start()
+        # Node placement (placement.py): checked now; a list of core groups against this host's cores
+        # when the pools run here (elsewhere, the pool checks it against its node's).
+        self.available_accelerators = placement.accelerator_list(available_accelerators)
+        self.cpu_affinity = placement.check_affinity(cpu_affinity)
+        if not self.provider.remote:
+            placement.check_groups_fit(self.cpu_affinity, placement.node_cores())
+        self.manager_selector = manager_selector
+        self._packed_selector = selectors.pack(manager_selector)  # checked now: it must pickle
+        self.drain_period = drain_period  # seconds before the walltime: pools stop taking tasks (scaling.py)
+        self._pool_drain_period()  # checked now against the provider's walltime
         self.cert_dir: str | None = None
         self.client_dir: str | None = None  # the directory start() was called in: where tasks run by default
         self.hub_address: str | None = None  # monitoring hub: accepted, unused
@@ -227,7 +245,7 @@ class HighThroughputExecutor:
             worker_ports=(ends.task_port, ends.result_port) if ends.task_port else None,
             listen_fds=ends.listening_fds(), heartbeat_period=float(self.heartbeat_period),
             heartbeat_threshold=float(self.heartbeat_threshold), logdir=self.logdir, debug=self.worker_debug,
-            cert_dir=self.cert_dir, ipc_name=ends.ipc_name,
+            cert_dir=self.cert_dir, ipc_name=ends.ipc_name, manager_selector=self._packed_selector,
         )
         try:
             self._interchange = self._client.spawn_interchange(config, ends.listening_fds(), self.logdir)
@@ -429,8 +447,19 @@ class HighThroughputExecutor:
             address_probe_timeout=self.address_probe_timeout or poolcmd.DEFAULT_PROBE_TIMEOUT,
             nodes_per_block=self.provider.nodes_per_block, cert_dir=self.cert_dir,
             working_dir=os.path.join(self.client_dir or "", self.working_dir) if self.working_dir else None,
-            client_dir=self.client_dir,
+            client_dir=self.client_dir, cpu_affinity=self.cpu_affinity,
+            accelerators=tuple(self.available_accelerators), drain_period=self._pool_drain_period(),
         )
+
+    def _pool_drain_period(self) -> float | None:
+        """When a pool drains, in seconds after it starts (the pool's flag): ``drain_period`` before the walltime."""
+        if self.drain_period is None:
+            return None
+        walltime = walltime_seconds(self.provider.walltime)
+        _check(0 < self.drain_period < walltime,
+               f"drain_period={self.drain_period} must be > 0 and less than the provider's walltime "
+               f"({self.provider.walltime!r} = {walltime} s): pools drain that many seconds before their block ends")
+        return walltime - self.drain_period
 
     def initialize_scaling(self) -> list[str]:
         """Start the provider's first blocks: init_blocks, or min_blocks if that is more."""

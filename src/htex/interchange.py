@@ -17,7 +17,7 @@ sockets; the only timeouts are heartbeats and liveness checks.
 The client's requests (``protocol.Request``) are answered in the order they
 come, each by one message with its ``req`` (a CancelTasks once the pools it
 asks to Withdraw have answered: ``cancel.Withdrawals``); what happens to pools is told to
-the client as typed events (PoolRegistered, PoolGone, PoolRejected, TasksFailed).
+the client as typed events (PoolRegistered, PoolGone, PoolRejected, PoolDraining, TasksFailed).
 
 It never unpickles a task, function or result: those are opaque bytes that
 it queues and forwards (it reads only a result's first byte, to count tasks
@@ -84,6 +84,7 @@ class _Pool:
     tasks: dict[int, _Task] = field(default_factory=dict)  # sent and not done, in the order sent (id -> task)
     functions: set[int] = field(default_factory=set)
     held: bool = False
+    draining: bool = False  # it asked for no new task (drain_period); it is stopped once it holds none
     last_busy: float = 0.0
     sized: dict[int, int] = field(default_factory=dict)  # its tasks with needs -> the worker slots each takes
     extra: int = 0  # slots those tasks take beyond one each: while > 0, no prefetch (resources.py says why)
@@ -194,6 +195,11 @@ class Interchange:
         self.sized = resources.SizedTasks()  # tasks with cores/memory/gpus: placed apart from the plain queue
         self.reserved: set[bytes] = set()  # pools kept free for a task with needs: no plain task goes there
         self.stealing = stealing.Stealing()
+        self.selector = None  # the order pools are offered tasks in (selectors.py); None: they take turns
+        if cfg.manager_selector is not None:
+            from .selectors import unpack  # only then: cloudpickle is not needed otherwise
+
+            self.selector = unpack(cfg.manager_selector)
 
         socks = _open_sockets(self.ctx, cfg)
         self.client, self.task_sock, self.result_sock = socks.client, socks.tasks, socks.results
@@ -367,6 +373,8 @@ class Interchange:
                 self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
                 if isinstance(msg, protocol.Heartbeat):
                     self._to_pool(identity, protocol.Rejected(reason="unknown pool: it was declared lost"))
+            elif isinstance(msg, protocol.Draining):
+                self._draining(pool)
 
     def _register(self, identity: bytes, reg: protocol.Register) -> None:
         reason = _version_mismatch(reg)
@@ -385,7 +393,8 @@ class Interchange:
         self.with_room[identity] = pool
         self.stealing.look = True
         self._to_pool(identity, protocol.Registered())
-        log.info("registered %s with %d workers", pool.describe(), reg.worker_count)
+        log.info("registered %s with %d workers%s", pool.describe(), reg.worker_count,
+                 f", accelerators {' '.join(reg.accelerators)}" if reg.accelerators else "")
         self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
 
     def _read_results(self) -> None:
@@ -419,6 +428,21 @@ class Interchange:
             self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
             if pool.free > 0:
                 self.with_room[identity] = pool
+            elif pool.draining and not pool.tasks:
+                self._drained(pool)
+
+    def _draining(self, pool: _Pool) -> None:
+        """The pool's drain time came: no new task for it; its block's replacement can start now."""
+        log.info("%s is draining (%d tasks to finish)", pool.describe(), len(pool.tasks))
+        pool.held = pool.draining = True
+        self.with_room.pop(pool.identity, None)
+        self._to_client(protocol.PoolDraining(manager=pool.reg.manager_id, block_id=pool.reg.block_id))
+        if not pool.tasks:
+            self._drained(pool)
+
+    def _drained(self, pool: _Pool) -> None:
+        self._to_pool(pool.identity, protocol.Shutdown(reason="drained: its block's walltime is near"))
+        self._lose_pool(pool, "it drained (drain_period) and holds no task", released=True)
 
     def _forward_results(self) -> None:
         if self.results_out:
@@ -443,12 +467,14 @@ class Interchange:
     # -- step 3: dispatch -------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand queued tasks, in queue order, to pools with room, as ``dispatch.plan`` says (its rules are there)."""
+        """Hand queued tasks, in queue order, to pools with room, as ``dispatch.plan`` says (its rules are there),
+        offering them to pools in turn order, or in the order the ``manager_selector`` gives (selectors.py)."""
         if self.sized.waiting or self.reserved:
             self._place_sized()
         room = self.with_room
         while self.queue and room:
-            rooms = ((p, p.idle, p.free) for p in room.values())
+            pools = room.values() if self.selector is None else self.selector.order(list(room.values()))
+            rooms = ((p, p.idle, p.free) for p in pools)
             if self.reserved:
                 rooms = ((p, i, f) for p, i, f in rooms if p.identity not in self.reserved)
             if self._take_turns(dispatch.plan(len(self.queue), rooms)):

@@ -47,7 +47,9 @@ translated at the boundary (``submit`` and the futures it returns), so the
 DFK's and users' ``except`` clauses for Parsl's classes work.
 
 Per-task ``resource_specification`` (an app's ``parsl_resource_specification``)
-takes ``priority``, as in Parsl's HTEX, and nothing else.
+takes ``priority``, as in Parsl's HTEX, plus htex's ``cores``, ``memory`` and
+``gpus``; ``MPIExecutor``'s also takes an MPI task's ``num_nodes``,
+``ranks_per_node``, ``num_ranks`` and ``launcher_options`` (htex's mpi.py).
 
 Monitoring: with ``Config(monitoring=MonitoringHub(...))``, the default radio
 (``ResultRadio``, in ``htex.parsl_monitoring``) brings the tasks' messages back
@@ -59,7 +61,6 @@ This module imports Parsl; the rest of htex never does.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import os
@@ -72,7 +73,9 @@ try:
     from parsl.executors import errors as parsl_executor_errors
     from parsl.executors.base import ParslExecutor
     from parsl.executors.high_throughput import errors as parsl_htex_errors
+    from parsl.executors.high_throughput import manager_selector as parsl_selectors
     from parsl.jobs.states import JobState as ParslJobState
+    from parsl.launchers import SimpleLauncher as ParslSimpleLauncher
     from parsl.providers.base import ExecutionProvider as ParslExecutionProvider
     from parsl.providers.local.local import LocalProvider as ParslLocalProvider
     from parsl.serialize import errors as parsl_serialize_errors
@@ -81,15 +84,17 @@ except ImportError as exc:  # pragma: no cover - exercised only where Parsl is m
         f"htex.parsl needs Parsl, which is not installed here ({exc}). Install it with: pip install htex[parsl]"
     ) from exc
 
-from . import errors, poolcmd, procs, resources
+from . import errors, procs, resources, selectors
 from .errors import ConfigurationError, ProviderError
 from .executor import HighThroughputExecutor as _HtexExecutor
+from .launchers import SimpleLauncher
+from .mpi_executor import MPIExecutor as _HtexMPIExecutor
 from .parsl_monitoring import EXC_ATTRIBUTE, Monitored, Reporter, ResultRadio, run_with_radio
 from .providers.base import ExecutionProvider, JobState, JobStatus
 
 __all__ = [
     "BadStateException", "DeserializationError", "HighThroughputExecutor", "InterchangeLost",
-    "InvalidResourceSpecification", "ManagerLost", "ParslProvider", "ResultRadio", "ScaleOutFailed",
+    "InvalidResourceSpecification", "MPIExecutor", "ManagerLost", "ParslProvider", "ResultRadio", "ScaleOutFailed",
     "SerializationError", "WorkerLost", "to_htex_state",
 ]
 
@@ -208,6 +213,33 @@ def as_htex_provider(provider: Any) -> ExecutionProvider | None:
     raise ConfigurationError(
         f"provider must be an htex or a Parsl ExecutionProvider, got {type(provider).__name__}"
     )
+
+
+class ParslManagerSelector(selectors.ManagerSelector):
+    """A Parsl ``ManagerSelector`` of your own, run by htex's interchange: it is given Parsl's arguments
+    (manager id -> a record with ``block_id``, ``worker_count``, ``hostname``, ``tasks``; the ids to sort)."""
+
+    def __init__(self, parsl_selector: Any) -> None:
+        self.parsl_selector = parsl_selector
+
+    def order(self, pools: list[selectors.P]) -> Sequence[selectors.P]:
+        by_id = {p.reg.manager_id.encode(): p for p in pools}
+        records = {mid: {"block_id": p.reg.block_id, "worker_count": p.reg.worker_count, "hostname": p.reg.hostname,
+                         "tasks": [], "active": True, "draining": False} for mid, p in by_id.items()}
+        return [by_id[m] for m in self.parsl_selector.sort_managers(records, set(by_id)) if m in by_id]
+
+
+def as_htex_selector(selector: Any) -> selectors.ManagerSelector | None:
+    """htex's selector for ``selector``: itself if htex's, ours for Parsl's two, a ParslManagerSelector for another."""
+    if selector is None or isinstance(selector, selectors.ManagerSelector):
+        return selector
+    if isinstance(selector, parsl_selectors.RandomManagerSelector):
+        return selectors.RandomManagerSelector()
+    if isinstance(selector, parsl_selectors.BlockIdManagerSelector):
+        return selectors.BlockIdManagerSelector()
+    if isinstance(selector, parsl_selectors.ManagerSelector):
+        return ParslManagerSelector(selector)
+    raise ConfigurationError(f"manager_selector must be a Parsl or htex ManagerSelector, got {type(selector).__name__}")
 
 
 # ---------------------------------------------------------------------------
@@ -338,22 +370,19 @@ _NOT_USED_YET: dict[str, Any] = {
     "interchange_launch_cmd": None,
     "loopback_address": "127.0.0.1",
     "worker_port": None,
-    "cpu_affinity": "none",
-    "available_accelerators": (),
-    "drain_period": None,
-    "manager_selector": None,
     "block_error_handler": True,
 }
 
 
 class _ParslHtex(_HtexExecutor):
-    """htex's executor, filling the launch_cmd placeholders only Parsl's parameters give."""
+    """htex's executor, with Parsl's meaning of drain_period."""
 
-    # Set by htex.parsl.HighThroughputExecutor after construction; empty: Parsl's defaults.
-    parsl_values: Mapping[str, Any] = MappingProxyType({})
+    # Parsl's drain_period, set by htex.parsl.HighThroughputExecutor: seconds after a pool starts
+    # (htex's counts back from the walltime).
+    parsl_drain_period: float | None = None
 
-    def _pool_launch(self) -> poolcmd.PoolLaunch:
-        return dataclasses.replace(super()._pool_launch(), extra=self.parsl_values)
+    def _pool_drain_period(self) -> float | None:
+        return self.parsl_drain_period
 
 
 class HighThroughputExecutor(ParslExecutor):
@@ -368,6 +397,9 @@ class HighThroughputExecutor(ParslExecutor):
     A parameter that neither Parsl nor htex knows is a ``ConfigurationError``
     that names it, not a silent no-op.
     """
+
+    _htex_class: type[_ParslHtex] = _ParslHtex  # the htex executor it runs
+    _htex_options: Mapping[str, Any] = MappingProxyType({})  # what a subclass adds to its parameters
 
     def __init__(
         self,
@@ -405,26 +437,25 @@ class HighThroughputExecutor(ParslExecutor):
         # As Parsl's HTEX: a default radio, so MonitoringHub works with no radio given.
         self.remote_monitoring_radio = remote_monitoring_radio if remote_monitoring_radio is not None else ResultRadio()
         self._reporter: Reporter | None = None
-        # As Parsl: an int n means accelerators "0".."n-1".
-        accelerators = ([str(i) for i in range(available_accelerators)] if isinstance(available_accelerators, int)
-                        else list(available_accelerators))
         given = dict(interchange_launch_cmd=interchange_launch_cmd, loopback_address=loopback_address,
-                     worker_port=worker_port, cpu_affinity=cpu_affinity, drain_period=drain_period,
-                     manager_selector=manager_selector, block_error_handler=block_error_handler,
-                     available_accelerators=tuple(accelerators))
+                     worker_port=worker_port, block_error_handler=block_error_handler)
         for name, value in given.items():
             setattr(self, name, value)
-        self.available_accelerators = accelerators  # a list, as Parsl keeps it
         unused = [f"{n}={v!r}" for n, v in sorted(given.items()) if v != _NOT_USED_YET[n]]
         if unused:
             log.info("executor %s: accepted, not used yet: %s", label, ", ".join(unused))
-        self.htex = _ParslHtex(
-            label=label, provider=as_htex_provider(provider), storage_access=storage_access, **kwargs,
+        # Parsl's "no accelerators" is 0 or an empty list; htex's is None (an empty list there is a mistake).
+        self.htex = self._htex_class(
+            label=label, provider=as_htex_provider(provider), storage_access=storage_access,
+            available_accelerators=available_accelerators or None, cpu_affinity=cpu_affinity,
+            manager_selector=as_htex_selector(manager_selector), **kwargs, **self._htex_options,
         )
-        self.htex.parsl_values = {
-            "cpu_affinity": cpu_affinity, "drain_period": drain_period,
-            "accelerators": " ".join(accelerators),
-        }
+        self.manager_selector = manager_selector
+        self.cpu_affinity = self.htex.cpu_affinity
+        self.available_accelerators = list(self.htex.available_accelerators)  # a list, as Parsl keeps it
+        if drain_period is not None and drain_period <= 0:
+            raise ConfigurationError(f"drain_period={drain_period} must be > 0 (seconds after a pool starts)")
+        self.drain_period = self.htex.parsl_drain_period = drain_period
         if provider is None:
             self.provider = self.htex.provider
 
@@ -450,8 +481,9 @@ class HighThroughputExecutor(ParslExecutor):
             fut = self.htex.submit(func, resource_specification, *args, **kwargs)
         except errors.HtexError as exc:
             parsl_exc = _to_parsl(exc, self, fname)
-            if isinstance(parsl_exc, InvalidResourceSpecification):
-                given = set(resource_specification or ())  # Parsl's attribute: the unknown keys, or the bad one's
+            if isinstance(parsl_exc, InvalidResourceSpecification) and not hasattr(parsl_exc, "invalid_keys"):
+                # Parsl's attribute: the unknown keys, or the bad one's (an MPI task's error names its own)
+                given = set(resource_specification or ())
                 parsl_exc.invalid_keys = {k for k in given if k not in resources.KEYS} or given
             raise parsl_exc from exc
         return _translated(fut, self, fname, reporter)
@@ -527,4 +559,31 @@ class HighThroughputExecutor(ParslExecutor):
         return self.htex.stats()
 
     def __repr__(self) -> str:
-        return f"htex.parsl.HighThroughputExecutor(label={self.label!r}, provider={self.provider!r})"
+        return f"htex.parsl.{type(self).__name__}(label={self.label!r}, provider={self.provider!r})"
+
+
+class _ParslMPIHtex(_ParslHtex, _HtexMPIExecutor):
+    """htex's MPIExecutor with Parsl's meaning of drain_period, taking Parsl's SimpleLauncher too."""
+
+    @staticmethod
+    def _one_pool_per_block(provider: ExecutionProvider) -> bool:
+        launcher = provider.launcher
+        return isinstance(launcher, (SimpleLauncher, ParslSimpleLauncher))
+
+
+class MPIExecutor(HighThroughputExecutor):
+    """Parsl's MPIExecutor, run by htex (``htex.MPIExecutor``): ``max_workers_per_block`` MPI tasks at once per
+    block, each started by its app with ``$PARSL_MPI_PREFIX`` over the nodes its ``parsl_resource_specification``
+    asks for (``num_nodes``, ``ranks_per_node`` or ``num_ranks``, ``launcher_options``).  The provider's launcher
+    must be a SimpleLauncher (Parsl's or htex's).  Unlike Parsl's, ``encrypted`` defaults to on, as everywhere in
+    htex."""
+
+    _htex_class = _ParslMPIHtex
+
+    def __init__(self, label: str = "MPIExecutor", provider: Any = None, *, max_workers_per_block: int = 1,
+                 mpi_launcher: str = "mpiexec", **kwargs: Any) -> None:
+        self._htex_options = {"max_workers_per_block": max_workers_per_block, "mpi_launcher": mpi_launcher}
+        super().__init__(label, provider, **kwargs)
+        self.max_workers_per_block = max_workers_per_block
+        self.mpi_launcher = mpi_launcher
+        self.enable_mpi_mode = True

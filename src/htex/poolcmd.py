@@ -41,7 +41,7 @@ DEFAULT_LAUNCH_CMD = (
     "-t {task_port} -r {result_port} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} "
     "--poll {poll_period} --logdir={logdir} --block_id={block_id} --hb_period={heartbeat_period} "
     "--hb_threshold={heartbeat_threshold} --address_probe_timeout={address_probe_timeout} "
-    "--nodes_per_block={nodes_per_block} --cert_dir={cert_dir} {pool_urls}"
+    "--nodes_per_block={nodes_per_block} --cert_dir={cert_dir} {placement}{pool_urls}"
 )
 # Parsl 1.0's default launch_cmd, word for word but for the executable's name (Parsl's own
 # script is process_worker_pool.py): a launch_cmd copied from a 1.0 site config must start a pool.
@@ -51,13 +51,9 @@ PARSL_1_0_LAUNCH_CMD = (
     "--result_port={result_port} --logdir={logdir} --block_id={{block_id}} --hb_period={heartbeat_period} "
     "{address_probe_timeout_string} --hb_threshold={heartbeat_threshold} "
 )
-# Placeholders of today's Parsl that describe things htex's pool does not do yet (placement, MPI,
-# draining): filled with what Parsl fills when they are unset, so a template naming them formats.
-# htex.parsl passes the user's values in PoolLaunch.extra.
-PARSL_ONLY_DEFAULTS: dict[str, Any] = {
-    "logconf": "", "drain_period": None, "cpu_affinity": "none", "enable_mpi_mode": "",
-    "mpi_launcher": "mpiexec", "accelerators": "",
-}
+# Placeholders of today's Parsl that htex fills from nothing of its own (its logging configuration):
+# what Parsl fills when unset, so a template naming them formats.  PoolLaunch.extra overrides them.
+PARSL_ONLY_DEFAULTS: dict[str, Any] = {"logconf": ""}
 # How long a pool probes its candidate addresses when launch_cmd leaves it unsaid (Parsl's default).
 DEFAULT_PROBE_TIMEOUT = 30.0
 # Probes are resent this often: IMMEDIATE drops those sent before a connection is up.
@@ -96,6 +92,11 @@ class PoolLaunch:
     # The client's directory at start(): where tasks run when working_dir is not given, as with Parsl
     # (its LocalProvider's blocks inherit it; sbatch/qsub, called from it, start jobs there).
     client_dir: str | None = None
+    # Node placement (placement.py), draining, MPI mode (mpi.py): Parsl's pool flags and placeholders.
+    cpu_affinity: str = "none"
+    accelerators: tuple[str, ...] = ()
+    drain_period: float | None = None  # the pool drains this many seconds after it starts (Parsl's flag)
+    mpi_launcher: str | None = None  # MPI mode (mpi.py): how tasks launch MPI programs; None: not MPI
 
     def values(self, block_id: str) -> dict[str, Any]:
         """The placeholders a launch_cmd may use (Parsl's, and ours), shell-quoted where they are paths.
@@ -139,7 +140,26 @@ class PoolLaunch:
             "nodes_per_block": self.nodes_per_block,
             "cert_dir": shlex.quote(self.cert_dir) if self.cert_dir else "",
             "uid": "",
+            "cpu_affinity": shlex.quote(self.cpu_affinity),
+            "accelerators": " ".join(shlex.quote(a) for a in self.accelerators),
+            "drain_period": _number(self.drain_period) if self.drain_period is not None else None,
+            "placement": self._placement_flags(),
+            "enable_mpi_mode": "--enable_mpi_mode" if self.mpi_launcher else "",
+            "mpi_launcher": self.mpi_launcher or "mpiexec",
         }
+
+    def _placement_flags(self) -> str:
+        """The default launch_cmd's placement flags, each followed by a space; "" when none is used."""
+        flags = ""
+        if self.cpu_affinity != "none":
+            flags += f"--cpu-affinity {shlex.quote(self.cpu_affinity)} "
+        if self.drain_period is not None:
+            flags += f"--drain_period={_number(self.drain_period)} "
+        if self.mpi_launcher:
+            flags += f"--enable_mpi_mode --mpi-launcher={self.mpi_launcher} "
+        if self.accelerators:  # nargs="*": the next flag (a "--" word) ends the list
+            flags += f"--available-accelerators {' '.join(shlex.quote(a) for a in self.accelerators)} "
+        return flags
 
 
 def _number(x: float) -> str:
@@ -245,6 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--logdir", default="process_worker_pool_logs")
     p.add_argument("--cert_dir", default=None,
                    help="the run's CurveZMQ keys (encrypted executors); default: $HTEX_CERT_DIR")
+    # Node placement (placement.py), draining, MPI mode (mpi.py), with Parsl's flags
+    p.add_argument("--cpu-affinity", "--cpu_affinity", dest="cpu_affinity", default="none",
+                   help="none, block, alternating, block-reverse, or list:0-3:4-7 (one core group per worker)")
+    p.add_argument("--available-accelerators", "--available_accelerators", dest="accelerators", nargs="*",
+                   default=[], help="device ids; one worker per accelerator, each sees only its own")
+    p.add_argument("--drain_period", type=_optional_float, default=None,
+                   help="stop taking tasks this many seconds after start, finish the running ones, exit")
+    p.add_argument("--enable_mpi_mode", action="store_true", help="share the block's nodes among MPI tasks")
+    p.add_argument("--mpi-launcher", "--mpi_launcher", dest="mpi_launcher", default="mpiexec",
+                   choices=("mpiexec", "srun", "aprun"), help="the launcher PARSL_MPI_PREFIX uses")
     return p
 
 

@@ -71,14 +71,15 @@ from typing import Any
 import psutil
 import zmq
 
-from . import __version__, framing, poolcmd, prefetch, procs, protocol, security, serialize
-from .errors import ProtocolError, TaskCancelled, WorkerLost
+from . import __version__, framing, placement, poolcmd, prefetch, procs, protocol, security, serialize
+from .errors import PlacementError, ProtocolError, TaskCancelled, WorkerLost
 
 log = logging.getLogger("htex.pool")
 
 EXIT_REJECTED = 3  # the interchange refused this pool (version mismatch, or declared lost)
 EXIT_NO_WORKERS = 4  # workers die before they start
 EXIT_INTERCHANGE_LOST = 5  # the interchange went silent (or was never reached)
+EXIT_BAD_PLACEMENT = 6  # cpu_affinity asks for cores this node does not give
 # A worker that dies this many times in a row before saying hello means workers cannot start here.
 MAX_START_FAILURES = 3
 # The most tasks one worker is handed at once, and how long a batch should take:
@@ -114,6 +115,10 @@ class PoolConfig:
     logdir: str = "."
     debug: bool = False
     cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
+    cpu_affinity: str = "none"  # placement.py
+    accelerators: list[str] = field(default_factory=list)
+    drain_period: float | None = None  # drain this many seconds after start
+    mpi_launcher: str | None = None  # MPI mode (mpi.py); None: not
 
 
 def worker_count(max_workers: float, cores_per_worker: float, mem_per_worker: float | None) -> int:
@@ -154,9 +159,12 @@ class Workers:
     worker holds is the Manager's business (``_WorkerSlot.tasks``).
     """
 
-    def __init__(self, cfg: PoolConfig, count: int, poller: zmq.Poller) -> None:
+    def __init__(self, cfg: PoolConfig, count: int, poller: zmq.Poller,
+                 seats: list[placement.Seat] | None = None) -> None:
         self.cfg = cfg
         self.count = count
+        self.seats = seats  # each worker's cores and accelerator (placement.py); None: not placed
+        self.extra_env: dict[str, str] = {}  # for every worker (MPI mode: the block's nodes)
         self.poller = poller
         self.slots = [_WorkerSlot(rank) for rank in range(count)]
         self.idle: deque[int] = deque()  # ranks of the workers waiting for a batch, in the order they freed up
@@ -212,6 +220,8 @@ class Workers:
     def _command(self, slot: _WorkerSlot, link_fd: int, started_fd: int) -> list[str]:
         cmd = [sys.executable, "-m", "htex.worker", "--fd", str(link_fd), "--rank", str(slot.rank),
                "--started-fd", str(started_fd)]
+        if self.seats and self.seats[slot.rank].cores:
+            cmd += ["--cores", ",".join(map(str, self.seats[slot.rank].cores))]
         if self.cfg.debug:
             cmd += ["--debug", "--logfile", os.path.join(self.cfg.logdir, f"worker_{slot.rank}.log")]
         return cmd
@@ -224,6 +234,9 @@ class Workers:
             PARSL_WORKER_POOL_ID=self.cfg.manager_id,
             PARSL_WORKER_BLOCK_ID=self.cfg.block_id,
         )
+        if self.seats:
+            env.update(self.seats[slot.rank].environment())
+        env.update(self.extra_env)
         return env
 
     def read(self, slot: _WorkerSlot) -> list[protocol.Message]:
@@ -351,7 +364,8 @@ class Manager:
     def __init__(self, cfg: PoolConfig) -> None:
         self.cfg = cfg
         self.identity = cfg.manager_id.encode()
-        self.count = worker_count(cfg.max_workers, cfg.cores_per_worker, cfg.mem_per_worker)
+        count = worker_count(cfg.max_workers, cfg.cores_per_worker, cfg.mem_per_worker)
+        self.count, seats = placement.place(cfg.cpu_affinity, cfg.accelerators, count)
         self.ctx = zmq.Context()
         self.queue: deque[Task] = deque()
         self.handed: dict[int, Task] = {}  # at a worker, no result yet
@@ -366,12 +380,19 @@ class Manager:
         self.last_sent = 0.0
         self.last_heard = self.started = time.monotonic()
         self.registered = self.unanswered_told = False
+        # drain_period: when to stop taking tasks (the interchange stops us once we hold none).
+        self.drain_at = self.last_heard + cfg.drain_period if cfg.drain_period is not None else math.inf
 
         self.task_sock = self._dealer(cfg.task_url)
         self.result_sock = self._dealer(cfg.result_url)
         self.poller = zmq.Poller()
         self.poller.register(self.task_sock, zmq.POLLIN)
-        self.workers = Workers(cfg, self.count, self.poller)
+        self.workers = Workers(cfg, self.count, self.poller, seats)
+        if cfg.mpi_launcher:
+            from . import mpi  # only in MPI mode
+
+            self.workers.extra_env = mpi.pool_environment(cfg.mpi_launcher, os.path.join(cfg.logdir, "mpi-nodes"))
+            log.info("MPI mode (%s): the block's nodes are %s", cfg.mpi_launcher, self.workers.extra_env[mpi.NODES_ENV])
 
     def _dealer(self, url: str) -> zmq.Socket[Any]:
         sock = self.ctx.socket(zmq.DEALER)
@@ -432,12 +453,14 @@ class Manager:
             cores=max(1, math.floor(self.count * self.cfg.cores_per_worker)),
             memory_mb=int(self.count * self.cfg.mem_per_worker * 1024 if self.cfg.mem_per_worker
                           else psutil.virtual_memory().available / 2**20),
+            accelerators=self.cfg.accelerators[: self.count],
         )
         self._send(self.task_sock, reg)
 
     def _timeout_ms(self) -> int:
         now = time.monotonic()
-        due = min(self.last_sent + self.cfg.heartbeat_period, self.last_heard + self.cfg.heartbeat_threshold)
+        due = min(self.last_sent + self.cfg.heartbeat_period, self.last_heard + self.cfg.heartbeat_threshold,
+                  self.drain_at)
         if self.doomed:
             due = min(due, now + DOOMED_CHECK_SECONDS)
         if not self.unanswered_told:
@@ -647,6 +670,10 @@ class Manager:
             self.unanswered_told = True
             if not self.registered:  # not silent: the likely cause, once, then go on waiting
                 self._say_unanswered()
+        if now >= self.drain_at:
+            log.info("drain time (drain_period %s s after start): asking for no new task", self.cfg.drain_period)
+            self._send(self.task_sock, protocol.Draining())
+            self.drain_at = math.inf
 
     def _say_unanswered(self) -> None:
         text = (f"no answer to our registration from the interchange at {self.cfg.task_url} after "
@@ -722,9 +749,15 @@ def main(argv: list[str] | None = None) -> int:
         logdir=logdir,
         debug=args.debug,
         cert_dir=args.cert_dir or os.environ.get("HTEX_CERT_DIR") or None,
+        cpu_affinity=args.cpu_affinity, accelerators=args.accelerators, drain_period=args.drain_period,
+        mpi_launcher=args.mpi_launcher if args.enable_mpi_mode else None,
     )
     try:
         return Manager(cfg).run()
+    except PlacementError as exc:
+        log.error("%s", exc)
+        print(f"htex pool: {exc}", file=sys.stderr)
+        return EXIT_BAD_PLACEMENT
     except _Stop:
         return 0
 

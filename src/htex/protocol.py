@@ -38,8 +38,8 @@ Who sends what::
                                  any of them   -> Failed(reason)  (could not be carried out)
     interchange -> executor    Ready, Results, Heartbeat, the answers above; events:
                                  TasksFailed(ids, LostReason), PoolRegistered(PoolInfo),
-                                 PoolGone (lost or released), PoolRejected
-    pool      -> interchange   Probe, Register, Results, Heartbeat, Withdrawn
+                                 PoolGone (lost or released), PoolRejected, PoolDraining
+    pool      -> interchange   Probe, Register, Results, Heartbeat, Withdrawn, Draining
     interchange -> pool        ProbeReply, Registered, Rejected, Tasks, Heartbeat, Shutdown;
                                  Withdraw(req, ids) -> Withdrawn(req, withdrawn, started)
     key holder -> interchange  StatusRequest (req 0, on the task port: `htex status`)
@@ -686,6 +686,22 @@ class Withdrawn(_Json):
 
 
 @dataclass(frozen=True, slots=True)
+class Draining(_Json):
+    """Pool -> interchange: its drain time came (drain_period): send it no new task, stop it once it holds none."""
+
+    TYPE: ClassVar[int] = 60
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDraining(_Json):
+    """Interchange -> executor: this pool takes no new task and will leave once its tasks are done."""
+
+    TYPE: ClassVar[int] = 61
+    manager: str
+    block_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReady(_Json):
     """Worker -> pool, once at start-up."""
 
@@ -696,11 +712,11 @@ class WorkerReady(_Json):
 
 Request = StatusRequest | HoldPools | DropBlocks
 Answer = StatusReply | Done | Failed | Cancelled
-PoolEvent = PoolRegistered | PoolGone | PoolRejected
+PoolEvent = PoolRegistered | PoolGone | PoolRejected | PoolDraining
 Message = (
     Tasks | Results | Ready | Heartbeat | Shutdown | Request | Answer | TasksFailed | PoolEvent
     | Probe | ProbeReply | Register | Registered | Rejected | WorkerReady | Withdraw | Withdrawn | CancelTasks
-    | TaskNeeds
+    | TaskNeeds | Draining
 )
 
 _TYPES: dict[int, Any] = {
@@ -709,7 +725,7 @@ _TYPES: dict[int, Any] = {
         Tasks, Results, Ready, Heartbeat, Shutdown, StatusRequest, StatusReply, HoldPools, DropBlocks, Done, Failed,
         CancelTasks, Cancelled, TaskNeeds,
         TasksFailed, PoolRegistered, PoolGone, PoolRejected,
-        Probe, ProbeReply, Register, Registered, Rejected, WorkerReady, Withdraw, Withdrawn,
+        Probe, ProbeReply, Register, Registered, Rejected, WorkerReady, Withdraw, Withdrawn, Draining, PoolDraining,
     )
 }
 _HEADERS = {t: _HEADER.pack(MAGIC, PROTOCOL_VERSION, t) for t in _TYPES}
@@ -764,6 +780,7 @@ class InterchangeConfig:
     cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
     listen_fds: list[int] | None = None  # listening sockets the executor bound for us (task, result)
     ipc_name: str | None = None  # also listen on ipc://NAME-tasks and -results (a private directory)
+    manager_selector: str | None = None  # selectors.pack'ed; None: pools take turns
 
     def to_json(self) -> bytes:
         return _dump(self)

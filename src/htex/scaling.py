@@ -15,7 +15,10 @@ The rules:
   never below what is wanted nor below min_blocks: an idle block runs nothing,
   so no task is ever killed;
 * after MAX_FAILED_BLOCKS blocks in a row fail before their pool connects,
-  give up: the executor goes to the bad state with the scheduler's reason.
+  give up: the executor goes to the bad state with the scheduler's reason;
+* a draining block (its pools reached ``drain_period`` before the walltime) is
+  not counted as alive: it takes no new task, so its replacement starts at
+  once (the poller is woken by the event), before the walltime ends it.
 """
 
 from __future__ import annotations
@@ -108,6 +111,8 @@ class Blocks:
         self.failed_in_a_row = 0
         self.last_failure = ""
         self.slots_per_block = 1
+        self.draining: set[str] = set()  # blocks whose pools drain: they take no new task
+        self.wake: Callable[[], None] = lambda: None  # run the poller now (BlockPoller sets it)
         self._next_id = 0
 
     # -- events from the interchange (the I/O thread) ------------------------------
@@ -131,6 +136,11 @@ class Blocks:
                 none_left = not any(self.pools.values())
             if none_left:  # no pool can serve us: waiting would only hide the reason
                 self.give_up(VersionMismatch(msg.reason))
+        elif isinstance(msg, protocol.PoolDraining):
+            log.info("block %s is draining (manager %s): a replacement may start", msg.block_id, msg.manager)
+            with self.lock:
+                self.draining.add(msg.block_id)
+            self.wake()
 
     # -- scaling (any thread) ------------------------------------------------------
 
@@ -239,8 +249,8 @@ class Blocks:
                 statuses[block] = self.status[block]
         if not self.lifecycle.running:
             return
-        live = [b for b, st in statuses.items() if not st.terminal]
         with self.lock:
+            live = [b for b, st in statuses.items() if not st.terminal and b not in self.draining]
             failed, slots = self.failed_in_a_row, self.slots_per_block
         decision = decide(ScalingState(
             outstanding=self.outstanding(), live_blocks=len(live), slots_per_block=slots,
@@ -274,7 +284,10 @@ class Blocks:
                 self.failed_in_a_row += 1
                 self.last_failure = f"block {block} (job {job}) failed before its pool connected: {st.message}"
             has_pools = bool(self.pools.get(block))
-        log.warning("block %s (job %s) ended: %s %s", block, job, st.state.value, st.message)
+            drained = block in self.draining
+        # A drained block's job ends by itself: expected, not worth a warning.
+        level = logging.INFO if drained else logging.WARNING
+        log.log(level, "block %s (job %s) ended: %s %s", block, job, st.state.value, st.message)
         if has_pools and self.lifecycle.running:
             # Its pools are gone with the job: fail (or retry) their tasks now, not after heartbeat_threshold.
             reason = f"its job {job} ended ({st.state.value})"
@@ -305,9 +318,15 @@ class BlockPoller(threading.Thread):
         self.blocks = blocks
         self.period = period
         self._stop_event = threading.Event()
+        self._wake_event = threading.Event()  # set by stop() and by Blocks.wake (a block began to drain)
+        blocks.wake = self._wake_event.set
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.period):
+        while True:
+            self._wake_event.wait(self.period)
+            self._wake_event.clear()
+            if self._stop_event.is_set():
+                return
             try:
                 self.blocks.poll_once()
             except Exception:
@@ -315,5 +334,6 @@ class BlockPoller(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+        self._wake_event.set()
         if self is not threading.current_thread() and self.is_alive():
             self.join(POLLER_JOIN_SECONDS)

@@ -17,7 +17,7 @@ raises, or that pickling its result or its exception raises, becomes that
 task's error.
 
 Environment, as in Parsl: PARSL_WORKER_RANK, PARSL_WORKER_COUNT, PARSL_WORKER_POOL_ID
-(set by the pool before this process starts).
+(set by the pool before this process starts), and a placed worker's (placement.py).
 """
 
 from __future__ import annotations
@@ -134,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--started-fd", type=int, default=None, help="a memfd shared with the pool (see above)")
     parser.add_argument("--logfile", default=None, help="debug log file (only with --debug)")
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--cores", default=None, help="pin this worker to these cores (cpu_affinity), e.g. 0,1")
     args = parser.parse_args(argv)
     procs.die_with_parent()
+    if args.cores:  # before any task runs; what a task starts inherits it (OpenMP's variables are set by the pool)
+        os.sched_setaffinity(0, [int(c) for c in args.cores.split(",")])
     # The terminal's Ctrl-C is for the client; the pool decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.debug and args.logfile:

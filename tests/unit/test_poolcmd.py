@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(30)
 PLACEHOLDERS = {
     "python", "debug", "max_workers", "addresses", "task_port", "result_port", "task_url", "result_url", "pool_urls",
     "prefetch_capacity", "cores_per_worker", "mem_per_worker", "poll_period", "logdir", "block_id",
-    "heartbeat_period", "heartbeat_threshold", "address_probe_timeout", "nodes_per_block", "cert_dir", "uid",
+    "heartbeat_period", "heartbeat_threshold", "address_probe_timeout", "nodes_per_block", "cert_dir", "uid", "placement",
     # Parsl's: 1.0's and today's
     "max_workers_per_node", "address_probe_timeout_string", "worker_port", "logconf", "drain_period",
     "cpu_affinity", "enable_mpi_mode", "mpi_launcher", "accelerators",
@@ -82,10 +82,10 @@ def test_parsl_1_0_default_launch_cmd_parses_back() -> None:
     assert args.addresses == "10.0.0.5,192.168.1.2" and args.address_probe_timeout == 45.0
 
 
-def test_parsl_only_placeholders_take_the_given_values() -> None:
-    extra = {"cpu_affinity": "alternating", "accelerators": "0 1 2 3", "drain_period": 600}
+def test_parsl_placement_placeholders_take_the_given_values() -> None:
+    given = launch(cpu_affinity="alternating", accelerators=("0", "1", "2", "3"), drain_period=600)
     cmd = poolcmd.launch_command("x --cpu-affinity {cpu_affinity} --available-accelerators {accelerators} "
-                                 "--drain_period={drain_period} {enable_mpi_mode}", launch(extra=extra), "0")
+                                 "--drain_period={drain_period} {enable_mpi_mode}", given, "0")
     assert cmd.split() == ["x", "--cpu-affinity", "alternating", "--available-accelerators", "0", "1", "2", "3",
                            "--drain_period=600"]
 

@@ -197,7 +197,7 @@ _SAMPLES: list[Any] = [
     protocol.Probe(),
     protocol.ProbeReply(),
     protocol.Register(manager_id="m", block_id="0", hostname="h", pid=1, worker_count=2, prefetch_capacity=0,
-                      htex_version="0.1.0", python_version="3.11.7"),
+                      htex_version="0.1.0", python_version="3.11.7", accelerators=["0", "1.1"]),
     protocol.Registered(),
     protocol.Rejected(reason="no"),
     protocol.WorkerReady(rank=0, pid=9),
@@ -206,6 +206,8 @@ _SAMPLES: list[Any] = [
     protocol.CancelTasks(req=5, ids=[1, 2], kill=True),
     protocol.Cancelled(req=5, withdrawn=[2], started=[1]),
     protocol.TaskNeeds(ids=[1, 2], needs=[(2.0, 0.0, 0), (1.0, 512.0, 1)]),
+    protocol.Draining(),
+    protocol.PoolDraining(manager="m", block_id="0"),
 ]
 
 
