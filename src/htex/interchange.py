@@ -153,6 +153,7 @@ class Interchange:
         self.started = time.monotonic()
         self.dropped = 0
         self.counts = _Counts()
+        self._monitor = _monitor(cfg)  # monitoring.reporters.InterchangeReporter, or None
 
         socks = _open_sockets(self.ctx, cfg)
         self.client, self.task_sock, self.result_sock = socks.client, socks.tasks, socks.results
@@ -243,6 +244,8 @@ class Interchange:
             pool.held = True
             self.with_room.pop(pool.identity, None)
             log.info("holding %s: no new tasks go to it", pool.describe())
+            if self._monitor is not None:
+                self._monitor.pool_state(pool.reg.manager_id, "draining", "held: no new task goes to it")
         return len(held)
 
     def _drop_blocks(self, blocks: list[str], why: str, released: bool) -> int:
@@ -304,6 +307,8 @@ class Interchange:
         self.with_room[identity] = pool
         self._to_pool(identity, protocol.Registered())
         log.info("registered %s with %d workers", pool.describe(), reg.worker_count)
+        if self._monitor is not None:
+            self._monitor.registered(reg.manager_id, reg.block_id, reg.hostname, reg.worker_count)
         self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
 
     def _read_results(self) -> None:
@@ -389,6 +394,8 @@ class Interchange:
         self.counts.functions_sent += len(functions)
         for tid, key, _ in batch:
             pool.tasks[tid] = key
+        if self._monitor is not None:
+            self._monitor.dispatched(ids, pool.reg.manager_id)
         self.counts.dispatched += n
         return True
 
@@ -429,6 +436,8 @@ class Interchange:
         if held:
             self._to_client(protocol.TasksFailed(ids=held, error=protocol.LostReason.MANAGER_LOST, message=message))
         r = pool.reg
+        if self._monitor is not None:
+            self._monitor.pool_state(r.manager_id, "gone" if released else "lost", why)
         self._to_client(protocol.PoolGone(manager=r.manager_id, block_id=r.block_id, message=message, released=released))
 
     # -- shutdown -------------------------------------------------------------------
@@ -441,6 +450,8 @@ class Interchange:
         self.task_sock.close()
         if self.auth is not None:
             self.auth.stop()
+        if self._monitor is not None:
+            self._monitor.sender.stop()
         self.ctx.destroy(linger=0)
         log.info("interchange stopped")
 
@@ -511,6 +522,18 @@ def _bind_tcp(cfg: InterchangeConfig, task_sock: zmq.Socket[Any], result_sock: z
         return cfg.worker_ports
     low, high = cfg.worker_port_range
     return task_sock.bind_to_random_port(address, low, high, 200), result_sock.bind_to_random_port(address, low, high, 200)
+
+
+def _monitor(cfg: InterchangeConfig) -> Any:
+    """The interchange's monitoring reporter, started, if the executor asked for monitoring."""
+    if not cfg.monitor_url or not cfg.monitor_run:
+        return None
+    from .monitoring.reporters import InterchangeReporter
+    from .monitoring.sender import EventSender
+
+    sender = EventSender(cfg.monitor_url, cfg.monitor_run, "interchange", cfg.cert_dir)
+    sender.start()
+    return InterchangeReporter(sender)
 
 
 def _version_mismatch(reg: protocol.Register) -> str:
