@@ -10,6 +10,7 @@ echo "== mypy";  .venv/bin/mypy
 if [ "${HTEX_SCHEDULERS:-1}" != 0 ]; then
   echo "== schedulers"; bash scripts/schedulers-up.sh
 fi
+echo "== postgresql (monitoring store)"; bash ci/postgres/setup.sh || echo "(tests/monitoring will say why the PostgreSQL test skips)"
 echo "== network namespaces"; bash ci/netns/setup.sh || echo "(tests/network will say why they skip)"
 echo "== bench (smoke: correctness only, no timing asserted)"
 .venv/bin/python bench/run.py --smoke >/dev/null

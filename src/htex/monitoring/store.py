@@ -152,16 +152,21 @@ class Store:
                 first_wins: tuple[str, ...]) -> Any:
         ins = self._insert(table)
         new, old = ins.excluded, table.c
+        least = sa.func.min if self.engine.dialect.name == "sqlite" else sa.func.least  # both: of two values
         set_: dict[str, Any] = {}
         for col in table.columns:
             if col.name in keys:
                 continue
-            if col.name in first_wins:
-                set_[col.name] = sa.func.coalesce(old[col.name], new[col.name])
+            latest = sa.func.coalesce(new[col.name], old[col.name])
+            if col.name in first_wins:  # the earliest time, whichever event came first
+                set_[col.name] = least(latest, sa.func.coalesce(old[col.name], new[col.name]))
             else:
-                set_[col.name] = sa.func.coalesce(new[col.name], old[col.name])
+                set_[col.name] = latest
         if rank is not None and state is not None:
-            forward = sa.case(rank, value=new[state], else_=0) > sa.case(rank, value=old[state], else_=0)
+            new_rank, old_rank = sa.case(rank, value=new[state], else_=0), sa.case(rank, value=old[state], else_=0)
+            forward = new_rank > old_rank
+            if "reason" in table.c:  # the reason goes with its state
+                set_["reason"] = sa.case((new_rank >= old_rank, set_["reason"]), else_=old.reason)
             if table is tasks:  # a task sent again starts over
                 again = new.retries > old.retries
                 set_[state] = sa.case((again, new[state]), (forward, new[state]), else_=old[state])
@@ -260,16 +265,18 @@ class _Rows:
             row["run_id"] = self.run_id
             row.update(values)
             return
+        new_rank = rank.get(values.get(state) or "", 0) if rank and state else 0
+        old_rank = rank.get(row[state] or "", 0) if rank and state else 0
         for name, value in values.items():
-            if value is None or name in (state, "retries") or (name in first_wins and row[name] is not None):
+            if value is None or name in (state, "retries") or (name == "reason" and new_rank < old_rank):
                 continue
-            row[name] = value
+            row[name] = min(value, row[name]) if name in first_wins and row[name] is not None else value
         if state is None or rank is None:
             return
         again = table is tasks and values["retries"] > row["retries"]
         if again:
             row["retries"] = values["retries"]
-        if again or rank.get(values.get(state) or "", 0) > rank.get(row[state] or "", 0):
+        if again or new_rank > old_rank:
             row[state] = values[state]
 
 
