@@ -22,6 +22,7 @@ from htex.monitoring import schema
 from htex.monitoring.hub import EXIT_BAD_STORE
 from htex.monitoring.sender import EventSender
 from htex.monitoring.store import Store, open_store, store_url
+
 from support import wait_for
 
 RUN = "run-1"
@@ -100,7 +101,7 @@ def _versioned_store(path: str, version: str, schema_name: str = "htex-monitorin
 def test_another_schema_version_is_refused_by_number(tmp_path: Any) -> None:
     path = str(tmp_path / "old.db")
     _versioned_store(path, "99")
-    with pytest.raises(StoreVersionMismatch, match="schema version 99.*version 1") as info:
+    with pytest.raises(StoreVersionMismatch, match=r"schema version 99.*version 1") as info:
         open_store(path)
     assert info.value.found == "99" and info.value.expected == 1
     with pytest.raises(StoreVersionMismatch, match="99"):
@@ -117,7 +118,7 @@ def test_a_database_that_is_not_ours_is_refused(tmp_path: Any) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("create table invoices (id integer)"))
     engine.dispose()
-    with pytest.raises(MonitoringError, match="not an htex monitoring store.*invoices"):
+    with pytest.raises(MonitoringError, match=r"not an htex monitoring store.*invoices"):
         open_store(path)
     other = str(tmp_path / "other.db")
     _versioned_store(other, "1", schema_name="someone-else")

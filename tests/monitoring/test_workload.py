@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import tasks
 from htex import ManagerLost, Monitoring, WorkerLost
 from htex.monitoring import schema
 from htex.monitoring.store import open_store
+
+import tasks
 from support import wait_for
 
 pytestmark = pytest.mark.timeout(180)

@@ -47,10 +47,6 @@ EXIT_STORE_FAILED = 3
 EXIT_BAD_STORE = 2
 
 
-class _Stop(Exception):
-    pass
-
-
 @dataclass(frozen=True)
 class HubConfig:
     url: str  # the store: a SQLAlchemy URL
@@ -88,6 +84,13 @@ class Hub:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.auth: security.Authenticator | None = None
         self.port = 0
+        self.stopping = False
+        # SIGTERM sets a flag and wakes the poll through this pipe; raising from the handler instead
+        # could interrupt a transaction and lose the batch in it.
+        self._wake_r, wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
         if cfg.ipc_url:
             self.sock.bind(cfg.ipc_url)
         if cfg.bind_address:
@@ -105,16 +108,17 @@ class Hub:
         print(json.dumps({"port": self.port, "pid": os.getpid()}), flush=True)
         log.info("monitoring hub ready: store %s, port %d, ipc %s", _safe(self.cfg.url), self.port, self.cfg.ipc_url)
         code = 0
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         try:
-            try:
-                while True:
-                    if self.sock.poll(1000):
-                        self._read()
-                    if self.cfg.watch_parent and os.getppid() != self.parent:
-                        log.error("the process that started the hub is gone; stopping")
-                        break
-            except _Stop:
-                _ignore_signals()
+            while not self.stopping:
+                if self.sock in dict(poller.poll(1000)):
+                    self._read()
+                if self.cfg.watch_parent and os.getppid() != self.parent:
+                    log.error("the process that started the hub is gone; stopping")
+                    break
+            else:
                 self._drain()
         except Exception as exc:  # the store failed (disk full, the server went away): a dead hub
             log.exception("cannot write to the monitoring store")
@@ -157,17 +161,13 @@ class Hub:
         self.sock.close()
         self.ctx.term()
         self.store.close()
+        os.close(self._wake_r)
 
 
 def _safe(url: str) -> str:
     from .store import _safe as safe
 
     return safe(url)
-
-
-def _ignore_signals() -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _parse(argv: list[str]) -> HubConfig:
@@ -200,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
 
+    hub: Hub | None = None
+
     def on_signal(signum: int, frame: object) -> None:
-        raise _Stop()
+        if hub is not None:
+            hub.stopping = True
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN if cfg.watch_parent else on_signal)  # Ctrl-C is the executor's
@@ -213,8 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the database is unreachable, the file cannot be made, ...
         print(f"htex monitoring hub: cannot open the store {_safe(cfg.url)}: {exc!s:.300}", file=sys.stderr)
         return EXIT_BAD_STORE
-    except _Stop:
-        return 0
     return hub.run()
 
 
