@@ -246,6 +246,7 @@ class HighThroughputExecutor:
             cert_dir=self.cert_dir, ipc_name=ends.ipc_name,
             monitor_url=self._monitoring.interchange_url if self._monitoring else None,
             monitor_run=self._monitoring.run_id if self._monitoring else None,
+            monitor_cert_dir=self._monitoring.cert_dir if self._monitoring else None,
         )
         try:
             self._interchange = self._client.spawn_interchange(config, ends.listening_fds(), self.logdir)

@@ -531,7 +531,7 @@ def _monitor(cfg: InterchangeConfig) -> Any:
     from .monitoring.reporters import InterchangeReporter
     from .monitoring.sender import EventSender
 
-    sender = EventSender(cfg.monitor_url, cfg.monitor_run, "interchange", cfg.cert_dir)
+    sender = EventSender(cfg.monitor_url, cfg.monitor_run, "interchange", cfg.monitor_cert_dir)
     sender.start()
     return InterchangeReporter(sender)
 

@@ -102,7 +102,7 @@ def test_the_exports_are_complete_and_written_once() -> None:
     import importlib
 
     expected = {"__version__"}
-    for module in ("htex.errors", "htex.executor", "htex.launchers", "htex.providers"):
+    for module in ("htex.errors", "htex.executor", "htex.launchers", "htex.monitoring.config", "htex.providers"):
         names = importlib.import_module(module).__all__
         assert len(names) == len(set(names)), module
         assert not expected & set(names), f"{module} exports a name another module exports too"

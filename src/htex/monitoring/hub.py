@@ -176,8 +176,8 @@ def _parse(argv: list[str]) -> HubConfig:
     parser.add_argument("--url", help="the store: a SQLAlchemy URL or a .db path (default: $HTEX_MONITORING_URL)")
     parser.add_argument("--address", default="127.0.0.1", help="TCP address to listen on")
     parser.add_argument("--port", type=int, default=0, help="TCP port (0: a free one, printed)")
-    parser.add_argument("--cert-dir", help="CURVE keys (server and pool; make them with `htex keys` or "
-                        "security.make_keys): senders must hold the pool key")
+    parser.add_argument("--cert-dir", help="CURVE keys (server and pool, made by htex.security.make_keys(DIR)): "
+                        "only senders holding the pool key get in")
     parser.add_argument("--logdir", help="where to write hub.log")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)

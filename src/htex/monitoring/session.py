@@ -53,6 +53,8 @@ class MonitoringSession:
         self.reporter = ClientReporter(sender, "")
         self.pool_env = {"HTEX_MONITOR_URL": pool_url, "HTEX_MONITOR_RUN": run_id,
                          "HTEX_MONITOR_PERIOD": repr(spec.resource_period)}
+        if not spec.start_hub:  # a hub of its own: its keys, or none (pools otherwise use the run's)
+            self.pool_env["HTEX_MONITOR_CERT_DIR"] = cert_dir or ""
         sender.start()
 
     @classmethod
