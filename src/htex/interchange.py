@@ -386,6 +386,8 @@ class Interchange:
         known, ours = pool.functions, self.functions  # each function goes to a pool once, with its first task
         functions = {key: ours[key] for _, key, _ in batch if key not in known and key in ours}
         ids, keys = protocol.u64_array(t[0] for t in batch), protocol.u64_array(t[1] for t in batch)
+        if self._monitor is not None:  # before the send: the pool may start them before we look at the clock
+            self._monitor.dispatched(ids, pool.reg.manager_id)
         if not self._to_pool(pool.identity, protocol.Tasks(ids, keys, [t[2] for t in batch], functions)):
             self.queue.put_back(batch, ranks)  # never left: back where they were
             self.with_room.pop(pool.identity, None)
@@ -394,8 +396,6 @@ class Interchange:
         self.counts.functions_sent += len(functions)
         for tid, key, _ in batch:
             pool.tasks[tid] = key
-        if self._monitor is not None:
-            self._monitor.dispatched(ids, pool.reg.manager_id)
         self.counts.dispatched += n
         return True
 

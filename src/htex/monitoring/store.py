@@ -139,6 +139,8 @@ class Store:
                 metadata.create_all(conn)
                 conn.execute(meta.insert(), [{"key": "schema", "value": SCHEMA_NAME},
                                              {"key": "version", "value": str(SCHEMA_VERSION)}])
+        self._resource_insert = _Prepared(resources.insert(), self.engine.dialect)
+        self._state_insert = _Prepared(block_states.insert(), self.engine.dialect)
         self._task_upsert = self._upsert(tasks, ("run_id", "task_id"), _TASK_RANK, "outcome", ("submitted",))
         self._pool_upsert = self._upsert(pools, ("run_id", "pool_id"), _POOL_RANK, "state", ("registered",))
         self._block_upsert = self._upsert(blocks, ("run_id", "block_id"), _BLOCK_RANK, "state",
@@ -149,7 +151,7 @@ class Store:
         self.engine.dispose()
 
     def _upsert(self, table: sa.Table, keys: tuple[str, ...], rank: dict[str, int] | None, state: str | None,
-                first_wins: tuple[str, ...]) -> Any:
+                first_wins: tuple[str, ...]) -> _Prepared:
         ins = self._insert(table)
         new, old = ins.excluded, table.c
         least = sa.func.min if self.engine.dialect.name == "sqlite" else sa.func.least  # both: of two values
@@ -173,21 +175,41 @@ class Store:
                 set_["retries"] = sa.case((again, new.retries), else_=old.retries)
             else:
                 set_[state] = sa.case((forward, new[state]), else_=old[state])
-        return ins.on_conflict_do_update(index_elements=list(keys), set_=set_)
+        return _Prepared(ins.on_conflict_do_update(index_elements=list(keys), set_=set_), self.engine.dialect)
 
     def write(self, run_id: str, batch: Iterable[Any]) -> None:
         rows = _Rows(run_id)
         for event in batch:
             rows.add(event)
         with self.engine.begin() as conn:
-            for stmt, values in ((self._run_upsert, rows.runs), (self._task_upsert, rows.tasks),
-                                 (self._pool_upsert, rows.pools), (self._block_upsert, rows.blocks)):
+            for stmt, values in ((self._run_upsert, rows.runs.values()), (self._task_upsert, rows.tasks.values()),
+                                 (self._pool_upsert, rows.pools.values()), (self._block_upsert, rows.blocks.values()),
+                                 (self._state_insert, rows.block_states), (self._resource_insert, rows.resources)):
                 if values:
-                    conn.execute(stmt, list(values.values()))
-            if rows.block_states:
-                conn.execute(block_states.insert(), rows.block_states)
-            if rows.resources:
-                conn.execute(resources.insert(), rows.resources)
+                    stmt.execute(conn, values)
+
+
+class _Prepared:
+    """A statement compiled once to the driver's SQL, run with plain parameter tuples (or dicts).
+
+    SQLAlchemy builds each row's parameters in Python (~60 us a row for the task upsert, whose CASEs
+    carry 30 constants); the driver's executemany does it in C: about 15 times faster, which is what
+    lets one hub keep up with a thousand pools.
+    """
+
+    def __init__(self, stmt: Any, dialect: sa.Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = compiled.string
+        columns = set(stmt.table.columns.keys())
+        self.constants = {k: v for k, v in compiled.params.items() if k not in columns}
+        self.order: list[str] | None = list(compiled.positiontup) if compiled.positional else None
+
+    def execute(self, conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
+        consts, order = self.constants, self.order
+        if order is None:
+            conn.exec_driver_sql(self.sql, [{**consts, **r} for r in rows])
+        else:
+            conn.exec_driver_sql(self.sql, [tuple(r[k] if k in r else consts[k] for k in order) for r in rows])
 
 
 class _Rows:
