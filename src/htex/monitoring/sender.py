@@ -31,6 +31,7 @@ from .events import encode_batch
 log = logging.getLogger("htex.monitoring")
 
 BATCH_EVENTS = 5000  # events per message, at most (a message of 5,000 task events is ~400 kB)
+SENDER_NICE = 5  # the sender thread's CPU priority below its process's
 STOP_SECONDS = 2.0  # at stop, for the last batches to leave
 _CONNECTED = zmq.EVENT_HANDSHAKE_SUCCEEDED  # after CURVE's handshake too: the hub took us
 _GONE = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -78,6 +79,10 @@ class EventSender(threading.Thread):
     # -- the thread ----------------------------------------------------------------
 
     def run(self) -> None:
+        try:  # Linux: this thread alone yields the CPU to the process's own work (tasks, results)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SENDER_NICE)
+        except (OSError, AttributeError):
+            pass
         sock = self._ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.LINGER, int(STOP_SECONDS * 1000))

@@ -146,6 +146,8 @@ class Store:
         self._block_upsert = self._upsert(blocks, ("run_id", "block_id"), _BLOCK_RANK, "state",
                                           ("requested", "started"))
         self._run_upsert = self._upsert(runs, ("run_id",), None, None, ("started",))
+        self._pending: dict[str, _Rows] = {}
+        self.pending = 0  # events merged and not yet written
 
     def close(self) -> None:
         self.engine.dispose()
@@ -177,16 +179,34 @@ class Store:
                 set_[state] = sa.case((forward, new[state]), else_=old[state])
         return _Prepared(ins.on_conflict_do_update(index_elements=list(keys), set_=set_), self.engine.dialect)
 
-    def write(self, run_id: str, batch: Iterable[Any]) -> None:
-        rows = _Rows(run_id)
+    def add(self, run_id: str, batch: Iterable[Any]) -> None:
+        """Merge events into the rows waiting to be written (``flush``): a task's submission, dispatch,
+        start and end seen within one flush become one upsert."""
+        rows = self._pending.get(run_id)
+        if rows is None:
+            rows = self._pending[run_id] = _Rows(run_id)
         for event in batch:
             rows.add(event)
-        with self.engine.begin() as conn:
-            for stmt, values in ((self._run_upsert, rows.runs.values()), (self._task_upsert, rows.tasks.values()),
-                                 (self._pool_upsert, rows.pools.values()), (self._block_upsert, rows.blocks.values()),
-                                 (self._state_insert, rows.block_states), (self._resource_insert, rows.resources)):
-                if values:
-                    stmt.execute(conn, values)
+            self.pending += 1
+
+    def flush(self) -> None:
+        """Write what ``add`` merged, in one transaction."""
+        pending, self._pending, self.pending = self._pending, {}, 0
+        if pending:
+            with self.engine.begin() as conn:
+                for rows in pending.values():
+                    self._write(conn, rows)
+
+    def write(self, run_id: str, batch: Iterable[Any]) -> None:
+        self.add(run_id, batch)
+        self.flush()
+
+    def _write(self, conn: sa.Connection, rows: _Rows) -> None:
+        for stmt, values in ((self._run_upsert, rows.runs.values()), (self._task_upsert, rows.tasks.values()),
+                             (self._pool_upsert, rows.pools.values()), (self._block_upsert, rows.blocks.values()),
+                             (self._state_insert, rows.block_states), (self._resource_insert, rows.resources)):
+            if values:
+                stmt.execute(conn, values)
 
 
 class _Prepared:
