@@ -9,7 +9,7 @@ per batch::
 
 Who sends what::
 
-    executor     RunStarted, RunEnded, TaskSubmitted, TaskResent, TaskEnded, BlockState
+    executor     RunStarted, RunEnded, TasksSubmitted, TasksDone, TaskResent, TaskEnded, BlockState
     interchange  TasksDispatched, PoolRegistered, PoolState (draining, lost, gone)
     pool         PoolInfo, TasksStarted, ResourceSample
 
@@ -57,6 +57,24 @@ class TaskSubmitted(NamedTuple):
     func: str
     args_bytes: int
     priority: float | None
+
+
+class TasksSubmitted(NamedTuple):
+    """Many submissions in one event (the executor's common case): columns, one entry per task."""
+
+    ids: list[int]
+    times: list[float]
+    funcs: list[str]
+    args_bytes: list[int]
+    priorities: list[float | None]
+
+
+class TasksDone(NamedTuple):
+    """Many tasks that returned a value, in one event: columns, one entry per task."""
+
+    ids: list[int]
+    times: list[float]
+    result_bytes: list[int]
 
 
 class TaskResent(NamedTuple):
@@ -153,7 +171,7 @@ class ResourceSample(NamedTuple):
 
 
 Event = (
-    RunStarted | RunEnded | TaskSubmitted | TaskResent | TasksDispatched | TasksStarted | TaskEnded
+    RunStarted | RunEnded | TaskSubmitted | TasksSubmitted | TasksDone | TaskResent | TasksDispatched | TasksStarted | TaskEnded
     | PoolRegistered | PoolInfo | PoolState | BlockState | ResourceSample
 )
 # Each event's number on the wire (never reuse one: a hub may read batches of an older sender).
@@ -165,6 +183,8 @@ CODES: dict[type, int] = {
     TasksDispatched: 12,
     TasksStarted: 13,
     TaskEnded: 14,
+    TasksSubmitted: 15,
+    TasksDone: 16,
     PoolRegistered: 20,
     PoolInfo: 21,
     PoolState: 22,
@@ -172,6 +192,14 @@ CODES: dict[type, int] = {
     ResourceSample: 40,
 }
 TYPES: dict[int, Any] = {code: cls for cls, code in CODES.items()}
+
+
+_PER_TASK = (TasksSubmitted, TasksDone, TasksDispatched, TasksStarted)
+
+
+def weight(event: Any) -> int:
+    """How many facts an event carries: one per task for the batched kinds, else one (counts of lost events)."""
+    return len(event[0]) if type(event) in _PER_TASK else 1
 
 
 # -- the wire ------------------------------------------------------------------------------------

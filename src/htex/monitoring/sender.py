@@ -26,7 +26,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import security
-from .events import encode_batch
+from .events import encode_batch, weight
 
 log = logging.getLogger("htex.monitoring")
 
@@ -42,15 +42,16 @@ class EventSender(threading.Thread):
 
     def __init__(self, url: str, run_id: str, source: str, cert_dir: str | None = None, flush_period: float = 0.25,
                  max_queued: int = 200_000, sample: Callable[[], list[Any]] | None = None,
-                 sample_period: float = 0.0) -> None:
+                 sample_period: float = 0.0, collect: Callable[[], list[Any]] | None = None) -> None:
         super().__init__(name=f"htex-monitor-{source}", daemon=True)
         self.url, self.run_id, self.source, self.cert_dir = url, run_id, source, cert_dir
         self.flush_period = flush_period
         self.max_queued = max_queued
         self.sample, self.sample_period = sample, sample_period
+        self.collect = collect  # called before each flush: events a reporter kept in columns
         self.queue: deque[Any] = deque()
-        self.sent = 0
-        self.dropped = 0
+        self.sent = 0  # facts sent (one per task for batched events: events.weight)
+        self.dropped = 0  # facts lost
         self.connected = False
         self._ever_connected = False
         self._warned = False
@@ -107,7 +108,7 @@ class EventSender(threading.Thread):
                 self._flush(sock)
             self._flush(sock)
             if not self.connected and self.queue:
-                self._drop(len(self.queue))
+                self._drop(sum(weight(e) for e in self.queue))
                 self.queue.clear()
         except Exception:
             log.exception("the monitoring sender failed; monitoring events of %s are lost from now on", self.source)
@@ -144,15 +145,18 @@ class EventSender(threading.Thread):
             log.exception("monitoring: sampling resources failed")
 
     def _flush(self, sock: zmq.Socket[Any]) -> None:
+        if self.collect is not None:
+            for event in self.collect():
+                self.emit(event)
         queue = self.queue
         while queue and self.connected:
             n = min(len(queue), BATCH_EVENTS)
             batch = [queue.popleft() for _ in range(n)]
             try:
                 sock.send(encode_batch(self.run_id, self.source, batch), zmq.NOBLOCK)
-                self.sent += n
+                self.sent += sum(weight(e) for e in batch)
             except zmq.Again:  # the hub does not read (1,000 batches behind): it is as good as gone
-                self._drop(n)
+                self._drop(sum(weight(e) for e in batch))
                 self._warn("it stopped reading")
                 return
 

@@ -249,6 +249,12 @@ class _Rows:
         if isinstance(e, ev.TaskSubmitted):
             self._task(e.task_id, outcome="queued", submitted=e.time, func=e.func, args_bytes=e.args_bytes,
                        priority=e.priority)
+        elif isinstance(e, ev.TasksSubmitted):
+            for tid, t, func, size, prio in zip(e.ids, e.times, e.funcs, e.args_bytes, e.priorities, strict=True):
+                self._task(tid, outcome="queued", submitted=t, func=func, args_bytes=size, priority=prio)
+        elif isinstance(e, ev.TasksDone):
+            for tid, t, size in zip(e.ids, e.times, e.result_bytes, strict=True):
+                self._task(tid, outcome="done", ended=t, result_bytes=size)
         elif isinstance(e, ev.TasksDispatched):
             for tid in e.ids:
                 self._task(tid, outcome="dispatched", dispatched=e.time, pool_id=e.pool_id)
