@@ -13,7 +13,7 @@ from htex.monitoring import events as ev
 SAMPLES: list[Any] = [
     ev.RunStarted(1.0, "label", "/run", "host"), ev.RunEnded(2.0),
     ev.TaskSubmitted(1, 1.5, "f", 10, None), ev.TaskSubmitted(2, 1.5, "g", 10, -1.5), ev.TaskResent(1, 3.0, 1),
-    ev.TasksSubmitted([3, 4], [1.0, 2], ["f", "g"], [5, 6], [None, 2.5]), ev.TasksDone([3], [4.0], [7]),
+    ev.TasksSubmitted([3, 4], 1.0, [0, 2], ["f", "g"], [5, 6], [None, 2.5]), ev.TasksDone([3], 4.0, [0], [7]),
     ev.TasksDispatched([1, 2], 2.0, "p"), ev.TasksStarted([1], 2.5, "p", 3),
     ev.TaskEnded(1, 4.0, "failed", 9, "ValueError", "no", "Traceback"), ev.TaskEnded(2, 4.0, "done", 9, None, None, None),
     ev.PoolRegistered("p", 1.0, "0", "h", 4), ev.PoolInfo("p", 1.0, "0", "h", 4, 8, 1000, ["0"]),
@@ -42,7 +42,7 @@ def _frame(events: Any, run: Any = "run") -> bytes:
     _frame([[ev.CODES[ev.TaskResent], 1, "soon", 1]]),
     _frame([[ev.CODES[ev.TasksDispatched], [1, "2"], 1.0, "p"]]),
     _frame([[ev.CODES[ev.PoolInfo], "p", 1.0, "0", "h", 4, 8, 1000, "0"]]),  # accelerators: a list
-    _frame([[ev.CODES[ev.TasksDone], [1], [1.0], [None]]]),  # a size is an int
+    _frame([[ev.CODES[ev.TasksDone], [1], 1.0, [0.5], [1]]]),  # an offset is whole microseconds
 ])
 def test_bad_batches_are_refused_by_name(frame: bytes) -> None:
     with pytest.raises(ev.BadBatch):

@@ -72,7 +72,9 @@ class ClientReporter:
         for queue, make in ((self._submitted, ev.TasksSubmitted), (self._done, ev.TasksDone)):
             while queue:
                 rows = [queue.popleft() for _ in range(min(len(queue), 5000))]
-                out.append(make(*(list(col) for col in zip(*rows, strict=True))))
+                ids, times, *rest = (list(col) for col in zip(*rows, strict=True))
+                base = times[0]
+                out.append(make(ids, base, [round((t - base) * 1e6) for t in times], *rest))
         return out
 
     def resent(self, task_id: int) -> None:

@@ -250,11 +250,11 @@ class _Rows:
             self._task(e.task_id, outcome="queued", submitted=e.time, func=e.func, args_bytes=e.args_bytes,
                        priority=e.priority)
         elif isinstance(e, ev.TasksSubmitted):
-            for tid, t, func, size, prio in zip(e.ids, e.times, e.funcs, e.args_bytes, e.priorities, strict=True):
-                self._task(tid, outcome="queued", submitted=t, func=func, args_bytes=size, priority=prio)
+            for tid, us, func, size, prio in zip(e.ids, e.offsets_us, e.funcs, e.args_bytes, e.priorities, strict=True):
+                self._task(tid, outcome="queued", submitted=e.base + us / 1e6, func=func, args_bytes=size, priority=prio)
         elif isinstance(e, ev.TasksDone):
-            for tid, t, size in zip(e.ids, e.times, e.result_bytes, strict=True):
-                self._task(tid, outcome="done", ended=t, result_bytes=size)
+            for tid, us, size in zip(e.ids, e.offsets_us, e.result_bytes, strict=True):
+                self._task(tid, outcome="done", ended=e.base + us / 1e6, result_bytes=size)
         elif isinstance(e, ev.TasksDispatched):
             for tid in e.ids:
                 self._task(tid, outcome="dispatched", dispatched=e.time, pool_id=e.pool_id)
