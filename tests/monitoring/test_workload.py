@@ -110,3 +110,13 @@ def test_monitoring_off_starts_no_hub(make_executor: Any) -> None:
     assert ex.submit(tasks.add, {}, 1, 2).result(60) == 3
     assert ex._monitor is None and ex.hub_port is None
     assert not os.path.exists(os.path.join(ex.run_dir, "monitoring.db"))
+
+
+def test_pools_on_tcp_report_over_curve(make_executor: Any) -> None:
+    """With an address given, pools join over TCP (CURVE, the run's keys) and reach the hub the same way, at the
+    address they reached the interchange at: their own description (cores, memory) is in the store."""
+    ex = make_executor(address="127.0.0.1", monitoring=True)
+    assert ex.encrypted and ex.hub_port
+    assert ex.submit(tasks.add, {}, 1, 2).result(60) == 3
+    assert ex._monitoring.pool_env["HTEX_MONITOR_URL"] == f"tcp://{{interchange}}:{ex.hub_port}"
+    wait_for(lambda: any(p["cores"] for p in rows(ex.run_dir, schema.pools)), 30, what="the pool's own report")
