@@ -32,7 +32,7 @@ log = logging.getLogger("htex.monitoring")
 
 BATCH_EVENTS = 5000  # events per message, at most (a message of 5,000 task events is ~400 kB)
 SENDER_NICE = 5  # the sender thread's CPU priority below its process's
-STOP_SECONDS = 2.0  # at stop, for the last batches to leave
+STOP_SECONDS = 1.0  # at stop, for the last batches to leave (the interchange has 2 s to stop in all)
 _CONNECTED = zmq.EVENT_HANDSHAKE_SUCCEEDED  # after CURVE's handshake too: the hub took us
 _GONE = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 

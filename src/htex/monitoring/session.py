@@ -16,6 +16,7 @@ events and stops the hub, which writes what is still arriving.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -85,6 +86,9 @@ class MonitoringSession:
         # else at the address they reached the interchange at ("{interchange}", filled in by the pool).
         pool_url = ipc_url if local_pools or not port else f"tcp://{spec.hub_address or '{interchange}'}:{port}"
         log.info("monitoring hub (pid %d) writes to %s; port %s", hub.pid, store._safe(store_url), port or "none")
+        if spec.dashboard and importlib.util.find_spec("htex.monitoring.dashboard") is None:
+            log.warning("Monitoring(dashboard=True): this htex has no dashboard; the run is recorded in %s",
+                        store._safe(store_url))
         return cls(spec, run_id, hub, stderr_path, address, port or None, ipc_url, pool_url, cert_dir)
 
     def check_hub(self) -> str:
