@@ -127,6 +127,7 @@ class Hub:
                     log.error("the process that started the hub is gone; stopping")
                     break
             else:
+                _regain_cpu()  # the run has ended: finish quickly
                 self._drain()
             self._write()
         except Exception as exc:  # the store failed (disk full, the server went away): a dead hub
@@ -189,6 +190,14 @@ def _safe(url: str) -> str:
     return safe(url)
 
 
+def _regain_cpu() -> None:
+    if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)  # allowed to root (CAP_SYS_NICE) only; else we stay low
+        except OSError:
+            pass
+
+
 def _parse(argv: list[str]) -> HubConfig:
     parser = argparse.ArgumentParser(prog="python -m htex.monitoring.hub", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-stdin", action="store_true", help="read the configuration (JSON) from stdin")
@@ -229,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN if cfg.watch_parent else on_signal)  # Ctrl-C is the executor's
     if cfg.watch_parent:
         # Started by an executor, on the run's host: the run's own processes go first when the CPU is
-        # short (the hub catches up as soon as it is not; events wait in its socket meanwhile).
+        # short (the hub catches up as soon as it is not; events wait in its socket meanwhile).  Not
+        # SCHED_IDLE: on a machine that is never idle the hub would never write.
         os.nice(HUB_NICE)
     try:
         hub = Hub(cfg)

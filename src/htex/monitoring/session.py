@@ -36,7 +36,7 @@ from .sender import EventSender
 log = logging.getLogger("htex.monitoring")
 
 HUB_READY_SECONDS = 30.0
-HUB_STOP_SECONDS = 5.0
+HUB_STOP_SECONDS = 30.0  # for the hub to write what it holds (a second's worth, or a backlog) and stop
 
 
 class MonitoringSession:
