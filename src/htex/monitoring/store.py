@@ -17,6 +17,7 @@ block the hub.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -279,17 +280,14 @@ class _Rows:
         elif isinstance(e, ev.PoolInfo):
             self._pool(e.pool_id, state="active", registered=e.time, block_id=e.block_id, host=e.host,
                        workers=e.workers, cores=e.cores, memory_mb=e.memory_mb,
-                       accelerators=_json_list(e.accelerators))
+                       accelerators=json.dumps(e.accelerators))
         elif isinstance(e, ev.PoolState):
             ended = e.time if e.state in ("lost", "gone") else None
             self._pool(e.pool_id, state=e.state, reason=e.reason, ended=ended)
         elif isinstance(e, ev.BlockState):
-            times = {"requested": "requested", "running": "started"}
-            when = {times.get(e.state, "ended" if _BLOCK_RANK.get(e.state) == 3 else ""): e.time}
-            when.pop("", None)
             self._merge(self.blocks, e.block_id, blocks, _BLOCK_RANK, "state", ("requested", "started"),
                         dict(block_id=e.block_id, state=e.state, reason=e.reason, job_id=e.job_id,
-                             provider=e.provider, **when))
+                             provider=e.provider, **_block_time(e.state, e.time)))
             self.block_states.append({"run_id": self.run_id, "block_id": e.block_id, "time": e.time,
                                       "state": e.state, "reason": e.reason})
         elif isinstance(e, ev.RunStarted):
@@ -328,7 +326,10 @@ class _Rows:
             row[state] = values[state]
 
 
-def _json_list(items: list[str]) -> str:
-    import json
-
-    return json.dumps(items)
+def _block_time(state: str, time: float) -> dict[str, float]:
+    """The time column a block's state sets: requested, started (running), or ended (any ending)."""
+    if state == "requested":
+        return {"requested": time}
+    if state == "running":
+        return {"started": time}
+    return {"ended": time} if _BLOCK_RANK.get(state) == 3 else {}
