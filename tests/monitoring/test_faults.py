@@ -70,3 +70,19 @@ def test_a_full_disk_is_a_dead_hub(make_executor: Any, tiny_disk: Any, caplog: p
     with open(ex._monitoring.stderr_path) as f:
         assert "cannot write to the store" in f.read()
     assert "were lost" in caplog.text
+
+
+def test_events_for_an_absent_hub_are_bounded_and_counted() -> None:
+    """No hub ever answers: the sender keeps max_queued facts (a column event of 5,000 tasks counts
+    5,000), drops and counts the rest, and at stop counts what it kept as lost too."""
+    from htex.monitoring import events as ev
+    from htex.monitoring.sender import EventSender
+
+    sender = EventSender("tcp://127.0.0.1:1", "run", "test", flush_period=0.05, max_queued=10_000)
+    sender.start()
+    for _ in range(3):
+        sender.emit(ev.TasksDone(list(range(5000)), 1.0, [0] * 5000, [1] * 5000))
+    sender.emit(ev.RunEnded(2.0))
+    assert sender.dropped == 5001 and sender.held == 10_000
+    sender.stop()
+    assert sender.dropped == 15_001 and sender.sent == 0

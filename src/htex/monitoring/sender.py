@@ -50,6 +50,7 @@ class EventSender(threading.Thread):
         self.sample, self.sample_period = sample, sample_period
         self.collect = collect  # called before each flush: events a reporter kept in columns
         self.queue: deque[Any] = deque()
+        self.held = 0  # facts (events.weight) in the queue, about
         self.sent = 0  # facts sent (one per task for batched events: events.weight)
         self.dropped = 0  # facts lost
         self.connected = False
@@ -61,11 +62,13 @@ class EventSender(threading.Thread):
         self._pid = os.getpid()
 
     def emit(self, event: Any) -> None:
-        """Queue one event; never blocks.  Beyond max_queued (the hub is gone), count it as lost."""
-        if len(self.queue) < self.max_queued:
+        """Queue one event; never blocks.  Beyond max_queued facts (the hub is gone), count it as lost."""
+        w = weight(event)
+        if self.held + w <= self.max_queued:
             self.queue.append(event)
+            self.held += w  # not atomic across threads: a bound, not an account
         else:
-            self._drop(1)
+            self._drop(w)
 
     def stop(self) -> None:
         """Send what is queued (STOP_SECONDS at most), then close."""
@@ -110,6 +113,7 @@ class EventSender(threading.Thread):
             if not self.connected and self.queue:
                 self._drop(sum(weight(e) for e in self.queue))
                 self.queue.clear()
+                self.held = 0
         except Exception:
             log.exception("the monitoring sender failed; monitoring events of %s are lost from now on", self.source)
         finally:
@@ -152,11 +156,13 @@ class EventSender(threading.Thread):
         while queue and self.connected:
             n = min(len(queue), BATCH_EVENTS)
             batch = [queue.popleft() for _ in range(n)]
+            facts = sum(weight(e) for e in batch)
+            self.held = max(0, self.held - facts)
             try:
                 sock.send(encode_batch(self.run_id, self.source, batch), zmq.NOBLOCK)
-                self.sent += sum(weight(e) for e in batch)
+                self.sent += facts
             except zmq.Again:  # the hub does not read (1,000 batches behind): it is as good as gone
-                self._drop(sum(weight(e) for e in batch))
+                self._drop(facts)
                 self._warn("it stopped reading")
                 return
 
