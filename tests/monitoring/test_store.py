@@ -177,3 +177,12 @@ def test_a_restarted_hub_resumes_appending(tmp_path: Any) -> None:
         if hub.stdout:
             hub.stdout.close()
     assert sender.dropped == 0
+
+
+def test_a_new_sqlite_store_is_private(tmp_path: Any) -> None:
+    path = tmp_path / "p.db"
+    store = Store(store_url(str(path)))
+    store.write(RUN, [ev.RunEnded(1.0)])
+    store.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert all(p.stat().st_mode & 0o077 == 0 for p in tmp_path.iterdir())

@@ -112,6 +112,15 @@ def _safe(url: str) -> str:
         return "the store"
 
 
+def _private_file(url: str) -> None:
+    """A new SQLite store is the run's user's alone (0600; SQLite gives its -wal and -shm files the same
+    mode): tracebacks and exception messages may say more than the user wants others to read."""
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        path = url[len("sqlite:///"):]
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 def _engine(url: str) -> sa.Engine:
     engine = sa.create_engine(url)
     if engine.dialect.name == "sqlite":
@@ -130,6 +139,7 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        _private_file(url)
         self.engine = _engine(url)
         if self.engine.dialect.name not in ("sqlite", "postgresql"):
             raise MonitoringError(f"monitoring stores are SQLite or PostgreSQL; {_safe(url)} is "
