@@ -8,6 +8,7 @@ Real processes throughout: the executor, its interchange, two LocalProvider bloc
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import pytest
@@ -120,3 +121,20 @@ def test_pools_on_tcp_report_over_curve(make_executor: Any) -> None:
     assert ex.submit(tasks.add, {}, 1, 2).result(60) == 3
     assert ex._monitoring.pool_env["HTEX_MONITOR_URL"] == f"tcp://{{interchange}}:{ex.hub_port}"
     wait_for(lambda: any(p["cores"] for p in rows(ex.run_dir, schema.pools)), 30, what="the pool's own report")
+
+
+def test_a_killed_pool_is_lost_with_its_task(make_executor: Any) -> None:
+    """SIGKILL a pool holding a task: its row says lost (with why), the task's says lost (ManagerLost)."""
+    ex = make_executor(max_workers=1, monitoring=True)
+    fut = ex.submit(tasks.sleep_then, {}, 60)
+    wait_for(lambda: sum(m["tasks"] for m in ex.connected_managers) == 1, 30, what="the task at the pool")
+    (manager,) = ex.connected_managers
+    os.kill(manager["pid"], signal.SIGKILL)
+    with pytest.raises(ManagerLost):
+        fut.result(timeout=ex.heartbeat_threshold + 30)
+    run_dir = ex.run_dir
+    ex.shutdown()
+    (pool,) = rows(run_dir, schema.pools)
+    assert pool["pool_id"] == manager["manager"] and pool["state"] == "lost" and pool["reason"] and pool["ended"]
+    (task,) = rows(run_dir, schema.tasks)
+    assert (task["outcome"], task["exc_type"]) == ("lost", "ManagerLost")
