@@ -14,5 +14,6 @@ echo "== postgresql (monitoring store)"; bash ci/postgres/setup.sh || echo "(tes
 echo "== network namespaces"; bash ci/netns/setup.sh || echo "(tests/network will say why they skip)"
 echo "== bench (smoke: correctness only, no timing asserted)"
 .venv/bin/python bench/run.py --smoke >/dev/null
+.venv/bin/python bench/monitoring.py --smoke >/dev/null
 echo "== pytest"
 exec .venv/bin/pytest "$@"
