@@ -213,7 +213,7 @@ def pool_reporter_from_env(pool_id: str, task_url: str, cert_dir: str | None) ->
         url = url.replace("{interchange}", task_url.split("://", 1)[-1].rsplit(":", 1)[0])
     period = float(os.environ.get("HTEX_MONITOR_PERIOD", "10"))
     cert_dir = os.environ.get("HTEX_MONITOR_CERT_DIR", cert_dir) or None
-    reporter = PoolReporter(EventSender(url, run_id, f"pool {pool_id}", cert_dir), pool_id)
+    reporter = PoolReporter(EventSender(url, run_id, f"pool {pool_id}", cert_dir, stop_seconds=2.0), pool_id)
     reporter.sender.sample, reporter.sender.sample_period = reporter.sample, period
     reporter.sender.start()
     return reporter

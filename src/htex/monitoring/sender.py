@@ -32,7 +32,7 @@ log = logging.getLogger("htex.monitoring")
 
 BATCH_EVENTS = 5000  # events per message, at most (a message of 5,000 task events is ~400 kB)
 SENDER_NICE = 5  # the sender thread's CPU priority below its process's
-STOP_SECONDS = 1.0  # at stop, for the last batches to leave (the interchange has 2 s to stop in all)
+STOP_SECONDS = 1.0  # at stop, by default, for the last batches to leave (the interchange has 2 s to stop in all)
 _CONNECTED = zmq.EVENT_HANDSHAKE_SUCCEEDED  # after CURVE's handshake too: the hub took us
 _GONE = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
@@ -42,13 +42,15 @@ class EventSender(threading.Thread):
 
     def __init__(self, url: str, run_id: str, source: str, cert_dir: str | None = None, flush_period: float = 0.25,
                  max_queued: int = 200_000, sample: Callable[[], list[Any]] | None = None,
-                 sample_period: float = 0.0, collect: Callable[[], list[Any]] | None = None) -> None:
+                 sample_period: float = 0.0, collect: Callable[[], list[Any]] | None = None,
+                 stop_seconds: float = STOP_SECONDS) -> None:
         super().__init__(name=f"htex-monitor-{source}", daemon=True)
         self.url, self.run_id, self.source, self.cert_dir = url, run_id, source, cert_dir
         self.flush_period = flush_period
         self.max_queued = max_queued
         self.sample, self.sample_period = sample, sample_period
         self.collect = collect  # called before each flush: events a reporter kept in columns
+        self.stop_seconds = stop_seconds  # at stop, for the last batches to reach the hub
         self.queue: deque[Any] = deque()
         self.held = 0  # facts (events.weight) in the queue, about
         self.sent = 0  # facts sent (one per task for batched events: events.weight)
@@ -71,11 +73,11 @@ class EventSender(threading.Thread):
             self._drop(w)
 
     def stop(self) -> None:
-        """Send what is queued (STOP_SECONDS at most), then close."""
+        """Send what is queued (``stop_seconds`` at most), then close."""
         if not self.is_alive() or os.getpid() != self._pid:
             return
         os.write(self._wake_w, b"x")
-        self.join(STOP_SECONDS + 2 * self.flush_period + 1.0)
+        self.join(self.stop_seconds + 2 * self.flush_period + 1.0)
         if self.dropped:
             log.warning("monitoring: %d events of %s were lost (the hub at %s was unreachable)",
                         self.dropped, self.source, self.url)
@@ -89,7 +91,7 @@ class EventSender(threading.Thread):
             pass
         sock = self._ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, 1000)
-        sock.setsockopt(zmq.LINGER, int(STOP_SECONDS * 1000))
+        sock.setsockopt(zmq.LINGER, int(self.stop_seconds * 1000))
         if self.cert_dir and self.url.startswith("tcp://"):
             security.connect_as(sock, self.cert_dir, "pool")
         monitor = sock.get_monitor_socket(_CONNECTED | _GONE)

@@ -36,6 +36,7 @@ from .sender import EventSender
 log = logging.getLogger("htex.monitoring")
 
 HUB_READY_SECONDS = 30.0
+CLIENT_STOP_SECONDS = 10.0
 HUB_STOP_SECONDS = 30.0  # for the hub to write what it holds (a second's worth, or a backlog) and stop
 
 
@@ -50,7 +51,8 @@ class MonitoringSession:
         self.hub_address, self.hub_port = hub_address, hub_port
         self.interchange_url = local_url  # the interchange runs on this host
         self.cert_dir = cert_dir
-        sender = EventSender(local_url, run_id, "client", cert_dir, spec.flush_period)
+        # The run's last events (every task's end) leave at shutdown: give them time to arrive.
+        sender = EventSender(local_url, run_id, "client", cert_dir, spec.flush_period, stop_seconds=CLIENT_STOP_SECONDS)
         self.reporter = ClientReporter(sender, "")
         self.pool_env = {"HTEX_MONITOR_URL": pool_url, "HTEX_MONITOR_RUN": run_id,
                          "HTEX_MONITOR_PERIOD": repr(spec.resource_period)}
@@ -101,6 +103,8 @@ class MonitoringSession:
     def stop(self) -> None:
         """Send the last events, then stop the hub (it writes what is still arriving)."""
         self.reporter.run_ended()
+        if self.hub is not None:
+            _regain_cpu(self.hub.pid)  # the hub ran at low priority; now it has the run's last events to take
         sender = self.reporter.sender
         sender.stop()
         gone = self.check_hub()
@@ -116,6 +120,13 @@ class MonitoringSession:
                 self.hub.wait()
         if self.hub is not None and self.hub.stdout is not None:
             self.hub.stdout.close()
+
+
+def _regain_cpu(pid: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, 0)
+    except OSError:
+        pass  # lowering a nice value needs root (CAP_SYS_NICE): then the hub finishes at its own pace
 
 
 def _spawn_hub(cfg: object, logdir: str) -> tuple[subprocess.Popen[bytes], str, int]:
