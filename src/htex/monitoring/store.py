@@ -18,6 +18,7 @@ block the hub.
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -37,6 +38,7 @@ SCHEMA_NAME = "htex-monitoring"  # htex_meta's "schema": tells our store from an
 _TASK_RANK = {"queued": 0, "dispatched": 1, "running": 2, "done": 3, "failed": 3, "lost": 3, "cancelled": 3}
 _POOL_RANK = {"active": 0, "draining": 1, "lost": 2, "gone": 2}
 _BLOCK_RANK = {"requested": 0, "pending": 1, "running": 2, "ended": 3, "failed": 3, "cancelled": 3}
+_COLUMNS = {t.name: list(t.columns.keys()) for t in metadata.sorted_tables}
 
 
 def store_url(target: str) -> str:
@@ -178,7 +180,7 @@ class Store:
             else:
                 set_[col.name] = latest
         if rank is not None and state is not None:
-            new_rank, old_rank = sa.case(rank, value=new[state], else_=0), sa.case(rank, value=old[state], else_=0)
+            new_rank, old_rank = _rank_of(rank, new[state]), _rank_of(rank, old[state])
             forward = new_rank > old_rank
             if "reason" in table.c:  # the reason goes with its state
                 set_["reason"] = sa.case((new_rank >= old_rank, set_["reason"]), else_=old.reason)
@@ -231,13 +233,22 @@ class _Prepared:
     def __init__(self, stmt: Any, dialect: sa.Dialect) -> None:
         compiled = stmt.compile(dialect=dialect)
         self.sql = compiled.string
-        columns = set(stmt.table.columns.keys())
+        columns = list(stmt.table.columns.keys())
         self.constants = {k: v for k, v in compiled.params.items() if k not in columns}
         self.order: list[str] | None = list(compiled.positiontup) if compiled.positional else None
+        # The usual layout (SQLite): the row's columns in table order, then only constants: a row's
+        # parameters are its columns (one C call) plus a fixed tail.
+        self.tail: tuple[Any, ...] | None = None
+        self.columns = operator.itemgetter(*columns)
+        if self.order is not None and self.order[:len(columns)] == columns:
+            self.tail = tuple(self.constants[k] for k in self.order[len(columns):])
 
     def execute(self, conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
-        consts, order = self.constants, self.order
-        if order is None:
+        consts, order, tail = self.constants, self.order, self.tail
+        if tail is not None:
+            params = list(map(self.columns, rows)) if not tail else [(*self.columns(r), *tail) for r in rows]
+            conn.exec_driver_sql(self.sql, params)
+        elif order is None:
             conn.exec_driver_sql(self.sql, [{**consts, **r} for r in rows])
         else:
             conn.exec_driver_sql(self.sql, [tuple(r[k] if k in r else consts[k] for k in order) for r in rows])
@@ -317,7 +328,7 @@ class _Rows:
                state: str | None, first_wins: tuple[str, ...], values: dict[str, Any]) -> None:
         row = into.get(key)
         if row is None:
-            row = into[key] = dict.fromkeys(table.columns.keys())
+            row = into[key] = dict.fromkeys(_COLUMNS[table.name])
             row["run_id"] = self.run_id
             row.update(values)
             return
@@ -334,6 +345,13 @@ class _Rows:
             row["retries"] = values["retries"]
         if again or new_rank > old_rank:
             row[state] = values[state]
+
+
+def _rank_of(rank: dict[str, int], column: Any) -> Any:
+    """CASE column WHEN 'queued' THEN 0 ...: the ranks written into the SQL (our own words and numbers, no
+    quotes in them), so a row's parameters are its columns alone."""
+    return sa.case(*[(column == sa.literal_column(f"'{name}'"), sa.literal_column(str(n))) for name, n in rank.items()],
+                   else_=sa.literal_column("0"))
 
 
 def _block_time(state: str, time: float) -> dict[str, float]:
