@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_PUBLIC = ("htex.errors", "htex.executor", "htex.launchers", "htex.mpi_executor", "htex.providers", "htex.selectors")
+_PUBLIC = (
+    "htex.errors", "htex.executor", "htex.launchers", "htex.monitoring.config", "htex.mpi_executor", "htex.providers",
+    "htex.selectors",
+)
 _where: dict[str, str] = {}
 
 
@@ -49,6 +52,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same modules, by their _
     from .errors import *  # noqa: F403
     from .executor import *  # noqa: F403
     from .launchers import *  # noqa: F403
+    from .monitoring.config import *  # noqa: F403
     from .mpi_executor import *  # noqa: F403
     from .providers import *  # noqa: F403
     from .selectors import *  # noqa: F403

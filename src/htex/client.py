@@ -170,7 +170,8 @@ class ClientThread(threading.Thread):
 
     def __init__(self, label: str, ipc_dir: str, heartbeat_period: float, heartbeat_threshold: float,
                  lifecycle: Lifecycle, inflight: Inflight, arena: shm.Arena | None,
-                 on_event: Callable[[protocol.Message], None], on_broken: Callable[[BaseException], None]) -> None:
+                 on_event: Callable[[protocol.Message], None], on_broken: Callable[[BaseException], None],
+                 monitor: Any = None) -> None:
         super().__init__(name=f"htex-io-{label}", daemon=True)
         self.heartbeat_period = heartbeat_period
         self.heartbeat_threshold = heartbeat_threshold
@@ -179,6 +180,7 @@ class ClientThread(threading.Thread):
         self.arena = arena
         self.on_event = on_event
         self.on_broken = on_broken
+        self._monitor = monitor  # monitoring.reporters.ClientReporter, or None
         self._wake_r, wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(wake_w, False)
@@ -392,15 +394,21 @@ class ClientThread(threading.Thread):
                 continue
             fut = self.inflight.finish(tid)
             if fut is not None:
+                if self._monitor is not None:
+                    self._monitor.ended(tid, ok, value, len(protocol.as_buffer(blob)))
                 settle(fut, ok, value)
 
     def _lost(self, tid: int, exc: TaskLost) -> None:
         again = self.inflight.resend(tid, exc)
         if again is not None:
+            if self._monitor is not None:
+                self._monitor.resent(tid)
             self.outbox.put(task=(tid, *again))
             return
         fut = self.inflight.finish(tid, lost=True)
         if fut is not None:
+            if self._monitor is not None:
+                self._monitor.ended(tid, False, exc, None)
             settle(fut, False, exc)
 
     def _interchange_died(self) -> None:
@@ -439,6 +447,8 @@ class ClientThread(threading.Thread):
     def _close(self, reason: BaseException) -> None:
         """The thread's last act: fail what still waits, close what it owns."""
         self._send_outbox()  # a Shutdown queued last
+        if self._monitor is not None:
+            self._monitor.ended_all(list(self.inflight.futures), reason)
         self.inflight.fail_all(reason)
         with self.outbox.lock:
             replies, self._replies = self._replies, {}

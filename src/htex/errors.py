@@ -26,8 +26,10 @@ configuration, the environment (a lost process, a scheduler), or htex itself::
     ├── InternalError                          a bug in htex: please report it
     ├── ProtocolError                          a message on the wire is malformed or of another version
     │   └── VersionMismatch                    a pool of another htex/Python version tried to register
-    └── ProviderError                          a batch scheduler refused or failed a command
-        └── ScaleOutFailed                     blocks could not be started
+    ├── ProviderError                          a batch scheduler refused or failed a command
+    │   └── ScaleOutFailed                     blocks could not be started
+    └── MonitoringError                        the monitoring hub or its store cannot be used
+        └── StoreVersionMismatch               a store of another schema version
 
 Every exception here pickles (it crosses process boundaries) and carries only
 a message plus plain attributes.  Foreign errors are translated at the boundary
@@ -145,6 +147,14 @@ class ScaleOutFailed(ProviderError):
     """The provider could not start the blocks asked for."""
 
 
+class MonitoringError(HtexError):
+    """Monitoring cannot start or its store cannot be used (not an htex store, the hub did not start)."""
+
+
+class StoreVersionMismatch(MonitoringError):
+    """A monitoring store of another schema version: ``found`` and ``expected`` name both."""
+
+
 class RemoteTraceback(Exception):
     """Carries a worker's formatted traceback; set as ``__cause__`` of a task's exception."""
 
@@ -168,6 +178,7 @@ __all__ = [
     "InvalidResourceSpecification",
     "MPINodesUnavailable",
     "ManagerLost",
+    "MonitoringError",
     "PlacementError",
     "ProtocolError",
     "ProviderError",
@@ -175,6 +186,7 @@ __all__ = [
     "RemoteTraceback",
     "ScaleOutFailed",
     "SerializationError",
+    "StoreVersionMismatch",
     "TaskCancelled",
     "TaskLost",
     "VersionMismatch",

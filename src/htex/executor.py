@@ -37,6 +37,7 @@ from .client import ClientThread, InterchangeProcess
 from .errors import ConfigurationError
 from .inflight import Inflight, Lifecycle
 from .mapping import map_in_order
+from .monitoring.config import Monitoring
 from .providers.base import ExecutionProvider, JobStatus
 from .providers.cluster import walltime_seconds
 from .providers.local import LocalProvider
@@ -95,6 +96,7 @@ class HighThroughputExecutor:
         cpu_affinity: str = "none",
         manager_selector: selectors.ManagerSelector | None = None,
         drain_period: float | None = None,
+        monitoring: bool | Monitoring | None = None,
     ) -> None:
         if max_workers_per_node is not None:
             max_workers = max_workers_per_node
@@ -148,8 +150,11 @@ class HighThroughputExecutor:
         self._pool_drain_period()  # checked now against the provider's walltime
         self.cert_dir: str | None = None
         self.client_dir: str | None = None  # the directory start() was called in: where tasks run by default
-        self.hub_address: str | None = None  # monitoring hub: accepted, unused
+        self.monitoring = Monitoring.of(monitoring)  # None: off
+        self.hub_address: str | None = None  # the monitoring hub's TCP address and port, once started
         self.hub_port: int | None = None
+        self._monitoring: Any = None  # monitoring.session.MonitoringSession while it runs
+        self._monitor: Any = None  # monitoring.reporters.ClientReporter: the hooks' target
         self.worker_task_port: int | None = None
         self.worker_result_port: int | None = None
         self._lifecycle = Lifecycle()
@@ -185,6 +190,8 @@ class HighThroughputExecutor:
         try:
             self._make_run_dir()
             self._open_endpoints()
+            if self.monitoring is not None:
+                self._start_monitoring()
             self._client = self._make_client()
             self._spawn_interchange()
             if self.managed:  # the ports are ours already: the first blocks start while the interchange boots
@@ -230,11 +237,25 @@ class HighThroughputExecutor:
         self.worker_task_port = self._endpoints.task_port or None
         self.worker_result_port = self._endpoints.result_port or None
 
+    def _start_monitoring(self) -> None:
+        from .monitoring.session import MonitoringSession  # only when asked for
+
+        assert self.monitoring is not None
+        ends = self._endpoints
+        self._monitoring = MonitoringSession.start(
+            self.monitoring, run_dir=self.run_dir, logdir=self.logdir, ipc_dir=ends.ipc_dir, cert_dir=self.cert_dir,
+            tcp=bool(ends.task_port), bind_address=ends.bind_address(), local_pools=ends.pool_ipc_prefix is not None)
+        self.hub_address, self.hub_port = self._monitoring.hub_address, self._monitoring.hub_port
+        self._monitor = self._blocks.monitor = self._monitoring.reporter
+        self._monitor.provider = type(self.provider).__name__
+        self._monitor.run_started(self.label, self.run_dir)
+
     def _make_client(self) -> ClientThread:
         self._inflight.arena = shm.Arena() if self.shared_memory else None
         return ClientThread(self.label, self._endpoints.ipc_dir, self.heartbeat_period, self.heartbeat_threshold,
                             self._lifecycle, self._inflight, self._inflight.arena,
-                            on_event=self._blocks.on_event, on_broken=self.set_bad_state_and_fail_all)
+                            on_event=self._blocks.on_event, on_broken=self.set_bad_state_and_fail_all,
+                            monitor=self._monitor)
 
     def _spawn_interchange(self) -> None:
         assert self._client is not None
@@ -246,6 +267,9 @@ class HighThroughputExecutor:
             listen_fds=ends.listening_fds(), heartbeat_period=float(self.heartbeat_period),
             heartbeat_threshold=float(self.heartbeat_threshold), logdir=self.logdir, debug=self.worker_debug,
             cert_dir=self.cert_dir, ipc_name=ends.ipc_name, manager_selector=self._packed_selector,
+            monitor_url=self._monitoring.interchange_url if self._monitoring else None,
+            monitor_run=self._monitoring.run_id if self._monitoring else None,
+            monitor_cert_dir=self._monitoring.cert_dir if self._monitoring else None,
         )
         try:
             self._interchange = self._client.spawn_interchange(config, ends.listening_fds(), self.logdir)
@@ -258,6 +282,8 @@ class HighThroughputExecutor:
         self._blocks.cancel_all()
         if self._client is not None:
             self._client.abandon()
+        if self._monitoring is not None:
+            self._monitoring.stop()
         self._endpoints.remove()
         self._lifecycle.shut_down.set()
 
@@ -292,6 +318,8 @@ class HighThroughputExecutor:
         # Not on the I/O thread: a done-callback that submits must not wait for room only that thread makes.
         task_id = self._inflight.add(fut, key, payload, lease, not client.is_current(), priority)
         fut.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
+        if self._monitor is not None:
+            self._monitor.submitted(task_id, func, len(payload), priority)
         needs = spec.needs
         client.send(task=(task_id, key, payload, priority), function=(key, blob) if blob is not None else None,
                     needs=None if needs is None else (needs.cores, needs.memory, needs.gpus))
@@ -419,6 +447,8 @@ class HighThroughputExecutor:
         """Mark the executor broken: every pending future fails with ``exception``, and so will every later submit."""
         self._lifecycle.break_with(exception)
         log.error("executor %s is in a bad state: %s", self.label, exception)
+        if self._monitor is not None:
+            self._monitor.ended_all(list(self._inflight.futures), exception)
         self._inflight.fail_all(exception)
 
     def _ask(self, make: Callable[[int], protocol.Message], timeout: float = COMMAND_SECONDS) -> Any:
@@ -449,6 +479,7 @@ class HighThroughputExecutor:
             working_dir=os.path.join(self.client_dir or "", self.working_dir) if self.working_dir else None,
             client_dir=self.client_dir, cpu_affinity=self.cpu_affinity,
             accelerators=tuple(self.available_accelerators), drain_period=self._pool_drain_period(),
+            env=self._monitoring.pool_env if self._monitoring else {},
         )
 
     def _pool_drain_period(self) -> float | None:
@@ -526,6 +557,8 @@ class HighThroughputExecutor:
             client.close()
         if self._inflight.arena is not None:
             self._inflight.arena.close()  # workers that still map a segment keep it until they unmap it
+        if self._monitoring is not None:
+            self._monitoring.stop()  # after the interchange and the pools: it gets their last events
         self._endpoints.remove()
         _live_executors.discard(self)
         self._lifecycle.shut_down.set()

@@ -200,6 +200,7 @@ class Interchange:
             from .selectors import unpack  # only then: cloudpickle is not needed otherwise
 
             self.selector = unpack(cfg.manager_selector)
+        self._monitor = _monitor(cfg)  # monitoring.reporters.InterchangeReporter, or None
 
         socks = _open_sockets(self.ctx, cfg)
         self.client, self.task_sock, self.result_sock = socks.client, socks.tasks, socks.results
@@ -301,6 +302,8 @@ class Interchange:
             pool.held = True
             self.with_room.pop(pool.identity, None)
             log.info("holding %s: no new tasks go to it", pool.describe())
+            if self._monitor is not None:
+                self._monitor.pool_state(pool.reg.manager_id, "draining", "held: no new task goes to it")
         return len(held)
 
     def _drop_blocks(self, blocks: list[str], why: str, released: bool) -> int:
@@ -395,6 +398,8 @@ class Interchange:
         self._to_pool(identity, protocol.Registered())
         log.info("registered %s with %d workers%s", pool.describe(), reg.worker_count,
                  f", accelerators {' '.join(reg.accelerators)}" if reg.accelerators else "")
+        if self._monitor is not None:
+            self._monitor.registered(reg.manager_id, reg.block_id, reg.hostname, reg.worker_count)
         self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
 
     def _read_results(self) -> None:
@@ -520,6 +525,8 @@ class Interchange:
         known, ours = pool.functions, self.functions  # each function goes to a pool once, with its first task
         functions = {key: ours[key] for _, key, _ in batch if key not in known and key in ours}
         ids, keys = protocol.u64_array(t[0] for t in batch), protocol.u64_array(t[1] for t in batch)
+        if self._monitor is not None:  # before the send: the pool may start them before we look at the clock
+            self._monitor.dispatched(ids, pool.reg.manager_id)
         if not self._to_pool(pool.identity, protocol.Tasks(ids, keys, [t[2] for t in batch], functions)):
             self.with_room.pop(pool.identity, None)
             return False
@@ -604,6 +611,8 @@ class Interchange:
         if held:
             self._to_client(protocol.TasksFailed(ids=held, error=protocol.LostReason.MANAGER_LOST, message=message))
         r = pool.reg
+        if self._monitor is not None:
+            self._monitor.pool_state(r.manager_id, "gone" if released else "lost", why)
         self._to_client(protocol.PoolGone(manager=r.manager_id, block_id=r.block_id, message=message, released=released))
 
     # -- shutdown -------------------------------------------------------------------
@@ -616,6 +625,8 @@ class Interchange:
         self.task_sock.close()
         if self.auth is not None:
             self.auth.stop()
+        if self._monitor is not None:
+            self._monitor.sender.stop()
         self.ctx.destroy(linger=0)
         log.info("interchange stopped")
 
@@ -686,6 +697,18 @@ def _bind_tcp(cfg: InterchangeConfig, task_sock: zmq.Socket[Any], result_sock: z
         return cfg.worker_ports
     low, high = cfg.worker_port_range
     return task_sock.bind_to_random_port(address, low, high, 200), result_sock.bind_to_random_port(address, low, high, 200)
+
+
+def _monitor(cfg: InterchangeConfig) -> Any:
+    """The interchange's monitoring reporter, started, if the executor asked for monitoring."""
+    if not cfg.monitor_url or not cfg.monitor_run:
+        return None
+    from .monitoring.reporters import InterchangeReporter
+    from .monitoring.sender import EventSender
+
+    sender = EventSender(cfg.monitor_url, cfg.monitor_run, "interchange", cfg.monitor_cert_dir)
+    sender.start()
+    return InterchangeReporter(sender)
 
 
 def _version_mismatch(reg: protocol.Register) -> str:

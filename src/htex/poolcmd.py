@@ -97,6 +97,8 @@ class PoolLaunch:
     accelerators: tuple[str, ...] = ()
     drain_period: float | None = None  # the pool drains this many seconds after it starts (Parsl's flag)
     mpi_launcher: str | None = None  # MPI mode (mpi.py): how tasks launch MPI programs; None: not MPI
+    # Exported before the pool starts (monitoring: where its hub is, HTEX_MONITOR_*).
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def values(self, block_id: str) -> dict[str, Any]:
         """The placeholders a launch_cmd may use (Parsl's, and ours), shell-quoted where they are paths.
@@ -185,7 +187,7 @@ def launch_command(template: str | None, launch: PoolLaunch, block_id: str) -> s
     except (KeyError, IndexError) as exc:
         raise ConfigurationError(f"launch_cmd has an unknown placeholder {exc}; known ones: {sorted(values)}") from None
     cmd = cmd.replace("{block_id}", block_id)
-    before = []
+    before = [f"export {name}={shlex.quote(value)}" for name, value in launch.env.items()]
     if launch.cert_dir and "{cert_dir}" not in template:
         before.append(f"export HTEX_CERT_DIR={shlex.quote(launch.cert_dir)}")
     if launch.working_dir:

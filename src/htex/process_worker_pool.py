@@ -393,6 +393,7 @@ class Manager:
 
             self.workers.extra_env = mpi.pool_environment(cfg.mpi_launcher, os.path.join(cfg.logdir, "mpi-nodes"))
             log.info("MPI mode (%s): the block's nodes are %s", cfg.mpi_launcher, self.workers.extra_env[mpi.NODES_ENV])
+        self._monitor = _monitor(cfg, self.count, self.workers)  # monitoring.reporters.PoolReporter, or None
 
     def _dealer(self, url: str) -> zmq.Socket[Any]:
         sock = self.ctx.socket(zmq.DEALER)
@@ -644,6 +645,8 @@ class Manager:
             )
             slot.sent_at = time.monotonic()
             self.workers.send(slot, msg.encode())
+            if self._monitor is not None:
+                self._monitor.started(slot.tasks, slot.rank)
 
     def _flush_results(self) -> None:
         if self.done_ids:
@@ -701,8 +704,23 @@ class Manager:
         self.workers.stop()
         for sock in (self.task_sock, self.result_sock):
             sock.setsockopt(zmq.LINGER, 500)
+        if self._monitor is not None:
+            self._monitor.stopped(f"the pool stopped (exit code {self.exit_code})")
         self.ctx.destroy(linger=500)
         log.info("manager %s stopped", self.cfg.manager_id)
+
+
+def _monitor(cfg: PoolConfig, count: int, workers: Workers) -> Any:
+    """The pool's monitoring reporter, started, if the launch command exported HTEX_MONITOR_*."""
+    if not os.environ.get("HTEX_MONITOR_URL"):
+        return None
+    from .monitoring.reporters import pool_reporter_from_env
+
+    reporter = pool_reporter_from_env(cfg.manager_id, cfg.task_url, cfg.cert_dir)
+    if reporter is not None:
+        reporter.workers = lambda: [(s.rank, s.proc.pid) for s in workers.slots if s.proc is not None]
+        reporter.info(cfg.block_id, count)
+    return reporter
 
 
 def _ignore_stop_signals() -> None:

@@ -781,6 +781,9 @@ class InterchangeConfig:
     listen_fds: list[int] | None = None  # listening sockets the executor bound for us (task, result)
     ipc_name: str | None = None  # also listen on ipc://NAME-tasks and -results (a private directory)
     manager_selector: str | None = None  # selectors.pack'ed; None: pools take turns
+    monitor_url: str | None = None  # the monitoring hub, if monitoring is on
+    monitor_run: str | None = None  # the run's id in the monitoring store
+    monitor_cert_dir: str | None = None  # the hub's CURVE keys, when it is reached over TCP
 
     def to_json(self) -> bytes:
         return _dump(self)

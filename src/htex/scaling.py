@@ -114,6 +114,7 @@ class Blocks:
         self.draining: set[str] = set()  # blocks whose pools drain: they take no new task
         self.wake: Callable[[], None] = lambda: None  # run the poller now (BlockPoller sets it)
         self._next_id = 0
+        self.monitor: Any = None  # monitoring.reporters.ClientReporter, or None
 
     # -- events from the interchange (the I/O thread) ------------------------------
 
@@ -159,6 +160,8 @@ class Blocks:
             log.info("started block %s as job %s", block_id, job_id)
             with self.lock:
                 self.jobs[block_id] = job_id
+            if self.monitor is not None:
+                self.monitor.block_requested(block_id, job_id)
             new.append(block_id)
         return new
 
@@ -186,6 +189,8 @@ class Blocks:
         with self.lock:
             for b in block_ids:
                 self.status[b] = JobStatus(JobState.CANCELLED, "scaled in")
+        if self.monitor is not None:
+            self.monitor.blocks_seen({b: self.status[b] for b in block_ids}, self.jobs)
         return list(block_ids)
 
     def _tell(self, make: Callable[[int], protocol.Message], what: str, blocks: list[str]) -> None:
@@ -219,11 +224,17 @@ class Blocks:
                 known = self.status.get(b)
                 if known is None or known.state is not JobState.CANCELLED:
                     self.status[b] = st
-            return {b: self.status[b] for b in ids}
+            seen = {b: self.status[b] for b in ids}
+        if self.monitor is not None:
+            self.monitor.blocks_seen(seen, self.jobs)
+        return seen
 
     def cancel_all(self) -> None:
         with self.lock:
             jobs = list(self.jobs.values())
+            live = {b: j for b, j in self.jobs.items() if b not in self.status or not self.status[b].terminal}
+        if self.monitor is not None:
+            self.monitor.blocks_cancelled(live, "cancelled at the executor's shutdown")
         if jobs:
             try:
                 self.provider.cancel(jobs)
@@ -275,6 +286,8 @@ class Blocks:
             self.failed_in_a_row += 1
             self.last_failure = f"block {block} (job {job}) was held by the scheduler: {st.message}"
             self.status[block] = JobStatus(JobState.FAILED, st.message)
+        if self.monitor is not None:
+            self.monitor.blocks_seen({block: self.status[block]}, self.jobs)
 
     def _block_ended(self, block: str, st: JobStatus) -> None:
         """A block's job ended (done, failed, cancelled from outside, walltime): act on it now."""

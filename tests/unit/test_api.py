@@ -103,8 +103,8 @@ def test_the_exports_are_complete_and_written_once() -> None:
     import importlib
 
     expected = {"__version__"}
-    for module in ("htex.errors", "htex.executor", "htex.launchers", "htex.mpi_executor", "htex.providers",
-                   "htex.selectors"):
+    for module in ("htex.errors", "htex.executor", "htex.launchers", "htex.monitoring.config", "htex.mpi_executor",
+                   "htex.providers", "htex.selectors"):
         names = importlib.import_module(module).__all__
         assert len(names) == len(set(names)), module
         assert not expected & set(names), f"{module} exports a name another module exports too"
