@@ -389,6 +389,11 @@ class HighThroughputExecutor:
         return self._inflight.futures
 
     @property
+    def dashboard_url(self) -> str | None:
+        """Where ``Monitoring(dashboard=True)`` serves this run's dashboard (None: not served)."""
+        return self._monitoring.dashboard_url if self._monitoring is not None else None
+
+    @property
     def outstanding(self) -> int:
         """Tasks submitted and not yet done."""
         return len(self._inflight)

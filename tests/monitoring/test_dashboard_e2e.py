@@ -1,7 +1,6 @@
 """End to end: a real executor with monitoring on, its store, the dashboard in Chromium showing it.
 
-Needs the monitoring hub (``htex.monitoring.store``, ``HighThroughputExecutor(monitoring=...)``),
-built on another branch: until both are merged this module skips, saying so.
+Also ``Monitoring(dashboard=True)``: the executor serves the page itself.
 """
 
 from __future__ import annotations
@@ -14,16 +13,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from htex.monitoring import schema
+from htex.monitoring import config, schema, store
+from htex.monitoring.dashboard import serve_dashboard
 
-store = pytest.importorskip("htex.monitoring.store", reason="needs the monitoring hub (branch mon): runs once merged")
-config = pytest.importorskip("htex.monitoring.config", reason="needs the monitoring hub (branch mon): runs once merged")
-
-from htex.monitoring.dashboard import serve_dashboard  # noqa: E402
-
-from conftest_dash import CHROMIUM, DEADLINE_MS, Page, chromium  # noqa: E402
-from support import wait_for  # noqa: E402
-from tasks import add, fail  # noqa: E402
+from conftest_dash import CHROMIUM, DEADLINE_MS, Page, chromium
+from support import wait_for
+from tasks import add, fail
 
 N_OK, N_FAIL = 20, 3
 
@@ -66,3 +61,22 @@ def test_a_monitored_run_on_the_dashboard(make_executor: Any, run_dir: str, brow
             stop()
     finally:
         engine.dispose()
+
+
+@pytest.mark.timeout(240)
+def test_the_executor_serves_its_own_dashboard(make_executor: Any, browser: Any) -> None:
+    """Monitoring(dashboard=True): ex.dashboard_url is a live page of this run, gone at shutdown."""
+    ex = make_executor(monitoring=config.Monitoring(flush_period=0.1, dashboard=True))
+    url = ex.dashboard_url
+    assert url is not None and url.startswith("http://127.0.0.1:"), url
+    futures = [ex.submit(add, {}, i, 1) for i in range(N_OK)]
+    assert [f.result(timeout=120) for f in futures] == [i + 1 for i in range(N_OK)]
+    page = Page(browser, url)
+    page.wait_count("done", N_OK)
+    ex.shutdown()
+    assert ex.dashboard_url is not None  # still says where it was; the server itself is stopped
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)

@@ -60,7 +60,6 @@ import sqlalchemy as sa
 
 from ..errors import ConfigurationError
 from . import dashboard_data
-from .schema import SCHEMA_VERSION, meta
 
 __all__ = ["Dashboard", "build_app", "serve_dashboard"]
 
@@ -80,28 +79,12 @@ _OPEN_HOSTS = ("127.0.0.1", "::1", "localhost")
 _KEEPALIVE = 15.0  # seconds between SSE comments, so proxies and browsers keep an idle stream open
 
 
-# TODO(integrator): use store.open_store (from .store import open_store); the tests call dashboard.open_store
 def open_store(target: str) -> sa.Engine:
-    """An engine on the store named by a run directory, a database file or an SQLAlchemy URL."""
-    if "://" in target:
-        engine = sa.create_engine(target)
-    else:
-        path = _store_file(target)
-        if not os.path.isfile(path):
-            raise ConfigurationError(f"no monitoring store at {path}: give a run directory holding monitoring.db "
-                                     "(written by monitoring=True), a database file or an SQLAlchemy URL")
-        engine = sa.create_engine(f"sqlite:///{os.path.abspath(path)}")
-    try:
-        with engine.connect() as conn:
-            found = {k: v for k, v in conn.execute(sa.select(meta.c.key, meta.c.value))}
-    except sa.exc.DBAPIError as exc:
-        engine.dispose()
-        raise ConfigurationError(f"{target} is not an htex monitoring store: {exc.orig}") from exc
-    if found.get("schema") != "htex-monitoring" or found.get("version") != str(SCHEMA_VERSION):
-        engine.dispose()
-        raise ConfigurationError(f"{target} is a monitoring store of schema version {found.get('version')}; "
-                                 f"this htex reads version {SCHEMA_VERSION}")
-    return engine
+    """An engine on the store named by a run directory (its monitoring.db, or its one executor
+    directory's), a database file or an SQLAlchemy URL: ``store.open_store``, which checks the version."""
+    from .store import open_store as open_checked
+
+    return open_checked(target if "://" in target else _store_file(target))
 
 
 def _store_file(target: str) -> str:

@@ -16,7 +16,6 @@ events and stops the hub, which writes what is still arriving.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -25,10 +24,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import IO
 
 from .. import procs
-from ..errors import MonitoringError
+from ..errors import HtexError, MonitoringError
 from .config import Monitoring
 from .reporters import ClientReporter
 from .sender import EventSender
@@ -54,6 +54,8 @@ class MonitoringSession:
         # The run's last events (every task's end) leave at shutdown: give them time to arrive.
         sender = EventSender(local_url, run_id, "client", cert_dir, spec.flush_period, stop_seconds=CLIENT_STOP_SECONDS)
         self.reporter = ClientReporter(sender, "")
+        self.dashboard_url: str | None = None  # Monitoring(dashboard=True): where it is served
+        self._stop_dashboard: Callable[[], None] | None = None
         self.pool_env = {"HTEX_MONITOR_URL": pool_url, "HTEX_MONITOR_RUN": run_id,
                          "HTEX_MONITOR_PERIOD": repr(spec.resource_period)}
         if not spec.start_hub:  # a hub of its own: its keys, or none (pools otherwise use the run's)
@@ -88,10 +90,22 @@ class MonitoringSession:
         # else at the address they reached the interchange at ("{interchange}", filled in by the pool).
         pool_url = ipc_url if local_pools or not port else f"tcp://{spec.hub_address or '{interchange}'}:{port}"
         log.info("monitoring hub (pid %d) writes to %s; port %s", hub.pid, store._safe(store_url), port or "none")
-        if spec.dashboard and importlib.util.find_spec("htex.monitoring.dashboard") is None:
-            log.warning("Monitoring(dashboard=True): this htex has no dashboard; the run is recorded in %s",
-                        store._safe(store_url))
-        return cls(spec, run_id, hub, stderr_path, address, port or None, ipc_url, pool_url, cert_dir)
+        session = cls(spec, run_id, hub, stderr_path, address, port or None, ipc_url, pool_url, cert_dir)
+        if spec.dashboard:
+            session._serve_dashboard(store_url, store._safe(store_url))
+        return session
+
+    def _serve_dashboard(self, store_url: str, shown: str) -> None:
+        """Serve the dashboard on 127.0.0.1 for this run; a dashboard that cannot start costs only a warning."""
+        try:
+            from .dashboard import serve_dashboard  # the [dashboard] extra
+
+            self.dashboard_url, self._stop_dashboard = serve_dashboard(store_url)
+        except (ImportError, HtexError) as exc:
+            log.warning("Monitoring(dashboard=True): the dashboard did not start (%s); the run is recorded in %s",
+                        exc, shown)
+            return
+        log.info("dashboard of this run: %s", self.dashboard_url)
 
     def check_hub(self) -> str:
         """'' while the hub runs; else how it ended (with the end of its stderr)."""
@@ -102,6 +116,8 @@ class MonitoringSession:
 
     def stop(self) -> None:
         """Send the last events, then stop the hub (it writes what is still arriving)."""
+        if self._stop_dashboard is not None:
+            self._stop_dashboard()
         self.reporter.run_ended()
         if self.hub is not None:
             _regain_cpu(self.hub.pid)  # the hub ran at low priority; now it has the run's last events to take
