@@ -66,3 +66,11 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def read_lines(path: str) -> list[str]:
+    """The lines of a file tasks append to (their side effects); none while it does not exist."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return f.read().splitlines()

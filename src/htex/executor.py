@@ -336,7 +336,8 @@ class HighThroughputExecutor:
         if not self.provider.remote:  # pools start on this host
             node_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
             node_gb = psutil.virtual_memory().total / 2**30
-        return resources.limits(self.max_workers, self.cores_per_worker, self.mem_per_worker, node_cores, node_gb)
+        return resources.limits(self.max_workers, self.cores_per_worker, self.mem_per_worker, node_cores, node_gb,
+                                len(self.available_accelerators or ()))
 
     def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1

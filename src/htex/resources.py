@@ -165,14 +165,17 @@ class Limits:
 
 
 def limits(max_workers: float, cores_per_worker: float, mem_per_worker: float | None,
-           node_cores: int | None, node_memory_gb: float | None) -> Limits:
+           node_cores: int | None, node_memory_gb: float | None, accelerators: int = 0) -> Limits:
     """The largest pool a launch configuration can start (see process_worker_pool.worker_count).
 
     ``node_cores`` and ``node_memory_gb``: a node's, when known (this host for a local provider,
     ``cores_per_node``/``mem_per_node`` of a scheduler's); else what the workers are sized for,
-    or None (not known: such a request waits for a pool that can take it).
+    or None (not known: such a request waits for a pool that can take it).  ``accelerators``: a
+    pool's (available_accelerators), one worker each.
     """
     workers = max_workers if math.isfinite(max_workers) else None
+    if accelerators:
+        workers = min(workers or math.inf, accelerators)
     if node_cores is not None:
         workers = min(workers or math.inf, max(1, math.floor(node_cores / cores_per_worker)))
     cores = None if workers is None else workers * cores_per_worker
@@ -182,8 +185,10 @@ def limits(max_workers: float, cores_per_worker: float, mem_per_worker: float | 
         memory = node_memory_gb * 1024 if node_memory_gb else None
     node_gb = f"{node_memory_gb:.1f}" if node_memory_gb else "?"
     why = (f"max_workers={max_workers}, cores_per_worker={cores_per_worker}, mem_per_worker={mem_per_worker}, "
-           f"node: {node_cores or '?'} cores, {node_gb} GB; no accelerators configured")
-    return Limits(cores, memory, 0, why)
+           f"node: {node_cores or '?'} cores, {node_gb} GB; "
+           + (f"{accelerators} accelerators" if accelerators else "no accelerators configured"))
+    gpus = min(accelerators, int(workers)) if accelerators and workers is not None else accelerators
+    return Limits(cores, memory, gpus, why)
 
 
 def _fmt(v: float) -> str:

@@ -10,7 +10,6 @@ synchronise: the test waits for states it can observe.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import CancelledError, Future, wait
 from typing import Any
@@ -21,16 +20,10 @@ import pytest
 from htex import TaskCancelled
 
 import tasks
-from support import alive, wait_for
+from support import alive, read_lines, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
-
-def _lines(path: str) -> list[str]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return f.read().splitlines()
 
 
 def held(ex: Any) -> int:
@@ -51,7 +44,7 @@ class Busy:
         self.log = str(tmp / "started")
         self.gate = str(tmp / "gate")
         self.busy = [ex.submit(tasks.record_then_wait_for, {}, self.log, f"busy{i}", self.gate) for i in range(workers)]
-        wait_for(lambda: len(_lines(self.log)) == workers, timeout=30, what="the long tasks to start")
+        wait_for(lambda: len(read_lines(self.log)) == workers, timeout=30, what="the long tasks to start")
 
     def release(self) -> None:
         with open(self.gate, "w"):
@@ -63,7 +56,7 @@ class Busy:
         assert self.ex.submit(tasks.record, {}, self.log, "last").result(timeout=60) is None
         done, _ = wait(self.busy, timeout=60)
         assert len(done) == len(self.busy)
-        return _lines(self.log)
+        return read_lines(self.log)
 
 
 def test_cancel_a_task_queued_in_the_interchange(make_executor: Any, tmp_path: Any) -> None:
@@ -161,7 +154,7 @@ def test_cancel_in_a_done_callback_stops_a_task_still_in_the_client(make_executo
     wait_for(lambda: "fut" in seen, timeout=30, what="the callback")
     assert seen["cancelled"] is True and seen["fut"].cancelled()
     assert ex.submit(tasks.record, {}, log, "after").result(timeout=30) is None
-    assert _lines(log) == ["after"]
+    assert read_lines(log) == ["after"]
 
 
 def test_closing_a_map_iterator_cancels_what_has_not_started(make_executor: Any, tmp_path: Any) -> None:
@@ -173,13 +166,13 @@ def test_closing_a_map_iterator_cancels_what_has_not_started(make_executor: Any,
     with open(first_gate, "w"):
         pass
     assert next(results) is None  # m0 ran; m1 now holds the worker, m2.. wait in the interchange
-    wait_for(lambda: _lines(log) == ["m0", "m1"], timeout=30, what="m1 to start")
+    wait_for(lambda: read_lines(log) == ["m0", "m1"], timeout=30, what="m1 to start")
     results.close()
     assert ex.stats()["queued"] == 0
     with open(gate, "w"):
         pass
     assert ex.submit(tasks.record, {}, log, "last").result(timeout=30) is None
-    assert _lines(log) == ["m0", "m1", "last"]  # m1 had started: map's close lets it finish
+    assert read_lines(log) == ["m0", "m1", "last"]  # m1 had started: map's close lets it finish
     wait_for(lambda: ex.outstanding == 0, timeout=30, what="m1 to finish")
 
 
@@ -196,7 +189,7 @@ def test_shutdown_cancel_futures_cancels_the_waiting_and_waits_for_the_running(m
     stopper.join(60)
     assert not stopper.is_alive()
     assert b.busy[0].result(timeout=0) is None
-    assert _lines(b.log) == ["busy0"]
+    assert read_lines(b.log) == ["busy0"]
     assert not any(p for p in psutil.Process().children(recursive=True) if "htex" in " ".join(p.cmdline()))
 
 
@@ -215,4 +208,4 @@ def test_a_withdrawn_task_is_not_lost_with_its_pool(make_executor: Any, tmp_path
         b.busy[0].result(timeout=60)
     assert fut.cancelled()
     assert b.ex.stats()["lost"] == 1
-    assert _lines(b.log) == ["busy0"]
+    assert read_lines(b.log) == ["busy0"]

@@ -20,16 +20,10 @@ import pytest
 from htex import InvalidResourceSpecification
 
 import tasks
-from support import wait_for
+from support import read_lines, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
-
-def _lines(path: str) -> list[str]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return f.read().splitlines()
 
 
 class Held:
@@ -40,7 +34,7 @@ class Held:
         self.log = os.path.join(tmp, "started")
         self.gate = os.path.join(tmp, "gate")
         self.busy = ex.submit(tasks.record_then_wait_for, {}, self.log, "busy", self.gate)
-        wait_for(lambda: _lines(self.log) == ["busy"], timeout=30, what="the long task to start")
+        wait_for(lambda: read_lines(self.log) == ["busy"], timeout=30, what="the long task to start")
 
     def release(self, queued: int, futures: list[Future[Any]]) -> list[str]:
         """Once ``queued`` tasks wait in the interchange, let the worker go; the order tasks started in."""
@@ -51,7 +45,7 @@ class Held:
         assert not not_done
         for fut in done:
             fut.result()
-        return _lines(self.log)[1:]
+        return read_lines(self.log)[1:]
 
 
 def test_urgent_tasks_overtake_a_queue_of_less_urgent_ones(make_executor: Any, tmp_path: Any) -> None:

@@ -19,16 +19,10 @@ import pytest
 from htex import LocalProvider, ManagerLost
 
 import tasks
-from support import wait_for
+from support import read_lines, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
-
-def _lines(path: str) -> list[str]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return f.read().splitlines()
 
 
 def _holding(ex: Any) -> dict[str, int]:
@@ -38,7 +32,7 @@ def _holding(ex: Any) -> dict[str, int]:
 def _hold_one_pool(ex: Any, log: str, gate: str, label: str = "blocker") -> tuple[Any, str]:
     """Start the gate task; return its future and the manager running it."""
     blocker = ex.submit(tasks.record_then_wait_for, {}, log, label, gate)
-    wait_for(lambda: label in _lines(log), timeout=30, what="the blocking task to start")
+    wait_for(lambda: label in read_lines(log), timeout=30, what="the blocking task to start")
     (busy,) = wait_for(lambda: [m for m, n in _holding(ex).items() if n == 1], timeout=30,
                        what="the interchange to count it")
     return blocker, busy
@@ -58,7 +52,7 @@ def test_tasks_queued_behind_a_long_task_move_to_the_idle_pool_and_run_once(make
     with open(gate, "w"):
         pass
     blocker.result(timeout=30)
-    assert Counter(_lines(log)) == Counter(["blocker", *map(str, range(12))])  # each ran exactly once
+    assert Counter(read_lines(log)) == Counter(["blocker", *map(str, range(12))])  # each ran exactly once
     stats = ex.stats()
     assert (stats["done"], stats["lost"]) == (13, 0)  # one result each
     assert stats["dispatched"] > 13  # some went to the busy pool first: a stolen task is dispatched twice
@@ -78,7 +72,7 @@ def test_a_pool_that_dies_holding_prefetched_tasks_fails_exactly_those(make_exec
     for fut in [blocker, *queued]:
         with pytest.raises(ManagerLost):
             fut.result(timeout=30)
-    assert _lines(log) == ["blocker"]  # the prefetched ones never ran
+    assert read_lines(log) == ["blocker"]  # the prefetched ones never ran
     assert ex.stats()["lost"] == 5
 
 
@@ -104,7 +98,7 @@ def test_a_pool_lost_while_asked_for_its_tasks_fails_them_once_and_stealing_goes
             outcomes.append(f.result(timeout=30) != busy)
         except ManagerLost:
             outcomes.append(False)
-    ran = Counter(_lines(log))
+    ran = Counter(read_lines(log))
     assert all(n == 1 for n in ran.values())  # nothing ran twice
     lost = outcomes.count(False)
     assert lost >= 2 and ex.stats()["lost"] == lost  # the blocker and what the stopped pool held

@@ -22,16 +22,10 @@ import zmq
 from htex import protocol, serialize
 
 import tasks
-from support import wait_for
+from support import read_lines, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
-
-def _lines(path: str) -> list[str]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return f.read().splitlines()
 
 
 class FakeInterchange:
@@ -120,7 +114,7 @@ def test_withdraw_takes_back_prefetched_tasks_and_leaves_the_started_one(fake: A
     # Task 1 holds the only worker; 2..5 wait in the pool's prefetch queue.
     ic.submit([(1, tasks.record_then_wait_for, (log, "t1", gate))] +
               [(i, tasks.record, (log, f"t{i}")) for i in range(2, 6)])
-    wait_for(lambda: _lines(log) == ["t1"], timeout=30, what="task 1 to start")
+    wait_for(lambda: read_lines(log) == ["t1"], timeout=30, what="task 1 to start")
     ic.send(protocol.Withdraw(req=7, ids=[1, 3, 5, 99]))
     answer = ic.receive(protocol.Withdrawn)
     assert answer.req == 7
@@ -131,7 +125,7 @@ def test_withdraw_takes_back_prefetched_tasks_and_leaves_the_started_one(fake: A
     results = ic.results_for(3)  # 1, 2 and 4: the withdrawn never come back
     assert sorted(results) == [1, 2, 4]
     assert all(ok for ok, _ in results.values())
-    assert sorted(_lines(log)) == ["t1", "t2", "t4"]
+    assert sorted(read_lines(log)) == ["t1", "t2", "t4"]
     # Asked again, nothing is held: a finished task is in neither list.
     ic.send(protocol.Withdraw(req=8, ids=[1, 2, 3]))
     again = ic.receive(protocol.Withdrawn)
@@ -153,7 +147,7 @@ def test_withdraw_with_kill_stops_the_running_task_and_spares_its_batch(fake: An
     log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
     # One batch of two for the one worker: X runs (and waits), Y waits behind it in the batch.
     ic.submit([(1, tasks.record_then_wait_for, (log, "X", gate)), (2, tasks.record, (log, "Y"))])
-    wait_for(lambda: _lines(log) == ["X"], timeout=30, what="X to start")
+    wait_for(lambda: read_lines(log) == ["X"], timeout=30, what="X to start")
     ic.send(protocol.Withdraw(req=1, ids=[1, 2], kill=True))
     answer = ic.receive(protocol.Withdrawn)
     assert answer.withdrawn == [] and sorted(answer.started) == [1, 2]  # both handed to the worker
@@ -166,7 +160,7 @@ def test_withdraw_with_kill_stops_the_running_task_and_spares_its_batch(fake: An
     assert not ok and isinstance(exc, TaskCancelled) and "before it started" in str(exc)
     ic.submit([(3, tasks.record, (log, "after"))])
     assert ic.results_for(1)[3][0]
-    assert _lines(log) == ["X", "after"]
+    assert read_lines(log) == ["X", "after"]
 
 
 def test_a_kill_spares_the_rest_of_the_batch(fake: Any, tmp_path: Any) -> None:
@@ -177,12 +171,12 @@ def test_a_kill_spares_the_rest_of_the_batch(fake: Any, tmp_path: Any) -> None:
     _warm_up(ic)
     log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
     ic.submit([(1, tasks.record_then_wait_for, (log, "X", gate)), (2, tasks.record, (log, "Y"))])
-    wait_for(lambda: _lines(log) == ["X"], timeout=30, what="X to start")
+    wait_for(lambda: read_lines(log) == ["X"], timeout=30, what="X to start")
     ic.send(protocol.Withdraw(req=1, ids=[1], kill=True))
     assert ic.receive(protocol.Withdrawn).started == [1]
     results = ic.results_for(2)
     assert isinstance(results[1][1], TaskCancelled) and results[2][0]
-    assert _lines(log) == ["X", "Y"]
+    assert read_lines(log) == ["X", "Y"]
 
 
 def test_withdraw_with_kill_waits_for_the_worker_to_reach_the_task(fake: Any, tmp_path: Any) -> None:
@@ -194,7 +188,7 @@ def test_withdraw_with_kill_waits_for_the_worker_to_reach_the_task(fake: Any, tm
     log, gate_z, gate_x = str(tmp_path / "started"), str(tmp_path / "z"), str(tmp_path / "x")
     ic.submit([(1, tasks.record_then_wait_for, (log, "Z", gate_z)), (2, tasks.record_then_wait_for, (log, "X", gate_x)),
                (3, tasks.record, (log, "after"))])
-    wait_for(lambda: _lines(log) == ["Z"], timeout=30, what="Z to start")
+    wait_for(lambda: read_lines(log) == ["Z"], timeout=30, what="Z to start")
     ic.send(protocol.Withdraw(req=1, ids=[2], kill=True))
     assert ic.receive(protocol.Withdrawn).started == [2]
     with open(gate_z, "w"):
@@ -202,4 +196,4 @@ def test_withdraw_with_kill_waits_for_the_worker_to_reach_the_task(fake: Any, tm
     results = ic.results_for(3)
     assert results[1][0] and results[3][0]  # Z finished; `after` ran on the new worker
     assert not results[2][0] and isinstance(results[2][1], TaskCancelled)
-    assert _lines(log) == ["Z", "X", "after"]
+    assert read_lines(log) == ["Z", "X", "after"]

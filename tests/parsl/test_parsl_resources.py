@@ -35,21 +35,15 @@ def record(log: str, label: str, gate: str = "", parsl_resource_specification: d
     return label
 
 
-def _lines(path: str) -> list[str]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return f.read().splitlines()
-
 
 def test_parsl_priority_orders_the_queue(load_dfk: Any, tmp_path: Any) -> None:
-    from support import wait_for
+    from support import read_lines, wait_for
 
     dfk = load_dfk(executor_kwargs={"max_workers": 1})
     ex = dfk.executors["HighThroughputExecutor"]
     log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
     busy = record(log, "busy", gate)
-    wait_for(lambda: _lines(log) == ["busy"], timeout=30, what="the busy task to start")
+    wait_for(lambda: read_lines(log) == ["busy"], timeout=30, what="the busy task to start")
     later = [record(log, f"p10-{i}", parsl_resource_specification={"priority": 10}) for i in range(5)]
     urgent = [record(log, f"p1-{i}", parsl_resource_specification={"priority": 1}) for i in range(2)]
     wait_for(lambda: ex.stats()["queued"] == 7, timeout=30, what="7 tasks queued in the interchange")
@@ -57,15 +51,17 @@ def test_parsl_priority_orders_the_queue(load_dfk: Any, tmp_path: Any) -> None:
         pass
     for fut in [busy, *later, *urgent]:
         fut.result(timeout=60)
-    assert _lines(log) == ["busy", "p1-0", "p1-1"] + [f"p10-{i}" for i in range(5)]
+    assert read_lines(log) == ["busy", "p1-0", "p1-1"] + [f"p10-{i}" for i in range(5)]
 
 
 def test_parsl_cores_memory_gpus_are_accepted(load_dfk: Any, tmp_path: Any) -> None:
     load_dfk(executor_kwargs={"max_workers": 2})
+    from support import read_lines
+
     log = str(tmp_path / "started")
     spec = {"cores": 2, "memory": 100, "priority": 3}
     assert record(log, "big", parsl_resource_specification=spec).result(timeout=60) == "big"
     with pytest.raises(InvalidResourceSpecification) as info:
         record(log, "gpu", parsl_resource_specification={"gpus": 1}).result(timeout=60)
     assert "gpus=1" in str(info.value)  # no pool of this executor has a GPU: fails at once, saying so
-    assert _lines(log) == ["big"]
+    assert read_lines(log) == ["big"]
