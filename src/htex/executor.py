@@ -12,34 +12,33 @@ piece does one job in a module of its own (docs/architecture.md draws them):
 * ``rundir``: the run directory and its connection file; ``security``: keys
   and the private directory of the run's UNIX sockets.
 
-``start()`` and ``shutdown()`` are written as their lists of named steps.
+``start()`` and ``shutdown()`` are written as their lists of named steps;
+``start()``'s steps are in ``executor_start.StartSteps`` and the read-only
+queries (``connected_managers``, ``stats``, ...) in ``executor_state.ExecutorState``,
+the two bases of the executor's class.
 """
 
 from __future__ import annotations
 
 import atexit
 import concurrent.futures
-import dataclasses
 import logging
 import math
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-import psutil
-
-from . import cancel, endpoints, placement, poolcmd, protocol, resources, rundir, security, selectors, serialize, shm
+from . import cancel, endpoints, placement, resources, security, selectors, serialize
 from .client import ClientThread, InterchangeProcess
-from .errors import ConfigurationError
+from .executor_start import StartSteps, check
+from .executor_state import COMMAND_SECONDS, ExecutorState
 from .inflight import Inflight, Lifecycle
 from .mapping import map_in_order
 from .monitoring.config import Monitoring
 from .providers.base import ExecutionProvider, JobStatus
-from .providers.cluster import walltime_seconds
 from .providers.local import LocalProvider
 from .scaling import BlockPoller, Blocks
 
@@ -47,12 +46,10 @@ __all__ = ["HighThroughputExecutor", "StdlibView"]
 
 log = logging.getLogger("htex.executor")
 
-COMMAND_SECONDS = 10.0  # for the interchange to answer a control request
 SECOND_SHUTDOWN_SECONDS = 30.0  # a second shutdown() waits this long for the first to finish
 
 
-
-class HighThroughputExecutor:
+class HighThroughputExecutor(StartSteps, ExecutorState):
     """Run Python functions on pools of workers, through an interchange, over ZeroMQ.
 
     Parameters are those of Parsl 1.0's HighThroughputExecutor (see the README);
@@ -84,62 +81,44 @@ class HighThroughputExecutor:
         address_probe_timeout: int | None = None,
         managed: bool = True,
         worker_logdir_root: str | None = None,
-        *,
-        max_workers_per_node: int | float | None = None,
-        run_dir: str | None = None,
-        encrypted: bool | None = None,
-        lost_task_retries: int = 0,
-        max_outstanding: int | None = 100_000,
-        max_idletime: float = 120.0,
-        shared_memory: bool | None = None,
-        available_accelerators: int | Sequence[str] | None = None,
-        cpu_affinity: str = "none",
-        manager_selector: selectors.ManagerSelector | None = None,
-        drain_period: float | None = None,
-        monitoring: bool | Monitoring | None = None,
+        *,  # below: not in Parsl 1.0's signature (today's Parsl, or htex's own)
+        max_workers_per_node: int | float | None = None, run_dir: str | None = None, encrypted: bool | None = None,
+        lost_task_retries: int = 0, max_outstanding: int | None = 100_000, max_idletime: float = 120.0,
+        shared_memory: bool | None = None, available_accelerators: int | Sequence[str] | None = None,
+        cpu_affinity: str = "none", manager_selector: selectors.ManagerSelector | None = None,
+        drain_period: float | None = None, monitoring: bool | Monitoring | None = None,
     ) -> None:
         if max_workers_per_node is not None:
             max_workers = max_workers_per_node
-        _check(cores_per_worker > 0, f"cores_per_worker must be > 0, got {cores_per_worker}")
-        _check(max_workers >= 1, f"max_workers must be >= 1, got {max_workers}")
-        _check(mem_per_worker is None or mem_per_worker > 0, f"mem_per_worker must be > 0 GB, got {mem_per_worker}")
-        _check(prefetch_capacity == "auto" or (type(prefetch_capacity) is int and prefetch_capacity >= 0),
-               f'prefetch_capacity must be "auto" or an integer >= 0, got {prefetch_capacity!r}')
-        _check(lost_task_retries >= 0, f"lost_task_retries must be >= 0, got {lost_task_retries}")
-        _check(max_outstanding is None or max_outstanding >= 1, f"max_outstanding must be >= 1, got {max_outstanding}")
-        _check(not encrypted or security.available(), "encrypted=True but this libzmq has no CURVE support")
-        _check(0 < heartbeat_period <= heartbeat_threshold,
-               f"need 0 < heartbeat_period ({heartbeat_period}) <= heartbeat_threshold ({heartbeat_threshold})")
-        for name, rng in (("worker_port_range", worker_port_range), ("interchange_port_range", interchange_port_range)):
-            _check(rng is None or (len(rng) == 2 and 0 < rng[0] < rng[1] < 65536), f"{name} must be (low, high), got {rng}")
-        self.label = label
+        _check_parameters(cores_per_worker, max_workers, mem_per_worker, prefetch_capacity, lost_task_retries,
+                          max_outstanding, encrypted, heartbeat_period, heartbeat_threshold,
+                          worker_port_range, interchange_port_range)
+        self.label, self.launch_cmd, self.address, self.managed = label, launch_cmd, address, managed
         self.provider: ExecutionProvider = provider if provider is not None else _default_provider()
-        self.launch_cmd = launch_cmd
-        self.address = address
         self.worker_ports = worker_ports
         self.worker_port_range = worker_port_range or (54000, 55000)
         self.interchange_port_range = interchange_port_range or (55000, 56000)  # accepted: the interchange is local
         self.storage_access = storage_access or []
-        self.working_dir = working_dir
-        self.worker_debug = worker_debug
-        self.cores_per_worker = cores_per_worker
-        self.mem_per_worker = mem_per_worker
-        self.max_workers = max_workers
+        self.working_dir, self.worker_debug, self.worker_logdir_root = working_dir, worker_debug, worker_logdir_root
+        self.cores_per_worker, self.mem_per_worker, self.max_workers = cores_per_worker, mem_per_worker, max_workers
         self.prefetch_capacity = prefetch_capacity
-        self.heartbeat_threshold = heartbeat_threshold
-        self.heartbeat_period = heartbeat_period
+        self.heartbeat_threshold, self.heartbeat_period = heartbeat_threshold, heartbeat_period
         self.poll_period = poll_period  # accepted for Parsl compatibility: htex blocks, never polls
         self.address_probe_timeout = address_probe_timeout
-        self.managed = managed
-        self.worker_logdir_root = worker_logdir_root
         self.run_dir = run_dir or ""  # chosen at start(): runinfo/NNN, as Parsl numbers its runs
         self.encrypted = encrypted  # None: on when libzmq has CURVE (decided at start())
         self.lost_task_retries = lost_task_retries
         self.max_outstanding = max_outstanding
         self.max_idletime = max_idletime  # seconds a block may sit idle before it is scaled in
         self.shared_memory = shared_memory  # None: on when every pool runs on this host; decided at start()
-        # Node placement (placement.py): checked now; a list of core groups against this host's cores
-        # when the pools run here (elsewhere, the pool checks it against its node's).
+        self._check_placement(available_accelerators, cpu_affinity, manager_selector, drain_period)
+        self.monitoring = Monitoring.of(monitoring)  # None: off
+        self._make_parts(max_outstanding, lost_task_retries, max_idletime)
+
+    def _check_placement(self, available_accelerators: int | Sequence[str] | None, cpu_affinity: str,
+                         manager_selector: selectors.ManagerSelector | None, drain_period: float | None) -> None:
+        """Node placement (placement.py, selectors.py), checked now; a list of core groups against this
+        host's cores when the pools run here (elsewhere, the pool checks it against its node's)."""
         self.available_accelerators = placement.accelerator_list(available_accelerators)
         self.cpu_affinity = placement.check_affinity(cpu_affinity)
         if not self.provider.remote:
@@ -148,9 +127,11 @@ class HighThroughputExecutor:
         self._packed_selector = selectors.pack(manager_selector)  # checked now: it must pickle
         self.drain_period = drain_period  # seconds before the walltime: pools stop taking tasks (scaling.py)
         self._pool_drain_period()  # checked now against the provider's walltime
+
+    def _make_parts(self, max_outstanding: int | None, lost_task_retries: int, max_idletime: float) -> None:
+        """What start() fills in and shutdown() empties; the futures' bookkeeping and the blocks."""
         self.cert_dir: str | None = None
         self.client_dir: str | None = None  # the directory start() was called in: where tasks run by default
-        self.monitoring = Monitoring.of(monitoring)  # None: off
         self.hub_address: str | None = None  # the monitoring hub's TCP address and port, once started
         self.hub_port: int | None = None
         self._monitoring: Any = None  # monitoring.session.MonitoringSession while it runs
@@ -160,9 +141,9 @@ class HighThroughputExecutor:
         self._lifecycle = Lifecycle()
         self._inflight = Inflight(self._lifecycle, max_outstanding, lost_task_retries, None)
         self._functions = serialize.FunctionRegistry()
-        self._blocks = Blocks(self.provider, label, self.launch_command, self._ask, self._lifecycle,
+        self._blocks = Blocks(self.provider, self.label, self.launch_command, self._ask, self._lifecycle,
                               lambda: len(self._inflight), max_idletime, self.set_bad_state_and_fail_all)
-        self._endpoints = endpoints.Endpoints(address, self.provider)  # made again at start(), as set then
+        self._endpoints = endpoints.Endpoints(self.address, self.provider)  # made again at start(), as set then
         self._client: ClientThread | None = None
         self._interchange: InterchangeProcess | None = None
         self._poller: BlockPoller | None = None
@@ -171,10 +152,6 @@ class HighThroughputExecutor:
         self._cancel_ref: weakref.WeakMethod[cancel.CancelMany] = weakref.WeakMethod(self._cancel)  # type: ignore[arg-type]
 
     # -- start ---------------------------------------------------------------------
-
-    @property
-    def logdir(self) -> str:
-        return os.path.join(self.run_dir, self.label)
 
     def start(self) -> None:
         """Start the interchange, connect to it, and start the first blocks.
@@ -207,85 +184,6 @@ class HighThroughputExecutor:
         if self.managed:
             self._poller = BlockPoller(self._blocks, self.status_polling_interval)
             self._poller.start()
-
-    def _decide_defaults(self) -> None:
-        if self.encrypted is None:
-            # Secure by default, as today's Parsl: every TCP socket is CURVE, wherever the pools run.
-            self.encrypted = security.available()
-        if self.shared_memory is None:
-            self.shared_memory = not self.provider.remote and shm.supported()
-        _check(not self.shared_memory or shm.supported(), "shared_memory=True needs Linux (memfd)")
-
-    def _make_run_dir(self) -> None:
-        if not self.run_dir:
-            self.run_dir = rundir.next_run_dir("runinfo")
-        rundir.make_private_dir(self.logdir)
-        if self.provider.script_dir is None:
-            self.provider.script_dir = os.path.join(self.logdir, "submit_scripts")
-        self.cert_dir = os.path.join(self.logdir, "certs") if self.encrypted else None
-        if self.cert_dir:
-            security.make_keys(self.cert_dir)
-
-    def _open_endpoints(self) -> None:
-        tcp = endpoints.needs_tcp(bool(self.encrypted), self.provider, self.address, self.launch_cmd, self.managed)
-        if tcp and not self.encrypted:
-            log.warning("executor %s is not encrypted: anyone who can reach its worker ports can register a pool "
-                        "and read tasks; use encrypted=False only on a trusted network", self.label)
-        self._endpoints = endpoints.Endpoints(self.address, self.provider)
-        self._blocks.provider = self.provider
-        self._endpoints.open(tcp, self.worker_ports, self.worker_port_range)
-        self.worker_task_port = self._endpoints.task_port or None
-        self.worker_result_port = self._endpoints.result_port or None
-
-    def _start_monitoring(self) -> None:
-        from .monitoring.session import MonitoringSession  # only when asked for
-
-        assert self.monitoring is not None
-        ends = self._endpoints
-        self._monitoring = MonitoringSession.start(
-            self.monitoring, run_dir=self.run_dir, logdir=self.logdir, ipc_dir=ends.ipc_dir, cert_dir=self.cert_dir,
-            tcp=bool(ends.task_port), bind_address=ends.bind_address(), local_pools=ends.pool_ipc_prefix is not None)
-        self.hub_address, self.hub_port = self._monitoring.hub_address, self._monitoring.hub_port
-        self._monitor = self._blocks.monitor = self._monitoring.reporter
-        self._monitor.provider = type(self.provider).__name__
-        self._monitor.run_started(self.label, self.run_dir)
-
-    def _make_client(self) -> ClientThread:
-        self._inflight.arena = shm.Arena() if self.shared_memory else None
-        return ClientThread(self.label, self._endpoints.ipc_dir, self.heartbeat_period, self.heartbeat_threshold,
-                            self._lifecycle, self._inflight, self._inflight.arena,
-                            on_event=self._blocks.on_event, on_broken=self.set_bad_state_and_fail_all,
-                            monitor=self._monitor)
-
-    def _spawn_interchange(self) -> None:
-        assert self._client is not None
-        ends = self._endpoints
-        config = protocol.InterchangeConfig(
-            tcp=bool(ends.task_port), client_url=self._client.url, client_identity=self._client.identity.decode(),
-            bind_address=ends.bind_address(),
-            worker_ports=(ends.task_port, ends.result_port) if ends.task_port else None,
-            listen_fds=ends.listening_fds(), heartbeat_period=float(self.heartbeat_period),
-            heartbeat_threshold=float(self.heartbeat_threshold), logdir=self.logdir, debug=self.worker_debug,
-            cert_dir=self.cert_dir, ipc_name=ends.ipc_name, manager_selector=self._packed_selector,
-            monitor_url=self._monitoring.interchange_url if self._monitoring else None,
-            monitor_run=self._monitoring.run_id if self._monitoring else None,
-            monitor_cert_dir=self._monitoring.cert_dir if self._monitoring else None,
-        )
-        try:
-            self._interchange = self._client.spawn_interchange(config, ends.listening_fds(), self.logdir)
-        finally:
-            ends.handed_over()  # the interchange holds the listening sockets now
-
-    def _abandon_start(self) -> None:
-        """start() failed: undo what it did, in reverse."""
-        self._lifecycle.begin_shutdown()
-        self._blocks.cancel_all()
-        if self._client is not None:
-            self._client.abandon()
-        if self._monitoring is not None:
-            self._monitoring.stop()
-        self._endpoints.remove()
-        self._lifecycle.shut_down.set()
 
     # -- submit and friends ------------------------------------------------------------
 
@@ -324,20 +222,6 @@ class HighThroughputExecutor:
         client.send(task=(task_id, key, payload, priority), function=(key, blob) if blob is not None else None,
                     needs=None if needs is None else (needs.cores, needs.memory, needs.gpus))
         return fut
-
-    def _limits(self) -> resources.Limits:
-        """The largest pool this executor can start (for tasks with needs; see resources.limits)."""
-        if self._largest_pool is None:
-            self._largest_pool = self._find_limits()
-        return self._largest_pool
-
-    def _find_limits(self) -> resources.Limits:
-        node_cores, node_gb = getattr(self.provider, "cores_per_node", None), getattr(self.provider, "mem_per_node", None)
-        if not self.provider.remote:  # pools start on this host
-            node_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            node_gb = psutil.virtual_memory().total / 2**30
-        return resources.limits(self.max_workers, self.cores_per_worker, self.mem_per_worker, node_cores, node_gb,
-                                len(self.available_accelerators or ()))
 
     def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
@@ -382,72 +266,7 @@ class HighThroughputExecutor:
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
 
-    # -- state ---------------------------------------------------------------------------
-
-    @property
-    def tasks(self) -> dict[int, Future[Any]]:
-        """Outstanding futures by task id."""
-        return self._inflight.futures
-
-    @property
-    def dashboard_url(self) -> str | None:
-        """Where ``Monitoring(dashboard=True)`` serves this run's dashboard (None: not served)."""
-        return self._monitoring.dashboard_url if self._monitoring is not None else None
-
-    @property
-    def outstanding(self) -> int:
-        """Tasks submitted and not yet done."""
-        return len(self._inflight)
-
-    @property
-    def connected_managers(self) -> list[dict[str, Any]]:
-        """One dict per registered pool: manager, block_id, hostname, worker_count, tasks, active, ..."""
-        reply: protocol.StatusReply = self._ask(lambda req: protocol.StatusRequest(req=req))
-        return [dataclasses.asdict(p) for p in reply.pools]
-
-    @property
-    def connected_workers(self) -> int:
-        return sum(m["worker_count"] for m in self.connected_managers)
-
-    def hold_worker(self, worker_id: str) -> bool:
-        """Send no new task to the pool (manager) ``worker_id``; its running tasks finish."""
-        done: protocol.Done = self._ask(lambda req: protocol.HoldPools(req=req, managers=[worker_id]))
-        return done.count > 0
-
-    def stats(self) -> dict[str, Any]:
-        """Counters of the interchange: received, dispatched, done, lost, queued, pools, workers."""
-        reply: protocol.StatusReply = self._ask(lambda req: protocol.StatusRequest(req=req, pools=False))
-        return dataclasses.asdict(reply.stats)
-
-    @property
-    def blocks(self) -> dict[str, str]:
-        """Block id -> job id, of every block this executor started."""
-        with self._blocks.lock:
-            return dict(self._blocks.jobs)
-
-    @property
-    def block_mapping(self) -> dict[str, str]:
-        """Job id -> block id."""
-        return {job: block for block, job in self.blocks.items()}
-
-    @property
-    def bad_state_is_set(self) -> bool:
-        return self._lifecycle.bad is not None
-
-    @property
-    def executor_exception(self) -> BaseException | None:
-        return self._lifecycle.bad
-
-    @property
-    def scaling_enabled(self) -> bool:
-        return self.managed
-
-    @property
-    def status_polling_interval(self) -> float:
-        return self.provider.status_polling_interval
-
-    def weakref_cb(self, q: Any = None) -> None:
-        """In the spec ("we do not use this yet"); kept so code that calls it runs."""
+    # -- state (the queries are executor_state.py's) ------------------------------------------
 
     def set_bad_state_and_fail_all(self, exception: BaseException) -> None:
         """Mark the executor broken: every pending future fails with ``exception``, and so will every later submit."""
@@ -457,46 +276,7 @@ class HighThroughputExecutor:
             self._monitor.ended_all(list(self._inflight.futures), exception)
         self._inflight.fail_all(exception)
 
-    def _ask(self, make: Callable[[int], protocol.Message], timeout: float = COMMAND_SECONDS) -> Any:
-        """Send a control request to the interchange and wait for its answer."""
-        if self._client is None or self._lifecycle.shut_down.is_set():
-            raise RuntimeError("the executor is not running")
-        if self._lifecycle.bad is not None:
-            raise self._lifecycle.bad
-        return self._client.request(make).result(timeout)
-
     # -- blocks and scaling ------------------------------------------------------------------
-
-    def launch_command(self, block_id: str) -> str:
-        """The shell command that starts one pool of ``block_id`` (launch_cmd, formatted)."""
-        return poolcmd.launch_command(self.launch_cmd, self._pool_launch(), block_id)
-
-    def _pool_launch(self) -> poolcmd.PoolLaunch:
-        return poolcmd.PoolLaunch(
-            python=sys.executable, debug=self.worker_debug, max_workers=self.max_workers,
-            addresses=self._endpoints.addresses(), task_port=self._endpoints.task_port,
-            result_port=self._endpoints.result_port, ipc_prefix=self._endpoints.pool_ipc_prefix,
-            prefetch_capacity=self.prefetch_capacity, cores_per_worker=self.cores_per_worker,
-            mem_per_worker=self.mem_per_worker, poll_period=self.poll_period,
-            logdir=os.path.join(self.worker_logdir_root, self.label) if self.worker_logdir_root else self.logdir,
-            heartbeat_period=self.heartbeat_period, heartbeat_threshold=self.heartbeat_threshold,
-            address_probe_timeout=self.address_probe_timeout or poolcmd.DEFAULT_PROBE_TIMEOUT,
-            nodes_per_block=self.provider.nodes_per_block, cert_dir=self.cert_dir,
-            working_dir=os.path.join(self.client_dir or "", self.working_dir) if self.working_dir else None,
-            client_dir=self.client_dir, cpu_affinity=self.cpu_affinity,
-            accelerators=tuple(self.available_accelerators), drain_period=self._pool_drain_period(),
-            env=self._monitoring.pool_env if self._monitoring else {},
-        )
-
-    def _pool_drain_period(self) -> float | None:
-        """When a pool drains, in seconds after it starts (the pool's flag): ``drain_period`` before the walltime."""
-        if self.drain_period is None:
-            return None
-        walltime = walltime_seconds(self.provider.walltime)
-        _check(0 < self.drain_period < walltime,
-               f"drain_period={self.drain_period} must be > 0 and less than the provider's walltime "
-               f"({self.provider.walltime!r} = {walltime} s): pools drain that many seconds before their block ends")
-        return walltime - self.drain_period
 
     def initialize_scaling(self) -> list[str]:
         """Start the provider's first blocks: init_blocks, or min_blocks if that is more."""
@@ -616,9 +396,23 @@ def _check_submit(func: Callable[..., Any], resource_specification: dict[str, An
     return spec
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigurationError(message)
+def _check_parameters(cores_per_worker: float, max_workers: float, mem_per_worker: float | None,
+                      prefetch_capacity: int | str, lost_task_retries: int, max_outstanding: int | None,
+                      encrypted: bool | None, heartbeat_period: int, heartbeat_threshold: int,
+                      worker_port_range: tuple[int, int] | None, interchange_port_range: tuple[int, int] | None) -> None:
+    """Raise ConfigurationError, naming the parameter, for a value the executor cannot run with."""
+    check(cores_per_worker > 0, f"cores_per_worker must be > 0, got {cores_per_worker}")
+    check(max_workers >= 1, f"max_workers must be >= 1, got {max_workers}")
+    check(mem_per_worker is None or mem_per_worker > 0, f"mem_per_worker must be > 0 GB, got {mem_per_worker}")
+    check(prefetch_capacity == "auto" or (type(prefetch_capacity) is int and prefetch_capacity >= 0),
+          f'prefetch_capacity must be "auto" or an integer >= 0, got {prefetch_capacity!r}')
+    check(lost_task_retries >= 0, f"lost_task_retries must be >= 0, got {lost_task_retries}")
+    check(max_outstanding is None or max_outstanding >= 1, f"max_outstanding must be >= 1, got {max_outstanding}")
+    check(not encrypted or security.available(), "encrypted=True but this libzmq has no CURVE support")
+    check(0 < heartbeat_period <= heartbeat_threshold,
+          f"need 0 < heartbeat_period ({heartbeat_period}) <= heartbeat_threshold ({heartbeat_threshold})")
+    for name, rng in (("worker_port_range", worker_port_range), ("interchange_port_range", interchange_port_range)):
+        check(rng is None or (len(rng) == 2 and 0 < rng[0] < rng[1] < 65536), f"{name} must be (low, high), got {rng}")
 
 
 def _default_provider() -> LocalProvider:
