@@ -279,10 +279,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _raise_fd_limit() -> None:
-    """Descriptors for the interchange (which inherits this limit): 2 per simulated manager.
+    """Descriptors for the interchange (which inherits this limit): 1 per simulated manager (its one connection).
 
-    10,000 managers need 20,000 and more; a hard limit below that (20,000 on the machine the scale
-    figures come from) is raised when we may (root), else the soft limit goes up to the hard one.
+    10,000 managers need 10,000 and more; a hard limit below that is raised when we may (root), else the
+    soft limit goes up to the hard one (20,000 on the machine the scale figures come from).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536

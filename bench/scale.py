@@ -88,7 +88,7 @@ class Sims:
             ids = [f"sim-{tag}-{k}-{i}" for i in range(k, n, procs)]
             cfg = {
                 "task_url": f"tcp://127.0.0.1:{ex.worker_task_port}",
-                "result_url": f"tcp://127.0.0.1:{ex.worker_result_port}",
+                "result_url": f"tcp://127.0.0.1:{ex.worker_result_port}",  # the same, since one connection a pool
                 "manager_ids": ids, "worker_count": worker_count, "prefetch_capacity": prefetch_capacity,
                 "heartbeat_period": period, "seed": k,
             }

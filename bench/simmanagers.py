@@ -2,12 +2,14 @@
 
 Run by ``scale.py`` as ``python bench/simmanagers.py CONFIG_JSON``.  Each
 simulated manager is what a real ``process_worker_pool`` looks like to the
-interchange: two DEALER sockets with the manager id as identity, one on the
-task port and one on the result port.  It sends ``Register`` (with the given
+interchange: one DEALER socket with the manager id as identity, connected to
+``task_url`` (if the config also names a ``result_url`` other than it, as an
+htex that took two connections per pool does, a second one there: the same
+simulator then measures either).  It sends ``Register`` (with the given
 ``worker_count``), answers every ``Tasks`` at once (after a ``Progress``, if this protocol has
 it, as a real pool sends before handing tasks to workers) with a ``Results`` of
-``None`` per task on the result socket (nothing is unpickled or run), and
-sends a ``Heartbeat`` on the task socket every ``heartbeat_period`` s; their
+``None`` per task (nothing is unpickled or run), and
+sends a ``Heartbeat`` every ``heartbeat_period`` s; their
 phases are spread at random over one period, as real pools started at
 different times would be.
 
@@ -52,7 +54,10 @@ def main() -> int:
     rng = random.Random(cfg.get("seed", 0))
 
     ctx = zmq.Context()
-    ctx.set(zmq.MAX_SOCKETS, 2 * len(ids) + 64)
+    urls = [cfg["task_url"]]
+    if cfg.get("result_url", cfg["task_url"]) != cfg["task_url"]:
+        urls.append(cfg["result_url"])
+    ctx.set(zmq.MAX_SOCKETS, len(urls) * len(ids) + 64)
     result_blob = serialize.pack_result(None)
     heartbeat = protocol.Heartbeat().encode()
     task_socks: list[zmq.Socket[Any]] = []
@@ -67,7 +72,7 @@ def main() -> int:
     now = time.monotonic()
     for i, mid in enumerate(ids):
         pair = []
-        for url in (cfg["task_url"], cfg["result_url"]):
+        for url in urls:
             s = ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.IDENTITY, mid.encode())
             for opt, val in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
@@ -75,7 +80,7 @@ def main() -> int:
             s.connect(url)
             pair.append(s)
         task_socks.append(pair[0])
-        result_socks.append(pair[1])
+        result_socks.append(pair[-1])
         fd = pair[0].getsockopt(zmq.FD)
         assert isinstance(fd, int)
         sel.register(fd, selectors.EVENT_READ, i)

@@ -106,7 +106,7 @@ def _pick_address(addresses: Sequence[str]) -> str:
 def pool_argv(label_dir: str, info: rundir.ConnectionInfo) -> list[str]:
     """process_worker_pool flags that connect to the executor described by connection.json."""
     return poolcmd.join_argv(
-        info.addresses, info.task_port, info.result_port,
+        info.addresses, info.task_port,
         heartbeat_period=info.heartbeat_period, heartbeat_threshold=info.heartbeat_threshold,
         logdir=label_dir, cert_dir=_cert_dir(label_dir, info),
     )

@@ -5,9 +5,20 @@ the run with mode 0700 (the kernel keeps other users out, whether or not the
 run is encrypted).  TCP worker ports are bound only when pools may need them,
 and then with CURVE unless the user opted out (see README, Security).
 
-The ports are bound here, in the client, and the listening sockets handed to
+The port is bound here, in the client, and the listening socket handed to
 the interchange: blocks can start before the interchange runs, and no other
-process can take a port between our choice and its bind.
+process can take the port between our choice and its bind.
+
+One port: each pool holds one connection to the interchange, which carries
+its tasks and its results (a descriptor per pool there, not two: 10,000 pools
+fit a limit of 20,000).  Parsl named two, ``worker_ports=(task, result)``,
+and so do we, for its configurations: the first is bound, the second is
+accepted and not used, and ``result_port`` (the executor's
+``worker_result_port``, a launch command's ``{result_port}``) is the task
+port, since that is where results go.  Binding the second too would hold a
+port and a descriptor for nothing: a pool of this version never connects
+there, and one of another version is refused at registration (htex and
+Python versions must match), which it learns over its task port.
 """
 
 from __future__ import annotations
@@ -33,12 +44,16 @@ class Endpoints:
     provider: ExecutionProvider
     ipc_dir: str = ""
     task_port: int = 0  # 0: no TCP port
-    result_port: int = 0
     _listeners: list[socket.socket] = field(default_factory=list)
 
     @property
+    def result_port(self) -> int:
+        """The same port: results come back over each pool's one connection (the module's docstring)."""
+        return self.task_port
+
+    @property
     def ipc_name(self) -> str | None:
-        """Prefix of the pools' UNIX sockets (``-tasks``, ``-results``); None when pools are remote."""
+        """Prefix of the pools' UNIX socket (``-tasks``); None when pools are remote."""
         return None if self.provider.remote else f"{self.ipc_dir}/pools"
 
     @property
@@ -57,21 +72,21 @@ class Endpoints:
         return "127.0.0.1" if all(a.startswith("127.") or a == "localhost" for a in self.addresses()) else "*"
 
     def open(self, tcp: bool, worker_ports: tuple[int, int] | None, port_range: tuple[int, int]) -> None:
-        """Make the private directory, and bind the task and result ports if ``tcp``."""
+        """Make the private directory, and bind the pools' port if ``tcp`` (worker_ports' first: see above)."""
         self.ipc_dir = security.private_dir()
         if not tcp:
             return
         host = "0.0.0.0" if self.bind_address() == "*" else "127.0.0.1"
-        for i in range(2):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self._listeners.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if worker_ports:
-                sock.bind((host, worker_ports[i]))
-            else:
-                _bind_in_range(sock, host, port_range)
-            sock.listen(1024)
-        self.task_port, self.result_port = (s.getsockname()[1] for s in self._listeners)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listeners.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if worker_ports:
+            sock.bind((host, worker_ports[0]))
+        else:
+            _bind_in_range(sock, host, port_range)
+        # A deep backlog: thousands of pools may connect at once (a whole machine's blocks starting).
+        sock.listen(4096)
+        self.task_port = sock.getsockname()[1]
 
     def listening_fds(self) -> list[int]:
         return [s.fileno() for s in self._listeners]

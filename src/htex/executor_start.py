@@ -173,7 +173,7 @@ class StartSteps:
         return poolcmd.PoolLaunch(
             python=sys.executable, debug=self.worker_debug, max_workers=self.max_workers,
             addresses=self._endpoints.addresses(), task_port=self._endpoints.task_port,
-            result_port=self._endpoints.result_port, ipc_prefix=self._endpoints.pool_ipc_prefix,
+            ipc_prefix=self._endpoints.pool_ipc_prefix,
             prefetch_capacity=self.prefetch_capacity, cores_per_worker=self.cores_per_worker,
             mem_per_worker=self.mem_per_worker, poll_period=self.poll_period,
             logdir=os.path.join(self.worker_logdir_root, self.label) if self.worker_logdir_root else self.logdir,

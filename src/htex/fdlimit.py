@@ -1,9 +1,9 @@
 """File descriptors of the interchange: as many as allowed, and a clear error when they run out.
 
-Each pool holds two connections to the interchange (its task and result
-sockets), so 10,000 pools need 20,000 descriptors there, and a typical soft
-limit (``ulimit -n``) is 1,024.  ``raise_limit`` lifts the soft limit to the
-hard one at start (any process may).
+Each pool holds one connection to the interchange (tasks and results share
+it), so 10,000 pools need 10,000 descriptors there (and a few dozen of its
+own), and a typical soft limit (``ulimit -n``) is 1,024.  ``raise_limit``
+lifts the soft limit to the hard one at start (any process may).
 
 When descriptors do run out, libzmq cannot accept a connection: the pool's
 connect succeeds at the kernel (the listen backlog), then nothing happens,
@@ -64,7 +64,7 @@ class Probe:
             self.said_at = now
             log.error(
                 "out of file descriptors (%s) with %d pools registered: a pool cannot connect, and waits. Each "
-                "pool needs 2; raise the hard limit for the client's process (ulimit -Hn, or limits.conf), or use "
+                "pool needs one; raise the hard limit for the client's process (ulimit -Hn, or limits.conf), or use "
                 "fewer pools", describe_limit(), pools,
             )
         return True

@@ -2,10 +2,9 @@
 
 ::
 
-    executor (ROUTER, binds)                          pools (DEALER, connect)
+    executor (ROUTER, binds)                          pools (DEALER, connect: one each)
         |                                                 |
-        +-- client DEALER --- Interchange --- task ROUTER  (tasks out, registration, heartbeats)
-                                          \\-- result ROUTER (results in)
+        +-- client DEALER --- Interchange --- pool ROUTER  (tasks out; registration, heartbeats, results in)
 
 Started by the executor as ``python -m htex.interchange``, its configuration
 (JSON) on stdin: a command line is readable by every local user.  Its
@@ -26,6 +25,12 @@ registered is decoded only as far as the header and a small JSON body, and
 dropped (with a log line) unless it is a Probe, a Register or a StatusRequest.
 Requests that change pools (HoldPools, DropBlocks) are read on the client
 socket only: a holder of the pool key may look, not act.
+
+Each pool holds one connection to us, both ways: 10,000 pools cost 10,000
+descriptors here, not 20,000 (``fdlimit.py``), and a pool's results cannot
+overtake what it sent before them (a Withdrawn, a Draining).  Parsl's second
+port (``worker_ports=(task, result)``) is kept as a name only: the result port
+is the task port (``endpoints.py`` says why).
 
 Who may connect: pools on this host reach us over UNIX sockets in the
 executor's private directory (0700: the kernel keeps other users out); pools
@@ -70,7 +75,10 @@ log = logging.getLogger("htex.interchange")
 
 _Task = tuple[int, int, protocol.Blob]  # task id, function key, payload (opaque)
 _DRAIN = 256  # messages read from one socket before looking at the others (fairness)
-MAX_CONTROL_BYTES = 1 << 20  # the task socket only receives Probe, Register, Heartbeat, StatusRequest
+# The pools' socket carries what two sockets did (control and results): twice the turn, so that the
+# client's socket is not read more often, relative to the pools, than it was.
+_POOL_DRAIN = 2 * _DRAIN
+MAX_CONTROL_BYTES = 1 << 20  # what a peer that has not registered may send: Probe, Register, StatusRequest
 
 
 @dataclass(slots=True)
@@ -203,27 +211,25 @@ class Interchange:
         self._monitor = _monitor(cfg)  # monitoring.reporters.InterchangeReporter, or None
 
         socks = _open_sockets(self.ctx, cfg)
-        self.client, self.task_sock, self.result_sock = socks.client, socks.tasks, socks.results
-        self.task_port, self.result_port, self.auth = socks.task_port, socks.result_port, socks.auth
+        self.client, self.pool_sock, self.port, self.auth = socks.client, socks.pools, socks.port, socks.auth
         self.poller = zmq.Poller()
-        for sock in (self.client, self.task_sock, self.result_sock):
+        for sock in (self.client, self.pool_sock):
             self.poller.register(sock, zmq.POLLIN)
         self.descriptors = fdlimit.Probe()  # out of descriptors: say so
 
     # -- the loop -------------------------------------------------------------
 
     def run(self) -> None:
-        self._to_client(protocol.Ready(task_port=self.task_port, result_port=self.result_port, pid=os.getpid()))
-        log.info("interchange ready: task port %d, result port %d", self.task_port, self.result_port)
+        # One port serves both of Parsl's names (the module's docstring says why).
+        self._to_client(protocol.Ready(task_port=self.port, result_port=self.port, pid=os.getpid()))
+        log.info("interchange ready: pools connect to port %d (0: UNIX sockets only)", self.port)
         try:
             while not self.stopping:
                 events = dict(self.poller.poll(self._timeout_ms()))
                 if self.client in events:
                     self._read_client()
-                if self.task_sock in events:
+                if self.pool_sock in events:
                     self._read_pools()
-                if self.result_sock in events:
-                    self._read_results()
                 self._dispatch()
                 if not self.queue and self.stealing.victims:
                     self._steal()
@@ -346,38 +352,52 @@ class Interchange:
     # -- step 2: the pools --------------------------------------------------------
 
     def _read_pools(self) -> None:
-        for _ in range(_DRAIN):
+        for _ in range(_POOL_DRAIN):
             try:
-                # Small control messages only (MAXMSGSIZE): copying them costs less than zmq.Frame objects.
-                frames = self.task_sock.recv_multipart(zmq.NOBLOCK)
+                # Frames, not copies: a result's payloads are forwarded to the client as they came.
+                frames = self.pool_sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            identity = frames[0]
+            identity = frames[0].bytes
+            pool = self.pools.get(identity)
+            if pool is None and sum(len(f) for f in frames) > MAX_CONTROL_BYTES:
+                # A peer that has not registered only sends small control messages: decode nothing more.
+                self._drop(identity, "a large message from an unregistered peer")
+                continue
             try:
                 msg = protocol.decode(frames[1:])
             except ProtocolError as exc:
                 self._drop(identity, str(exc))
                 continue
-            pool = self.pools.get(identity)
-            if pool is not None:
-                pool.last_heard = time.monotonic()
-            if isinstance(msg, protocol.Probe):
-                self._to_pool(identity, protocol.ProbeReply())
-            elif isinstance(msg, protocol.StatusRequest):
-                self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
-            elif isinstance(msg, protocol.Register):
-                self._register(identity, msg)
-            elif isinstance(msg, protocol.Withdrawn) and pool is not None and msg.req >= stealing.FIRST_REQ:
+            if pool is None:
+                self._from_anyone(identity, msg)
+                continue
+            pool.last_heard = time.monotonic()
+            if isinstance(msg, protocol.Results):
+                self._results(pool, msg, frames[1:])
+            elif isinstance(msg, protocol.Withdrawn) and msg.req >= stealing.FIRST_REQ:
                 self._stolen_back(pool, msg)
-            elif isinstance(msg, protocol.Withdrawn) and pool is not None:
+            elif isinstance(msg, protocol.Withdrawn):
                 self._withdrawn(pool, msg)
-            elif pool is None:
-                # A pool we declared lost (it may have been stopped and resumed): tell it to go.
-                self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
-                if isinstance(msg, protocol.Heartbeat):
-                    self._to_pool(identity, protocol.Rejected(reason="unknown pool: it was declared lost"))
             elif isinstance(msg, protocol.Draining):
                 self._draining(pool)
+            elif isinstance(msg, (protocol.Probe, protocol.StatusRequest, protocol.Register)):
+                self._from_anyone(identity, msg)  # as from anyone (a second Register is dropped)
+
+    def _from_anyone(self, identity: bytes, msg: protocol.Message) -> None:
+        """What any peer may send (Probe, StatusRequest, Register); the rest, from a peer that has not registered
+        (or was declared lost), is dropped."""
+        if isinstance(msg, protocol.Probe):
+            self._to_pool(identity, protocol.ProbeReply())
+        elif isinstance(msg, protocol.StatusRequest):
+            self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
+        elif isinstance(msg, protocol.Register):
+            self._register(identity, msg)
+        else:
+            # A pool we declared lost (it may have been stopped and resumed): tell it to go.
+            self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
+            if isinstance(msg, protocol.Heartbeat):
+                self._to_pool(identity, protocol.Rejected(reason="unknown pool: it was declared lost"))
 
     def _register(self, identity: bytes, reg: protocol.Register) -> None:
         reason = _version_mismatch(reg)
@@ -402,39 +422,21 @@ class Interchange:
             self._monitor.registered(reg.manager_id, reg.block_id, reg.hostname, reg.worker_count)
         self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
 
-    def _read_results(self) -> None:
-        for _ in range(_DRAIN):
-            try:
-                frames = self.result_sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            identity = frames[0].bytes
-            pool = self.pools.get(identity)
-            if pool is None:
-                self._drop(identity, "results from an unregistered peer")
-                continue
-            try:
-                msg = protocol.decode(frames[1:])
-            except ProtocolError as exc:
-                self._drop(identity, str(exc))
-                continue
-            pool.last_heard = time.monotonic()
-            if not isinstance(msg, protocol.Results):
-                continue
-            forward = pool.settle(msg, frames[1:])
-            if self.sized.needs:
-                self.sized.done(msg.ids)
-            if forward:
-                self.results_out.append(forward)
-            if pool.auto is not None:
-                pool.capacity = pool.reg.worker_count + pool.auto.finished(len(msg.ids), pool.last_heard, bool(pool.tasks))
-            self.stealing.finished(pool)
-            self.counts.done += len(msg.ids)
-            self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
-            if pool.free > 0:
-                self.with_room[identity] = pool
-            elif pool.draining and not pool.tasks:
-                self._drained(pool)
+    def _results(self, pool: _Pool, msg: protocol.Results, frames: Sequence[protocol.Blob]) -> None:
+        forward = pool.settle(msg, frames)
+        if self.sized.needs:
+            self.sized.done(msg.ids)
+        if forward:
+            self.results_out.append(forward)
+        if pool.auto is not None:
+            pool.capacity = pool.reg.worker_count + pool.auto.finished(len(msg.ids), pool.last_heard, bool(pool.tasks))
+        self.stealing.finished(pool)
+        self.counts.done += len(msg.ids)
+        self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
+        if pool.free > 0:
+            self.with_room[pool.identity] = pool
+        elif pool.draining and not pool.tasks:
+            self._drained(pool)
 
     def _draining(self, pool: _Pool) -> None:
         """The pool's drain time came: no new task for it; its block's replacement can start now."""
@@ -463,7 +465,7 @@ class Interchange:
 
     def _to_pool(self, identity: bytes, msg: protocol.Message) -> bool:
         try:
-            self.task_sock.send_multipart([identity, *msg.encode()], copy=False)
+            self.pool_sock.send_multipart([identity, *msg.encode()], copy=False)
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer disconnected
             log.info("cannot send to %r: %s", identity[:32], exc)
@@ -621,8 +623,8 @@ class Interchange:
         """Tell every pool to stop, then close the sockets (pools not told exit on heartbeat)."""
         for identity in list(self.pools):
             self._to_pool(identity, protocol.Shutdown(reason="the executor is shutting down"))
-        self.task_sock.setsockopt(zmq.LINGER, 1000)
-        self.task_sock.close()
+        self.pool_sock.setsockopt(zmq.LINGER, 1000)
+        self.pool_sock.close()
         if self.auth is not None:
             self.auth.stop()
         if self._monitor is not None:
@@ -634,10 +636,8 @@ class Interchange:
 @dataclass(frozen=True)
 class _Sockets:
     client: zmq.Socket[Any]  # DEALER to the executor's ROUTER, on a UNIX socket in its private directory
-    tasks: zmq.Socket[Any]  # ROUTER: registrations, heartbeats and tasks to pools
-    results: zmq.Socket[Any]  # ROUTER: results from pools
-    task_port: int  # 0: no TCP port (pools reach us over UNIX sockets only)
-    result_port: int
+    pools: zmq.Socket[Any]  # ROUTER: every pool's one connection (registration, heartbeats, tasks, results)
+    port: int  # 0: no TCP port (pools reach us over UNIX sockets only)
     auth: Any  # the ZAP handler that lets in only the run's pool key (encrypted TCP), else None
 
 
@@ -646,22 +646,24 @@ def _open_sockets(ctx: zmq.Context[zmq.Socket[Any]], cfg: InterchangeConfig) -> 
     client.setsockopt(zmq.IDENTITY, cfg.client_identity.encode())
     _unbounded(client)
     client.connect(cfg.client_url)
-    tasks, results = _router(ctx), _router(ctx)
-    # Only small control messages arrive here: refuse big ones before they are read.
-    tasks.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+    pools = _router(ctx)
+    # No MAXMSGSIZE: results come in here, and a result is as large as the task made it.  What keeps
+    # strangers' messages out is who may connect at all: on UNIX sockets, the private directory; on
+    # TCP, CURVE's ZAP check (only the run's pool key) when encrypted.  A peer let in that has not
+    # registered has what it sends beyond MAX_CONTROL_BYTES dropped unread (_read_pools).  (Before
+    # one connection per pool, the task socket had MAXMSGSIZE, but the result socket, open to the
+    # same peers, did not: a limit on half the ways in kept nobody out.)
     # UNIX sockets first, as plain ZeroMQ (their directory keeps strangers out); then TCP, with
     # CURVE when encrypted.  libzmq takes the security options at bind time, per endpoint.
     if cfg.ipc_name:
-        tasks.bind(f"ipc://{cfg.ipc_name}-tasks")
-        results.bind(f"ipc://{cfg.ipc_name}-results")
-    ports, auth = (0, 0), None
+        pools.bind(f"ipc://{cfg.ipc_name}-tasks")  # "-tasks": the name `htex status` and older pools know
+    port, auth = 0, None
     if cfg.tcp:
         if cfg.cert_dir:
             auth = security.authenticator(ctx, cfg.cert_dir, "pool")
-            security.serve(tasks, cfg.cert_dir)
-            security.serve(results, cfg.cert_dir)
-        ports = _bind_tcp(cfg, tasks, results)
-    return _Sockets(client, tasks, results, ports[0], ports[1], auth)
+            security.serve(pools, cfg.cert_dir)
+        port = _bind_tcp(cfg, pools)
+    return _Sockets(client, pools, port, auth)
 
 
 def _router(ctx: zmq.Context[zmq.Socket[Any]]) -> zmq.Socket[Any]:
@@ -681,22 +683,20 @@ def _unbounded(sock: zmq.Socket[Any]) -> None:
     sock.setsockopt(zmq.LINGER, 0)
 
 
-def _bind_tcp(cfg: InterchangeConfig, task_sock: zmq.Socket[Any], result_sock: zmq.Socket[Any]) -> tuple[int, int]:
-    """Bind the worker ports; return them (task, result)."""
+def _bind_tcp(cfg: InterchangeConfig, sock: zmq.Socket[Any]) -> int:
+    """Bind the pools' port (the first of worker_ports: the second is the same one, see endpoints.py); return it."""
     address = f"tcp://{cfg.bind_address}"
     if cfg.worker_ports and cfg.listen_fds:
-        # The executor bound these ports and passed us the sockets (ZMQ_USE_FD).
-        for sock, fd, port in zip((task_sock, result_sock), cfg.listen_fds, cfg.worker_ports, strict=True):
-            sock.setsockopt(zmq.USE_FD, fd)
-            sock.bind(f"{address}:{port}")
-            sock.setsockopt(zmq.USE_FD, -1)  # it sticks: a later bind would reuse the fd (libzmq aborts)
-        return cfg.worker_ports
+        # The executor bound the port and passed us the listening socket (ZMQ_USE_FD).
+        sock.setsockopt(zmq.USE_FD, cfg.listen_fds[0])
+        sock.bind(f"{address}:{cfg.worker_ports[0]}")
+        sock.setsockopt(zmq.USE_FD, -1)  # it sticks: a later bind would reuse the fd (libzmq aborts)
+        return cfg.worker_ports[0]
     if cfg.worker_ports:
-        task_sock.bind(f"{address}:{cfg.worker_ports[0]}")
-        result_sock.bind(f"{address}:{cfg.worker_ports[1]}")
-        return cfg.worker_ports
+        sock.bind(f"{address}:{cfg.worker_ports[0]}")
+        return cfg.worker_ports[0]
     low, high = cfg.worker_port_range
-    return task_sock.bind_to_random_port(address, low, high, 200), result_sock.bind_to_random_port(address, low, high, 200)
+    return sock.bind_to_random_port(address, low, high, 200)
 
 
 def _monitor(cfg: InterchangeConfig) -> Any:
@@ -741,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
     soft, hard = fdlimit.raise_limit()
-    log.info("file descriptors: soft limit %d, hard %d (2 a pool)", soft, hard)
+    log.info("file descriptors: soft limit %d, hard %d (1 a pool)", soft, hard)
     # Ctrl-C in the terminal is the client's; it tells us to stop over the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

@@ -3,14 +3,19 @@
 ::
 
     executor: PoolLaunch --values()--> launch_cmd.format(...) --> provider --> shell on the node
-    node:     process_worker_pool FLAGS --build_parser()--> resolve_urls() --> the interchange's URLs
+    node:     process_worker_pool FLAGS --build_parser()--> resolve_url() --> the interchange's URL
 
 They live in one module so that a flag is renamed in one place, and a test
 parses what ``launch_command`` wrote and gets the values back.  The flags are
 Parsl's ``process_worker_pool`` ones (a Parsl ``launch_cmd`` works
-unchanged), plus ``--task_url``/``--result_url`` (a pool on the executor's host
-joins over the executor's private UNIX sockets) and ``--cert_dir`` (the run's
-CurveZMQ keys).
+unchanged), plus ``--task_url`` (a pool on the executor's host joins over the
+executor's private UNIX socket) and ``--cert_dir`` (the run's CurveZMQ keys).
+
+A pool holds one connection to the interchange (tasks in, results out: one
+descriptor there per pool).  Parsl 1.0 named two ports, and its launch
+commands still say ``--task_port={task_port} --result_port={result_port}``:
+``{result_port}`` is the task port (``{result_url}`` the task URL), and the
+pool accepts ``-r``/``--result_port``/``--result_url`` and does not use them.
 
 A pool that is given several addresses (a remote pool: the executor does not
 know which of its interfaces the node can reach) probes them all at once and
@@ -38,7 +43,7 @@ log = logging.getLogger("htex.pool")
 
 DEFAULT_LAUNCH_CMD = (
     "{python} -m htex.process_worker_pool {debug} {max_workers} -a {addresses} "
-    "-t {task_port} -r {result_port} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} "
+    "-t {task_port} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} "
     "--poll {poll_period} --logdir={logdir} --block_id={block_id} --hb_period={heartbeat_period} "
     "--hb_threshold={heartbeat_threshold} --address_probe_timeout={address_probe_timeout} "
     "--nodes_per_block={nodes_per_block} --cert_dir={cert_dir} {placement}{pool_urls}"
@@ -74,8 +79,7 @@ class PoolLaunch:
     max_workers: float
     addresses: list[str]
     task_port: int  # 0: the interchange listens on no TCP port (an unencrypted run on this host)
-    result_port: int
-    ipc_prefix: str | None  # ".../pools": ipc://.../pools-tasks and -results ({pool_urls}); None: TCP only
+    ipc_prefix: str | None  # ".../pools": ipc://.../pools-tasks ({pool_urls}); None: TCP only
     prefetch_capacity: int | str  # "auto" or a number
     cores_per_worker: float
     mem_per_worker: float | None
@@ -121,15 +125,11 @@ class PoolLaunch:
             "worker_port": self.task_port,
             "addresses": ",".join(self.addresses),
             "task_port": self.task_port,
-            "result_port": self.result_port,
+            "result_port": self.task_port,
             "task_url": f"tcp://{self.addresses[0]}:{self.task_port}",
-            "result_url": f"tcp://{self.addresses[0]}:{self.result_port}",
+            "result_url": f"tcp://{self.addresses[0]}:{self.task_port}",  # one connection: see the docstring
             # The default launch_cmd's way in: ipc:// for pools on this host, else the addresses to probe.
-            "pool_urls": (
-                f"--task_url={shlex.quote(f'ipc://{self.ipc_prefix}-tasks')} "
-                f"--result_url={shlex.quote(f'ipc://{self.ipc_prefix}-results')}"
-                if self.ipc_prefix else ""
-            ),
+            "pool_urls": f"--task_url={shlex.quote(f'ipc://{self.ipc_prefix}-tasks')}" if self.ipc_prefix else "",
             "prefetch_capacity": self.prefetch_capacity,
             "cores_per_worker": self.cores_per_worker,
             "mem_per_worker": self.mem_per_worker,
@@ -203,14 +203,13 @@ def launch_command(template: str | None, launch: PoolLaunch, block_id: str) -> s
 
 
 def join_argv(
-    addresses: list[str], task_port: int, result_port: int, *,
+    addresses: list[str], port: int, *,
     heartbeat_period: float, heartbeat_threshold: float, logdir: str, cert_dir: str | None,
 ) -> list[str]:
     """The pool's flags that join a running executor (``htex pool --run-dir``: from its connection file)."""
     argv = [
         "-a", ",".join(addresses),
-        "-t", str(task_port),
-        "-r", str(result_port),
+        "-t", str(port),
         "--hb_period", str(heartbeat_period),
         "--hb_threshold", str(heartbeat_threshold),
         "--logdir", logdir,
@@ -248,10 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-d", "--debug", action="store_true", help="log at debug level, one log per worker")
     p.add_argument("-a", "--addresses", default="", help="comma-separated interchange addresses to probe")
-    p.add_argument("-t", "--task_port", type=int, default=None, help="the interchange's task port")
-    p.add_argument("-r", "--result_port", type=int, default=None, help="the interchange's result port")
-    p.add_argument("--task_url", default=None, help="full task URL (tcp://host:port); overrides -a/-t")
-    p.add_argument("--result_url", default=None, help="full result URL; overrides -a/-r")
+    p.add_argument("-t", "--task_port", type=int, default=None, help="the interchange's port")
+    p.add_argument("-r", "--result_port", type=int, default=None,
+                   help="accepted for Parsl compatibility; not used (one connection carries tasks and results)")
+    p.add_argument("--task_url", default=None, help="the interchange's URL (tcp://host:port, ipc://path); overrides -a/-t")
+    p.add_argument("--result_url", default=None, help="accepted for older launch commands; not used")
     p.add_argument("-u", "--uid", default=None, help="manager id (default: random)")
     p.add_argument("-b", "--block_id", default="-1", help="the block this pool belongs to")
     p.add_argument("-c", "--cores_per_worker", type=float, default=1.0)
@@ -280,18 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_urls(args: argparse.Namespace) -> tuple[str, str]:
-    """Find the interchange: given URLs, or the first of the candidate addresses that answers."""
-    if args.task_url and args.result_url:
-        return args.task_url, args.result_url
+def resolve_url(args: argparse.Namespace) -> str:
+    """Find the interchange: the given URL, or the first of the candidate addresses that answers."""
+    if args.task_url:
+        return str(args.task_url)
     addresses = [a for a in args.addresses.split(",") if a]
-    if not addresses or args.task_port is None or args.result_port is None:
-        raise SystemExit("process_worker_pool: give --task_url and --result_url, or -a ADDRS -t PORT -r PORT")
+    if not addresses or args.task_port is None:
+        raise SystemExit("process_worker_pool: give --task_url, or -a ADDRS -t PORT")
     if len(addresses) == 1:
         addr = addresses[0]
     else:
         addr = probe_addresses(addresses, args.task_port, args.address_probe_timeout, args.cert_dir or None)
-    return f"tcp://{addr}:{args.task_port}", f"tcp://{addr}:{args.result_port}"
+    return f"tcp://{addr}:{args.task_port}"
 
 
 def probe_addresses(addresses: list[str], port: int, timeout: float, cert_dir: str | None = None) -> str:

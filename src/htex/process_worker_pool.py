@@ -2,8 +2,13 @@
 
 ::
 
-    interchange  --TASKS-->  [task socket]    manager   --TASKS (1 each)-->  worker 0..N-1
-                 <--RESULTS- [result socket]  (this)    <--RESULTS---------  (a socketpair each)
+    interchange  --TASKS-->  [one socket]  manager  --TASKS (1 each)-->  worker 0..N-1
+                 <--RESULTS-                (this)     <--RESULTS---------  (a socketpair each)
+
+The manager holds one connection to the interchange, both ways (a DEALER:
+tasks in; registration, heartbeats, results out): it costs the interchange
+one descriptor per pool.  ``--result_port``/``--result_url`` are accepted for
+Parsl's launch commands and not used (poolcmd.py).
 
 The manager's loop has four steps: read what the interchange sent, read what
 the workers sent, hand queued tasks to idle workers, then keep time
@@ -102,8 +107,7 @@ class _Stop(Exception):
 
 @dataclass
 class PoolConfig:
-    task_url: str
-    result_url: str
+    task_url: str  # the interchange: the pool's one connection
     manager_id: str
     block_id: str = "-1"
     max_workers: float = math.inf
@@ -383,10 +387,9 @@ class Manager:
         # drain_period: when to stop taking tasks (the interchange stops us once we hold none).
         self.drain_at = self.last_heard + cfg.drain_period if cfg.drain_period is not None else math.inf
 
-        self.task_sock = self._dealer(cfg.task_url)
-        self.result_sock = self._dealer(cfg.result_url)
+        self.sock = self._dealer(cfg.task_url)
         self.poller = zmq.Poller()
-        self.poller.register(self.task_sock, zmq.POLLIN)
+        self.poller.register(self.sock, zmq.POLLIN)
         self.workers = Workers(cfg, self.count, self.poller, seats)
         if cfg.mpi_launcher:
             from . import mpi  # only in MPI mode
@@ -422,7 +425,7 @@ class Manager:
             while not self.stopping:
                 events = dict(self.poller.poll(self._timeout_ms()))
                 readable, writable, dead = self.workers.lookup(events)
-                if self.task_sock in events:
+                if self.sock in events:
                     self._read_interchange()
                 for slot in readable:
                     for msg in self.workers.read(slot):
@@ -456,7 +459,7 @@ class Manager:
                           else psutil.virtual_memory().available / 2**20),
             accelerators=self.cfg.accelerators[: self.count],
         )
-        self._send(self.task_sock, reg)
+        self._send(reg)
 
     def _timeout_ms(self) -> int:
         now = time.monotonic()
@@ -473,7 +476,7 @@ class Manager:
     def _read_interchange(self) -> None:
         while True:
             try:
-                frames = self.task_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             self.last_heard = time.monotonic()
@@ -514,7 +517,7 @@ class Manager:
             self.queue = kept
         started = [tid for tid in msg.ids if tid in self.handed]
         log.debug("withdraw %d tasks: %d withdrawn, %d started", len(wanted), len(withdrawn), len(started))
-        self._send(self.task_sock, protocol.Withdrawn(req=msg.req, withdrawn=withdrawn, started=started))
+        self._send(protocol.Withdrawn(req=msg.req, withdrawn=withdrawn, started=started))
         if msg.kill and started:
             self.doomed.update(started)
             self._kill_doomed()
@@ -651,7 +654,7 @@ class Manager:
     def _flush_results(self) -> None:
         if self.done_ids:
             ids = protocol.u64_array(self.done_ids)
-            self._send(self.result_sock, protocol.Results(ids, self.done_payloads))
+            self._send(protocol.Results(ids, self.done_payloads))
             self.done_ids, self.done_payloads = [], []
 
     # -- step 4: time ----------------------------------------------------------
@@ -665,7 +668,7 @@ class Manager:
                   f"{now - self.last_heard:.0f} s; stopping{hint}", file=sys.stderr)
             self._stop(EXIT_INTERCHANGE_LOST)
         elif now - self.last_sent >= self.cfg.heartbeat_period:
-            self._send(self.task_sock, protocol.Heartbeat())
+            self._send(protocol.Heartbeat())
             self.workers.reap_orphans()
         if self.doomed:
             self._kill_doomed()
@@ -675,7 +678,7 @@ class Manager:
                 self._say_unanswered()
         if now >= self.drain_at:
             log.info("drain time (drain_period %s s after start): asking for no new task", self.cfg.drain_period)
-            self._send(self.task_sock, protocol.Draining())
+            self._send(protocol.Draining())
             self.drain_at = math.inf
 
     def _say_unanswered(self) -> None:
@@ -685,8 +688,8 @@ class Manager:
         log.error("%s", text)
         print(f"htex pool: {text}", file=sys.stderr)
 
-    def _send(self, sock: zmq.Socket[Any], msg: protocol.Message) -> None:
-        sock.send_multipart(msg.encode(), copy=False)
+    def _send(self, msg: protocol.Message) -> None:
+        self.sock.send_multipart(msg.encode(), copy=False)
         self.last_sent = time.monotonic()
 
     # -- shutdown ----------------------------------------------------------------
@@ -702,8 +705,7 @@ class Manager:
         """Stop workers (TERM, then KILL after a grace period) and what tasks left running, close sockets."""
         self._stop(self.exit_code)
         self.workers.stop()
-        for sock in (self.task_sock, self.result_sock):
-            sock.setsockopt(zmq.LINGER, 500)
+        self.sock.setsockopt(zmq.LINGER, 500)
         if self._monitor is not None:
             self._monitor.stopped(f"the pool stopped (exit code {self.exit_code})")
         self.ctx.destroy(linger=500)
@@ -752,10 +754,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    task_url, result_url = poolcmd.resolve_urls(args)
     cfg = PoolConfig(
-        task_url=task_url,
-        result_url=result_url,
+        task_url=poolcmd.resolve_url(args),
         manager_id=manager_id,
         block_id=args.block_id,
         max_workers=args.max_workers,

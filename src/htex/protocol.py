@@ -51,7 +51,7 @@ Withdraw takes tasks back from a pool if no worker may have started them:
 run there, and no result will come for them); ``started`` are those it had
 handed to a worker (a worker may have started them: they stay, and their
 result comes as usual).  An id in neither list is not held by the pool: it is
-done, and its result is on its way on the result socket (or was sent already).
+done, and its result was sent before the Withdrawn, on the same connection.
 With ``kill``, the pool also kills the worker running each started task (at
 once, or when the worker reaches it in its batch) and replaces it; that task's
 result is a TaskCancelled, or its own result if it finished first.

@@ -80,8 +80,8 @@ def test_tasks_run_on_pools_booted_from_user_data(cloud: Cloud, ec2: Any, moto: 
             assert iid in booted, f"pool {m} runs on no instance"
             mine = cloud.hv.address_of(iid)
             tcp = [c for c in netlab.tcp_connections(m["pid"]) if c[0] == mine and c[2] == cloud.hv.address
-                   and c[3] in (ex.worker_task_port, ex.worker_result_port) and c[4] == netlab.ESTABLISHED]
-            assert len(tcp) >= 2, f"pool on {iid}: no TCP connections to the executor: {netlab.tcp_connections(m['pid'])}"
+                   and c[3] == ex.worker_task_port and c[4] == netlab.ESTABLISHED]
+            assert len(tcp) == 1, f"pool on {iid}: not one TCP connection to the executor: {netlab.tcp_connections(m['pid'])}"
         certs = os.path.join(ex.logdir, "certs")
         script = user_data(ec2, next(iter(booted)))
         assert security.load(certs, "server", secret=False)[0].decode() in script
@@ -249,7 +249,7 @@ def test_the_user_data_carries_the_pool_keys_only(tmp_path: Any) -> None:
     certs = str(tmp_path / "a dir" / "certs")
     security.make_keys(certs)
     launch = poolcmd.PoolLaunch(
-        python="python3", debug=False, max_workers=1, addresses=["198.18.0.1"], task_port=1, result_port=2,
+        python="python3", debug=False, max_workers=1, addresses=["198.18.0.1"], task_port=1,
         ipc_prefix=None, prefetch_capacity=0, cores_per_worker=1, mem_per_worker=None, poll_period=10,
         logdir="/l", heartbeat_period=1, heartbeat_threshold=5, address_probe_timeout=5, nodes_per_block=1,
         cert_dir=certs, working_dir=None, client_dir="/somewhere",

@@ -57,9 +57,9 @@ def test_garbage_on_every_port_is_dropped_and_tasks_still_run(make_executor: Any
     # Unencrypted, with TCP ports (an address is given): garbage reaches the interchange's decoder.
     ex = make_executor(encrypted=False, address="127.0.0.1")
     assert ex.submit(tasks.add, {}, 1, 1).result(timeout=30) == 2
+    assert ex.worker_result_port == ex.worker_task_port  # one port: each pool's one connection
     endpoints = {
         "task": f"tcp://127.0.0.1:{ex.worker_task_port}",
-        "result": f"tcp://127.0.0.1:{ex.worker_result_port}",
         "task-ipc": f"ipc://{ex._endpoints.ipc_name}-tasks",
         "client": ex._client.url,  # the executor's own UNIX socket
     }

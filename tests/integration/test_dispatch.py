@@ -34,7 +34,7 @@ class Bench:
     def add_pool(self, name: str, workers: int, prefetch: int) -> None:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, name.encode())
-        sock.connect(f"tcp://127.0.0.1:{self.ic.task_port}")
+        sock.connect(f"tcp://127.0.0.1:{self.ic.port}")
         sock.send_multipart(protocol.Register(
             manager_id=name, block_id="0", hostname="h", pid=1, worker_count=workers, prefetch_capacity=prefetch,
             htex_version=__version__, python_version=".".join(map(str, __import__("sys").version_info[:3])),
@@ -42,7 +42,7 @@ class Bench:
         deadline = time.monotonic() + 10
         while name.encode() not in self.ic.pools:
             assert time.monotonic() < deadline, f"pool {name} did not register"
-            self.ic.task_sock.poll(100)
+            self.ic.pool_sock.poll(100)
             self.ic._read_pools()
         self.pools[name] = sock
 

@@ -1,9 +1,11 @@
-"""The interchange out of file descriptors: an error in its log that names the limit, never a silent wait.
+"""Descriptors at the interchange: one connection per pool, and an error in its log when they run out.
 
-A real interchange process (``python -m htex.interchange``) started with a
-low descriptor limit (its hard limit set before it starts: the one way to run
-out without opening 20,000 connections), and plain TCP connections as pools:
-each connection it accepts costs it one descriptor.
+A pool holds one connection to the interchange (tasks and results share it):
+counted on real pools and a real interchange, over TCP and over the run's
+UNIX socket.  Then a real interchange process (``python -m htex.interchange``)
+started with a low descriptor limit (its hard limit set before it starts: the
+one way to run out without opening 10,000 connections), and plain TCP
+connections as pools: each connection it accepts costs it one descriptor.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import subprocess
 import sys
 from typing import Any
 
+import psutil
 import pytest
 import zmq
 
-from htex import protocol
+from htex import LocalProvider, protocol
 from htex.protocol import InterchangeConfig
 
+import tasks
 from support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,6 +41,37 @@ def _log(logdir: str) -> str:
         return ""
     with open(path) as f:
         return f.read()
+
+
+def _interchange(ex: Any) -> psutil.Process:
+    pid = ex._interchange.pid  # the executor's handle on it
+    return psutil.Process(pid)
+
+
+@pytest.mark.parametrize("over", ["tcp", "unix"])
+def test_each_pool_holds_one_connection(make_executor: Any, over: str) -> None:
+    """Two pools, each with one connection to the interchange: its task port is its result port too."""
+    kw: dict[str, Any] = {"address": "127.0.0.1"} if over == "tcp" else {}  # an address: pools come over TCP
+    ex = make_executor(provider=LocalProvider(init_blocks=2, max_blocks=2), max_workers=1, **kw)
+    assert [f.result(timeout=60) for f in [ex.submit(tasks.add, {}, i, 1) for i in range(20)]] == list(range(1, 21))
+    pools = wait_for(lambda: ex.connected_managers if len(ex.connected_managers) == 2 else None, timeout=30,
+                     what="both pools to register")
+    interchange = _interchange(ex)
+    if over == "tcp":
+        port = ex.worker_task_port
+        assert port and ex.worker_result_port == port
+        for pool in pools:  # a pool's only TCP connections are to the interchange (workers: socketpairs)
+            mine = [c for c in psutil.Process(pool["pid"]).net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED]
+            assert [c.raddr.port for c in mine] == [port], f"pool {pool['manager']}: {mine}"
+        # and the interchange's only TCP connections are its pools' (the executor's link is a UNIX socket)
+        served = [c for c in interchange.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED]
+        assert len(served) == len(pools), served
+    else:
+        # An accepted UNIX connection carries the listening socket's path: every pools' socket of the
+        # interchange (ipc_name-...) is the listener, or a pool's one connection.
+        prefix = ex._endpoints.ipc_name
+        served = [c for c in interchange.net_connections("unix") if c.laddr.startswith(prefix)]
+        assert len(served) == 1 + len(pools), served
 
 
 def test_out_of_descriptors_is_an_error_in_the_log(tmp_path: Any) -> None:
@@ -87,17 +122,16 @@ def test_a_pool_never_answered_says_so(tmp_path: Any) -> None:
     """The pool's side: a real pool whose registration nobody answers (our ROUTER reads it and stays
     silent, as an interchange out of descriptors is) says why it waits, then goes on waiting."""
     ctx = zmq.Context()
-    tasks_sock, results_sock = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
-    task_url, result_url = f"ipc://{tmp_path}/tasks", f"ipc://{tmp_path}/results"
-    tasks_sock.bind(task_url)
-    results_sock.bind(result_url)
+    sock = ctx.socket(zmq.ROUTER)
+    url = f"ipc://{tmp_path}/pools"
+    sock.bind(url)
     pool = subprocess.Popen(
-        [sys.executable, "-m", "htex.process_worker_pool", "--task_url", task_url, "--result_url", result_url,
+        [sys.executable, "-m", "htex.process_worker_pool", "--task_url", url,
          "--max_workers", "1", "-l", str(tmp_path / "logs")],
         stderr=subprocess.PIPE, text=True,
     )
     try:
-        assert tasks_sock.poll(30_000), "the pool did not register"
+        assert sock.poll(30_000), "the pool did not register"
         assert pool.stderr is not None
         line = pool.stderr.readline()  # blocks until it speaks; the test's timeout bounds it
         assert "no answer to our registration" in line and "out of file descriptors" in line

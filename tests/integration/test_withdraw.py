@@ -1,7 +1,7 @@
 """The pool's Withdraw primitive (protocol.Withdraw -> Withdrawn), against a real pool and real workers.
 
-The test stands where the interchange is: two ROUTER sockets on UNIX sockets in
-the test's directory, so it decides exactly what the pool holds (which task a
+The test stands where the interchange is: a ROUTER socket (the pool's one
+connection) on a UNIX socket in the test's directory, so it decides exactly what the pool holds (which task a
 worker runs, which wait in its prefetch queue) before it asks for them back.
 The pool and its workers are the real processes.  Whether a task ran is read
 from a side-effect file each task appends its label to.
@@ -29,17 +29,16 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class FakeInterchange:
-    """Our side of the pool's two sockets, and the pool process itself."""
+    """Our side of the pool's one connection, and the pool process itself."""
 
     def __init__(self, tmp: str, workers: int, prefetch: int) -> None:
         self.ctx = zmq.Context()
-        self.tasks = self.ctx.socket(zmq.ROUTER)
-        self.results = self.ctx.socket(zmq.ROUTER)
-        task_url, result_url = f"ipc://{tmp}/tasks", f"ipc://{tmp}/results"
-        self.tasks.bind(task_url)
-        self.results.bind(result_url)
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        url = f"ipc://{tmp}/pools"
+        self.sock.bind(url)
+        self.unread: list[Any] = []  # messages received while waiting for another type, oldest first
         self.pool = subprocess.Popen([
-            sys.executable, "-m", "htex.process_worker_pool", "--task_url", task_url, "--result_url", result_url,
+            sys.executable, "-m", "htex.process_worker_pool", "--task_url", url,
             "--max_workers", str(workers), "-p", str(prefetch), "--hb_period", "1", "--hb_threshold", "20",
             "-l", os.path.join(tmp, "logs"), "-u", "pool0",
         ])
@@ -50,17 +49,21 @@ class FakeInterchange:
         self.functions = serialize.FunctionRegistry()
 
     def send(self, msg: protocol.Message) -> None:
-        self.tasks.send_multipart([self.identity, *msg.encode()])
+        self.sock.send_multipart([self.identity, *msg.encode()])
 
-    def receive(self, cls: type[Any], sock: zmq.Socket[Any] | None = None, timeout: float = 20.0) -> Any:
-        """The next message of type ``cls`` (heartbeats and the like skipped)."""
-        sock = sock or self.tasks
+    def receive(self, cls: type[Any], timeout: float = 20.0) -> Any:
+        """The next message of type ``cls``; heartbeats skipped, other messages kept for their own receive."""
+        for i, msg in enumerate(self.unread):
+            if isinstance(msg, cls):
+                return self.unread.pop(i)
         deadline = time.monotonic() + timeout
-        while sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-            _, *frames = sock.recv_multipart()
+        while self.sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+            _, *frames = self.sock.recv_multipart()
             msg = protocol.decode(frames)
             if isinstance(msg, cls):
                 return msg
+            if not isinstance(msg, protocol.Heartbeat):
+                self.unread.append(msg)
         pytest.fail(f"no {cls.__name__} from the pool within {timeout} s")
 
     def submit(self, calls: list[tuple[int, Any, tuple[Any, ...]]]) -> None:
@@ -79,7 +82,7 @@ class FakeInterchange:
     def results_for(self, n: int) -> dict[int, Any]:
         got: dict[int, Any] = {}
         while len(got) < n:
-            msg = self.receive(protocol.Results, self.results)
+            msg = self.receive(protocol.Results)
             for tid, blob in zip(msg.ids, msg.payloads, strict=True):
                 got[tid] = serialize.unpack_result(protocol.as_buffer(blob))
         return got

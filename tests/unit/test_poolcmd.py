@@ -32,7 +32,7 @@ PLACEHOLDERS = {
 def launch(**kw: Any) -> poolcmd.PoolLaunch:
     values: dict[str, Any] = dict(
         python="/opt/py thon/bin/python3", debug=True, max_workers=math.inf, addresses=["10.0.0.5", "192.168.1.2"],
-        task_port=54001, result_port=54002, ipc_prefix=None, prefetch_capacity=7, cores_per_worker=0.5,
+        task_port=54001, ipc_prefix=None, prefetch_capacity=7, cores_per_worker=0.5,
         mem_per_worker=2.5, poll_period=10, logdir="/runs/my run/000/htex", heartbeat_period=3.0,
         heartbeat_threshold=12.0, address_probe_timeout=45.0, nodes_per_block=2, cert_dir=None, working_dir=None,
     )
@@ -55,7 +55,9 @@ def test_every_placeholder_has_a_value() -> None:
     assert values["python"] == "'/opt/py thon/bin/python3'" and values["logdir"] == "'/runs/my run/000/htex'"
     assert values["debug"] == "--debug" and values["max_workers"] == "" and values["block_id"] == "4"
     assert values["addresses"] == "10.0.0.5,192.168.1.2"
-    assert values["task_url"] == "tcp://10.0.0.5:54001" and values["result_url"] == "tcp://10.0.0.5:54002"
+    # One connection per pool: Parsl's result port and URL are the task ones (poolcmd's docstring).
+    assert values["task_url"] == "tcp://10.0.0.5:54001" and values["result_url"] == "tcp://10.0.0.5:54001"
+    assert values["task_port"] == values["result_port"] == values["worker_port"] == 54001
     assert values["pool_urls"] == "" and values["cert_dir"] == "" and values["uid"] == ""
     template = " ".join(f"{{{name}}}" for name in sorted(PLACEHOLDERS))
     assert "{" not in poolcmd.launch_command(template, launch(), "4")  # every one of them is filled in
@@ -65,8 +67,7 @@ def test_values_follow_the_launch() -> None:
     values = launch(debug=False, max_workers=8, ipc_prefix="/run/h x/pools", cert_dir="/k d",
                     address_probe_timeout=0).values("0")
     assert values["debug"] == "" and values["max_workers"] == "--max_workers=8" and values["cert_dir"] == "'/k d'"
-    assert shlex.split(values["pool_urls"]) == ["--task_url=ipc:///run/h x/pools-tasks",
-                                                "--result_url=ipc:///run/h x/pools-results"]
+    assert shlex.split(values["pool_urls"]) == ["--task_url=ipc:///run/h x/pools-tasks"]
     assert values["address_probe_timeout"] == poolcmd.DEFAULT_PROBE_TIMEOUT  # 0 means unset, as in Parsl
     # Parsl filled these with whole flags (1.0: {max_workers}; today: {max_workers_per_node}).
     assert values["max_workers_per_node"] == "--max_workers_per_node=8"
@@ -78,7 +79,7 @@ def test_parsl_1_0_default_launch_cmd_parses_back() -> None:
     cmd = poolcmd.launch_command(poolcmd.PARSL_1_0_LAUNCH_CMD, launch(max_workers=3), "5")
     words = shlex.split(cmd)
     args = poolcmd.build_parser().parse_args(words[words.index("process_worker_pool") + 1:])
-    assert (args.max_workers, args.task_port, args.result_port, args.block_id) == (3, 54001, 54002, "5")
+    assert (args.max_workers, args.task_port, args.result_port, args.block_id) == (3, 54001, 54001, "5")
     assert args.addresses == "10.0.0.5,192.168.1.2" and args.address_probe_timeout == 45.0
 
 
@@ -132,7 +133,7 @@ def test_both_ends_agree() -> None:
     lx = launch(cert_dir="/runs/my run/certs", working_dir="/w d")
     args = parse_back(poolcmd.launch_command(None, lx, "7"))
     assert args.debug is True and args.max_workers == math.inf
-    assert args.addresses.split(",") == lx.addresses and (args.task_port, args.result_port) == (54001, 54002)
+    assert args.addresses.split(",") == lx.addresses and (args.task_port, args.result_port) == (54001, None)
     assert args.task_url is None and args.result_url is None  # no ipc_prefix: the pool probes the addresses
     assert (args.prefetch_capacity, args.cores_per_worker, args.mem_per_worker) == (7, 0.5, 2.5)
     assert (args.poll, args.nodes_per_block, args.block_id) == (10, 2, "7")
@@ -143,26 +144,28 @@ def test_both_ends_agree() -> None:
     args = parse_back(poolcmd.launch_command(None, local, "0"))
     assert args.debug is False and args.max_workers == 3 and args.mem_per_worker is None
     assert not args.cert_dir  # unencrypted: the pool looks at $HTEX_CERT_DIR, then goes without
-    assert poolcmd.resolve_urls(args) == ("ipc:///run/h x/pools-tasks", "ipc:///run/h x/pools-results")
+    assert poolcmd.resolve_url(args) == "ipc:///run/h x/pools-tasks"
 
 
 def test_join_argv_is_read_back() -> None:
-    argv = poolcmd.join_argv(["127.0.0.1", "10.0.0.5"], 5, 6, heartbeat_period=2, heartbeat_threshold=8.5,
+    argv = poolcmd.join_argv(["127.0.0.1", "10.0.0.5"], 5, heartbeat_period=2, heartbeat_threshold=8.5,
                              logdir="/l d", cert_dir="/c d")
     args = poolcmd.build_parser().parse_args(argv)
-    assert (args.addresses, args.task_port, args.result_port) == ("127.0.0.1,10.0.0.5", 5, 6)
+    assert (args.addresses, args.task_port, args.result_port) == ("127.0.0.1,10.0.0.5", 5, None)
     assert (args.hb_period, args.hb_threshold, args.logdir, args.cert_dir) == (2.0, 8.5, "/l d", "/c d")
-    assert "--cert_dir" not in " ".join(poolcmd.join_argv(["h"], 5, 6, heartbeat_period=1, heartbeat_threshold=4,
+    assert "--cert_dir" not in " ".join(poolcmd.join_argv(["h"], 5, heartbeat_period=1, heartbeat_threshold=4,
                                                           logdir="/l", cert_dir=None))
 
 
-def test_resolve_urls_without_probing() -> None:
+def test_resolve_url_without_probing() -> None:
     parser = poolcmd.build_parser()
     args = parser.parse_args(["--task_url=tcp://h:1", "--result_url=tcp://h:2", "-a", "x,y", "-t", "3", "-r", "4"])
-    assert poolcmd.resolve_urls(args) == ("tcp://h:1", "tcp://h:2")  # given URLs win
-    assert poolcmd.resolve_urls(parser.parse_args(["-a", "h", "-t", "3", "-r", "4"])) == ("tcp://h:3", "tcp://h:4")
+    assert poolcmd.resolve_url(args) == "tcp://h:1"  # the given URL wins; the result URL is not used
+    assert poolcmd.resolve_url(parser.parse_args(["-a", "h", "-t", "3", "-r", "4"])) == "tcp://h:3"  # Parsl 1.0's flags
+    assert poolcmd.resolve_url(parser.parse_args(["-a", "h", "-t", "3"])) == "tcp://h:3"
+    assert poolcmd.resolve_url(parser.parse_args(["--task_url=ipc:///x"])) == "ipc:///x"
     with pytest.raises(SystemExit, match="give --task_url"):
-        poolcmd.resolve_urls(parser.parse_args(["-a", "h", "-t", "3"]))
+        poolcmd.resolve_url(parser.parse_args(["-a", "h", "-r", "4"]))
 
 
 @pytest.fixture
@@ -192,7 +195,7 @@ def interchange() -> Iterator[int]:
 def test_probing_finds_the_address_that_answers(interchange: int) -> None:
     args = poolcmd.build_parser().parse_args(["-a", "127.0.0.3,127.0.0.1", "-t", str(interchange), "-r", "9",
                                               "--address_probe_timeout", "10"])
-    assert poolcmd.resolve_urls(args) == (f"tcp://127.0.0.1:{interchange}", "tcp://127.0.0.1:9")
+    assert poolcmd.resolve_url(args) == f"tcp://127.0.0.1:{interchange}"
 
 
 def test_probing_gives_up_and_says_what_to_set(interchange: int) -> None:
