@@ -26,9 +26,9 @@ runs long (see worker.py).
 Exactly once, when a worker dies: before it starts a task (before it even
 unpickles the arguments) a worker writes the task's id into a word of shared
 memory that the pool reads when it reaps the worker.  So the pool knows which
-task was running (it fails with WorkerLost), which of the batch finished but
-had their results die with the worker (they ran: WorkerLost too, never run
-again), and which never started (back to the queue).
+task was running (it fails with WorkerLost) and which never started (back to
+the queue).  The tasks before it finished: their results reached the pool,
+or wait in the same shared memory (worker.Held), where the pool reads them.
 
 Withdraw (the interchange takes tasks back, for a cancel): what is still in
 the pool's queue leaves it; what a worker was handed may have started and
@@ -71,7 +71,7 @@ from typing import Any
 import psutil
 import zmq
 
-from . import __version__, framing, placement, poolcmd, prefetch, procs, protocol, security, serialize
+from . import __version__, framing, placement, poolcmd, prefetch, procs, protocol, security, serialize, worker
 from .errors import PlacementError, ProtocolError, TaskCancelled, WorkerLost
 
 log = logging.getLogger("htex.pool")
@@ -192,11 +192,11 @@ class Workers:
     def start(self, slot: _WorkerSlot) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         started_fd = os.memfd_create(f"htex-started-{slot.rank}")
-        os.ftruncate(started_fd, protocol.STARTED.size)
+        os.ftruncate(started_fd, worker.SHARED_SIZE)
         try:
             if slot.started is not None:
                 slot.started.close()
-            slot.started = mmap.mmap(started_fd, protocol.STARTED.size)
+            slot.started = mmap.mmap(started_fd, worker.SHARED_SIZE)
             slot.proc = subprocess.Popen(
                 self._command(slot, theirs.fileno(), started_fd), env=self._environment(slot),
                 stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), started_fd),
@@ -308,11 +308,25 @@ class Workers:
                     messages.append(protocol.decode(frames))
             except ProtocolError as exc:
                 log.error("worker %d sent garbage before it died (%s)", slot.rank, exc)
+        if (held := self._held(slot, messages)) is not None:
+            messages.append(held)
         self.drop_link(slot)
         self.poller.unregister(slot.pidfd)
         del self.by_pidfd[slot.pidfd]
         os.close(slot.pidfd)
         return code, messages
+
+    @staticmethod
+    def _held(slot: _WorkerSlot, sent: list[protocol.Message]) -> protocol.Results | None:
+        """The results a dead worker finished and had not sent (worker.Held), minus those it did send."""
+        if slot.started is None:
+            return None
+        got = {tid for msg in sent if isinstance(msg, protocol.Results) for tid in msg.ids}
+        held = [(tid, blob) for tid, blob in worker.read_held(slot.started) if tid in slot.tasks and tid not in got]
+        if not held:
+            return None
+        log.info("worker %d died holding %d results; they count", slot.rank, len(held))
+        return protocol.Results(protocol.u64_array(t for t, _ in held), [b for _, b in held])
 
     def ready(self, slot: _WorkerSlot, pid: int) -> None:
         """A worker said hello: it takes tasks, and workers can start here."""

@@ -10,7 +10,10 @@ the pool watches it (through a pidfd) and the kernel kills it if the pool dies
 Before each task (before its arguments are even unpickled) the worker writes
 the task's id into a word of memory it shares with the pool (``--started-fd``,
 a memfd): if the worker dies, the pool knows which task it was running, and
-that the tasks after it in the batch never started.
+that the tasks after it in the batch never started.  The same memory holds
+the results the worker has not sent yet (``Held``): a worker killed to
+cancel a task (or dead for any reason) loses no result of a task it
+finished, because the pool reads them there once the worker is gone.
 
 Nothing a task does or returns may kill the worker: every BaseException it
 raises, or that pickling its result or its exception raises, becomes that
@@ -28,6 +31,7 @@ import mmap
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -41,12 +45,75 @@ log = logging.getLogger("htex.worker")
 
 # A batch that runs longer than this sends the results it has, so they are not held back.
 FLUSH_SECONDS = 0.005
+# The memory a worker shares with its pool (a memfd): the STARTED word, then the results it holds.
+# Pages are touched only as results fill them; a result that does not fit is sent at once.
+HELD_AT = protocol.STARTED.size
+_END = struct.Struct("<Q")  # how many bytes of entries follow it (complete entries only)
+_ENTRY = struct.Struct("<QQ")  # an entry: task id, size of the result; then the result's bytes
+SHARED_SIZE = 1 << 20
+
+
+class Held:
+    """The results a worker finished and has not sent, kept in the memory it shares with its pool.
+
+    Why there and not in a list: batching results (FLUSH_SECONDS) means a finished task's result
+    may wait while the next task runs; if that task is cancelled (its worker SIGKILLed) or kills
+    the worker, a result in the worker's own memory would die with it.  An entry is written
+    completely before the end marker moves past it, and the marker goes back to 0 only after the
+    results were sent: the pool, which reads this only after the worker died, may see a result
+    twice (sent, then killed before the marker moved) and keeps the first.
+    """
+
+    def __init__(self, mem: mmap.mmap) -> None:
+        self.mem = mem
+        self.end = HELD_AT + _END.size
+        self.ids: list[int] = []
+        self.spans: list[tuple[int, int]] = []
+
+    def add(self, task_id: int, blob: bytes) -> bool:
+        """Keep a result; False if it does not fit (then send it with the others at once)."""
+        at = self.end + _ENTRY.size
+        if at + len(blob) > SHARED_SIZE:
+            return False
+        _ENTRY.pack_into(self.mem, self.end, task_id, len(blob))
+        self.mem[at : at + len(blob)] = blob
+        self.end = at + len(blob)
+        _END.pack_into(self.mem, HELD_AT, self.end - HELD_AT - _END.size)  # only now the pool may see it
+        self.ids.append(task_id)
+        self.spans.append((at, len(blob)))
+        return True
+
+    def take(self) -> tuple[list[int], list[protocol.Blob]]:
+        """The held results, as ids and views of this memory (valid until ``sent``)."""
+        view = memoryview(self.mem)
+        return self.ids, [view[at : at + n] for at, n in self.spans]
+
+    def sent(self) -> None:
+        _END.pack_into(self.mem, HELD_AT, 0)
+        self.end = HELD_AT + _END.size
+        self.ids, self.spans = [], []
+
+
+def read_held(mem: mmap.mmap) -> list[tuple[int, bytes]]:
+    """The results a dead worker held (``Held``), in the order it finished them: for its pool."""
+    (size,) = _END.unpack_from(mem, HELD_AT)
+    at, end = HELD_AT + _END.size, min(HELD_AT + _END.size + size, SHARED_SIZE)
+    held = []
+    while at + _ENTRY.size <= end:
+        task_id, n = _ENTRY.unpack_from(mem, at)
+        at += _ENTRY.size
+        if at + n > end:
+            break
+        held.append((task_id, bytes(mem[at : at + n])))
+        at += n
+    return held
 
 
 class Worker:
     def __init__(self, fd: int, rank: int, started_fd: int | None = None) -> None:
         self.rank = rank
-        self.started = mmap.mmap(started_fd, protocol.STARTED.size) if started_fd is not None else None
+        self.started = mmap.mmap(started_fd, SHARED_SIZE) if started_fd is not None else None
+        self.held = Held(self.started) if self.started is not None else None
         if started_fd is not None:
             os.close(started_fd)  # the mapping stays; a program a task starts must not inherit the fd
         self.functions: dict[int, Callable[..., Any] | DeserializationError] = {}
@@ -90,22 +157,24 @@ class Worker:
                 self.functions[key] = serialize.unpack_function(protocol.as_buffer(blob))
             except DeserializationError as exc:
                 self.functions[key] = exc  # every task of this function fails with it
-        ids: list[int] = []
-        results: list[protocol.Blob] = []
         last_sent = time.monotonic()
         last = len(batch.ids) - 1
-        started = self.started
+        started, held = self.started, self.held
         for i, (task_id, key, payload) in enumerate(zip(batch.ids, batch.fn_keys, batch.payloads, strict=True)):
             if started is not None:
                 protocol.STARTED.pack_into(started, 0, task_id)  # before anything of the task runs
-            results.append(self.run_one(key, protocol.as_buffer(payload)))
-            ids.append(task_id)
-            if i == last or time.monotonic() - last_sent > FLUSH_SECONDS:
-                self._send(ids, results)
-                ids, results, last_sent = [], [], time.monotonic()
+            result = self.run_one(key, protocol.as_buffer(payload))
+            if i != last and time.monotonic() - last_sent <= FLUSH_SECONDS and held is not None and held.add(task_id, result):
+                continue  # held in shared memory until the batch ends or runs long (no memory: sent at once)
+            self._send(task_id, result)
+            last_sent = time.monotonic()
 
-    def _send(self, ids: list[int], results: list[protocol.Blob]) -> None:
-        framing.send(self.sock, protocol.Results(protocol.u64_array(ids), results).encode())
+    def _send(self, task_id: int, result: bytes) -> None:
+        """Send the held results and this one (held ones first: results go back in the order tasks came)."""
+        ids, results = self.held.take() if self.held is not None else ([], [])
+        framing.send(self.sock, protocol.Results(protocol.u64_array([*ids, task_id]), [*results, result]).encode())
+        if self.held is not None:
+            self.held.sent()
 
     def run_one(self, fn_key: int, payload: memoryview | bytes) -> bytes:
         fn = self.functions.get(fn_key)
