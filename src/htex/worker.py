@@ -45,59 +45,56 @@ log = logging.getLogger("htex.worker")
 
 # A batch that runs longer than this sends the results it has, so they are not held back.
 FLUSH_SECONDS = 0.005
-# The memory a worker shares with its pool (a memfd): the STARTED word, then the results it holds.
-# Pages are touched only as results fill them; a result that does not fit is sent at once.
-HELD_AT = protocol.STARTED.size
-_END = struct.Struct("<Q")  # how many bytes of entries follow it (complete entries only)
+# The memory a worker shares with its pool (a memfd): a head (the STARTED word, then how many bytes of
+# results follow it), then the results the worker holds.  Pages are touched only as results fill them;
+# a result that does not fit is sent at once.
+HEAD = struct.Struct("<QQ")
 _ENTRY = struct.Struct("<QQ")  # an entry: task id, size of the result; then the result's bytes
 SHARED_SIZE = 1 << 20
 
 
 class Held:
-    """The results a worker finished and has not sent, kept in the memory it shares with its pool.
+    """The results a worker finished and has not sent, copied to the memory it shares with its pool.
 
-    Why there and not in a list: batching results (FLUSH_SECONDS) means a finished task's result
-    may wait while the next task runs; if that task is cancelled (its worker SIGKILLed) or kills
-    the worker, a result in the worker's own memory would die with it.  An entry is written
-    completely before the end marker moves past it, and the marker goes back to 0 only after the
-    results were sent: the pool, which reads this only after the worker died, may see a result
-    twice (sent, then killed before the marker moved) and keeps the first.
+    Why: batching results (FLUSH_SECONDS) means a finished task's result may wait while the next
+    task runs; if that task is cancelled (its worker SIGKILLed) or kills the worker, a result only
+    in the worker's own memory would die with it.  ``start`` writes the head in one go as a task
+    starts: its id, and the size of the entries written before (each complete).  So the pool,
+    which reads this only after the worker died, finds every result finished before the task
+    that was running; it may find a result it also received (sent, then killed before the next
+    head), and keeps the first.  The worker sends from its own list: the copy is for the pool.
     """
 
     def __init__(self, mem: mmap.mmap) -> None:
-        self.mem = mem
-        self.end = HELD_AT + _END.size
+        self.mem = memoryview(mem)  # writes through a memoryview cost less than through the mmap
+        self.end = HEAD.size
         self.ids: list[int] = []
-        self.spans: list[tuple[int, int]] = []
+        self.blobs: list[protocol.Blob] = []
+
+    def start(self, task_id: int) -> None:
+        """A task starts: before anything of it runs, the pool must be able to tell (see above)."""
+        HEAD.pack_into(self.mem, 0, task_id, self.end - HEAD.size)
 
     def add(self, task_id: int, blob: bytes) -> bool:
         """Keep a result; False if it does not fit (then send it with the others at once)."""
-        at = self.end + _ENTRY.size
-        if at + len(blob) > SHARED_SIZE:
+        at, end = self.end, self.end + _ENTRY.size + len(blob)
+        if end > SHARED_SIZE:
             return False
-        _ENTRY.pack_into(self.mem, self.end, task_id, len(blob))
-        self.mem[at : at + len(blob)] = blob
-        self.end = at + len(blob)
-        _END.pack_into(self.mem, HELD_AT, self.end - HELD_AT - _END.size)  # only now the pool may see it
+        self.mem[at:end] = _ENTRY.pack(task_id, len(blob)) + blob
+        self.end = end
         self.ids.append(task_id)
-        self.spans.append((at, len(blob)))
+        self.blobs.append(blob)
         return True
 
-    def take(self) -> tuple[list[int], list[protocol.Blob]]:
-        """The held results, as ids and views of this memory (valid until ``sent``)."""
-        view = memoryview(self.mem)
-        return self.ids, [view[at : at + n] for at, n in self.spans]
-
     def sent(self) -> None:
-        _END.pack_into(self.mem, HELD_AT, 0)
-        self.end = HELD_AT + _END.size
-        self.ids, self.spans = [], []
+        self.end = HEAD.size
+        self.ids, self.blobs = [], []
 
 
 def read_held(mem: mmap.mmap) -> list[tuple[int, bytes]]:
     """The results a dead worker held (``Held``), in the order it finished them: for its pool."""
-    (size,) = _END.unpack_from(mem, HELD_AT)
-    at, end = HELD_AT + _END.size, min(HELD_AT + _END.size + size, SHARED_SIZE)
+    _, size = HEAD.unpack_from(mem, 0)
+    at, end = HEAD.size, min(HEAD.size + size, SHARED_SIZE)
     held = []
     while at + _ENTRY.size <= end:
         task_id, n = _ENTRY.unpack_from(mem, at)
@@ -112,8 +109,8 @@ def read_held(mem: mmap.mmap) -> list[tuple[int, bytes]]:
 class Worker:
     def __init__(self, fd: int, rank: int, started_fd: int | None = None) -> None:
         self.rank = rank
-        self.started = mmap.mmap(started_fd, SHARED_SIZE) if started_fd is not None else None
-        self.held = Held(self.started) if self.started is not None else None
+        # Without a pool's memfd (a worker started by hand), memory of its own: the same code runs.
+        self.held = Held(mmap.mmap(started_fd if started_fd is not None else -1, SHARED_SIZE))
         if started_fd is not None:
             os.close(started_fd)  # the mapping stays; a program a task starts must not inherit the fd
         self.functions: dict[int, Callable[..., Any] | DeserializationError] = {}
@@ -159,22 +156,20 @@ class Worker:
                 self.functions[key] = exc  # every task of this function fails with it
         last_sent = time.monotonic()
         last = len(batch.ids) - 1
-        started, held = self.started, self.held
+        start, hold = self.held.start, self.held.add
         for i, (task_id, key, payload) in enumerate(zip(batch.ids, batch.fn_keys, batch.payloads, strict=True)):
-            if started is not None:
-                protocol.STARTED.pack_into(started, 0, task_id)  # before anything of the task runs
+            start(task_id)  # before anything of the task runs
             result = self.run_one(key, protocol.as_buffer(payload))
-            if i != last and time.monotonic() - last_sent <= FLUSH_SECONDS and held is not None and held.add(task_id, result):
-                continue  # held in shared memory until the batch ends or runs long (no memory: sent at once)
+            if i != last and time.monotonic() - last_sent <= FLUSH_SECONDS and hold(task_id, result):
+                continue  # held until the batch ends or runs long
             self._send(task_id, result)
             last_sent = time.monotonic()
 
     def _send(self, task_id: int, result: bytes) -> None:
         """Send the held results and this one (held ones first: results go back in the order tasks came)."""
-        ids, results = self.held.take() if self.held is not None else ([], [])
-        framing.send(self.sock, protocol.Results(protocol.u64_array([*ids, task_id]), [*results, result]).encode())
-        if self.held is not None:
-            self.held.sent()
+        held = self.held
+        framing.send(self.sock, protocol.Results(protocol.u64_array([*held.ids, task_id]), [*held.blobs, result]).encode())
+        held.sent()
 
     def run_one(self, fn_key: int, payload: memoryview | bytes) -> bytes:
         fn = self.functions.get(fn_key)

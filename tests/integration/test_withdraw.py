@@ -133,7 +133,7 @@ def test_withdraw_takes_back_prefetched_tasks_and_leaves_the_started_one(fake: A
 
 
 
-def _warm_up(ic: FakeInterchange, n: int = 20) -> None:
+def _warm_up(ic: FakeInterchange, n: int = 400) -> None:
     """Run short tasks first: the pool then sizes a worker's batch by their time, so the next batch has several
     (the more, the closer its measure comes to their real time, and the larger the next batch)."""
     ic.submit([(1000 + i, tasks.noop, ()) for i in range(n)])
@@ -206,7 +206,7 @@ def test_a_kill_keeps_the_results_the_worker_had_not_sent_yet(fake: Any, tmp_pat
     from htex import TaskCancelled
 
     ic = fake(workers=1, prefetch=8)
-    _warm_up(ic, 400)
+    _warm_up(ic)
     log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
     # One batch: A1..A5 are done in well under FLUSH_SECONDS, then X starts and waits.
     ic.submit([(i, tasks.record, (log, f"A{i}")) for i in range(1, 6)] +
@@ -225,7 +225,7 @@ def test_a_worker_that_dies_keeps_the_results_it_had_not_sent(fake: Any, tmp_pat
     from htex import WorkerLost
 
     ic = fake(workers=1, prefetch=8)
-    _warm_up(ic, 400)
+    _warm_up(ic)
     ic.submit([(i, tasks.add, (i, 1)) for i in range(1, 4)] + [(4, tasks.hard_exit, (3,)), (5, tasks.add, (5, 1))])
     results = ic.results_for(5)
     assert [results[i] for i in (1, 2, 3, 5)] == [(True, 2), (True, 3), (True, 4), (True, 6)]
