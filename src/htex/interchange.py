@@ -515,6 +515,9 @@ class Interchange:
         placed, self.reserved = self.sized.place(pools)
         for identity, task, slots in placed:
             pool = self.pools[identity]
+            needs = self.sized.needs[task[0]]
+            if needs.gpus > 1:  # the pool runs it on a worker that sees all its devices (process_worker_pool.Wide)
+                self._to_pool(identity, protocol.TaskNeeds(ids=[task[0]], needs=[(needs.cores, needs.memory, needs.gpus)]))
             if self._send_batch(pool, [task]):
                 pool.sized[task[0]] = slots
                 pool.extra += slots - 1

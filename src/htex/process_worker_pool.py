@@ -146,6 +146,13 @@ class _WorkerSlot:
     sent_at: float = 0.0
     functions: set[int] = field(default_factory=set)
     started: mmap.mmap | None = None  # shared with the worker: the id of the task it started last
+    # A task with gpus > 1 (Wide): the worker started for it, in this slot, gets ``seat`` (the devices and cores
+    # of the slots it holds: its own and ``borrowed``) and is handed ``wide`` once it says hello.
+    seat: placement.Seat | None = None
+    wide: Task | None = None
+    borrowed: list[int] = field(default_factory=list)
+    lent: bool = False  # its worker waits, idle, while another slot's wide task uses its device
+    restart: bool = False  # we stopped its (idle) worker to start it on another seat: not a failure
 
     def started_task(self) -> int:
         return protocol.STARTED.unpack_from(self.started)[0] if self.started is not None else 0
@@ -220,8 +227,9 @@ class Workers:
     def _command(self, slot: _WorkerSlot, link_fd: int, started_fd: int) -> list[str]:
         cmd = [sys.executable, "-m", "htex.worker", "--fd", str(link_fd), "--rank", str(slot.rank),
                "--started-fd", str(started_fd)]
-        if self.seats and self.seats[slot.rank].cores:
-            cmd += ["--cores", ",".join(map(str, self.seats[slot.rank].cores))]
+        seat = slot.seat or (self.seats[slot.rank] if self.seats else None)
+        if seat and seat.cores:
+            cmd += ["--cores", ",".join(map(str, seat.cores))]
         if self.cfg.debug:
             cmd += ["--debug", "--logfile", os.path.join(self.cfg.logdir, f"worker_{slot.rank}.log")]
         return cmd
@@ -234,7 +242,9 @@ class Workers:
             PARSL_WORKER_POOL_ID=self.cfg.manager_id,
             PARSL_WORKER_BLOCK_ID=self.cfg.block_id,
         )
-        if self.seats:
+        if slot.seat is not None:
+            env.update(slot.seat.environment())
+        elif self.seats:
             env.update(self.seats[slot.rank].environment())
         env.update(self.extra_env)
         return env
@@ -332,7 +342,8 @@ class Workers:
         """A worker said hello: it takes tasks, and workers can start here."""
         slot.ready = True
         self.start_failures = 0
-        self.idle.append(slot.rank)
+        if not slot.lent:
+            self.idle.append(slot.rank)
         log.debug("worker %d ready (pid %d)", slot.rank, pid)
 
     def replace(self, slot: _WorkerSlot) -> bool:
@@ -371,6 +382,102 @@ class Workers:
                 slot.started = None
 
 
+class Wide:
+    """Tasks that ask for more than one GPU (``gpus=g``, g > 1): each runs on a worker that sees its g devices.
+
+    The interchange holds g of this pool's worker slots for such a task, and tells us its needs
+    (TaskNeeds) before it sends it.  A GPU runtime reads CUDA_VISIBLE_DEVICES (ROCR_VISIBLE_DEVICES,
+    ZE_AFFINITY_MASK) once, as it initialises: setting them in a worker that may have initialised
+    CUDA for an earlier task would not do.  So the task waits until g workers are idle; one of
+    them (the host) is stopped and started again with the devices and cores of all g
+    (placement.joined), the others are lent to it (they stay idle and take no task, so no device is
+    shared), and the task goes to the new worker as it says hello.  When it ends (its result, or its
+    worker's death: a crash, a cancel) the lent workers take tasks again and the host starts again
+    on its own seat.  Cost: two worker starts (~0.1 s each) per such task, beside GPU work.
+    """
+
+    def __init__(self, workers: Workers) -> None:
+        self.workers = workers
+        self.gpus: dict[int, int] = {}  # such tasks this pool holds -> the GPUs each asks
+        self.waiting: deque[Task] = deque()  # in the order they came, until handed to their worker
+
+    def expect(self, msg: protocol.TaskNeeds) -> None:
+        if self.workers.seats:  # a pool without accelerators is never sent gpus tasks
+            self.gpus.update((tid, int(gpus)) for tid, (_, _, gpus) in zip(msg.ids, msg.needs, strict=False) if gpus > 1)
+
+    def divert(self, queue: deque[Task]) -> deque[Task]:
+        """Take such tasks out of the plain queue (they came in a TASKS, or back from a dead worker's batch)."""
+        if not any(t[0] in self.gpus for t in queue):
+            return queue
+        self.waiting.extend(t for t in queue if t[0] in self.gpus)
+        return deque(t for t in queue if t[0] not in self.gpus)
+
+    def seat(self) -> None:
+        """Give each waiting task its workers if enough are idle; the host restarts on their joined seat."""
+        slots, seats, idle = self.workers.slots, self.workers.seats, self.workers.idle
+        seated = {s.wide[0] for s in slots if s.wide is not None}
+        for task in self.waiting:
+            g = self.gpus[task[0]]
+            if task[0] in seated or len(idle) < g or seats is None:
+                continue
+            ranks = [idle.popleft() for _ in range(g)]
+            host = slots[ranks[0]]
+            for rank in ranks[1:]:
+                slots[rank].lent = True
+            host.borrowed, host.wide = ranks[1:], task
+            host.seat = placement.joined([seats[r] for r in sorted(ranks)])  # in the order of the pool's devices
+            log.info("task %d (gpus=%d): worker %d restarts with accelerators %s (workers %s lent to it)",
+                     task[0], g, host.rank, host.seat.accelerator, host.borrowed)
+            assert host.proc is not None
+            host.restart = True
+            host.proc.kill()  # idle (it holds no task): _reap starts it again on the joined seat
+
+    def start(self, slot: _WorkerSlot) -> Task:
+        """The host's new worker said hello: the task it was started for, to hand to it now."""
+        assert slot.wide is not None
+        self.workers.idle.remove(slot.rank)
+        self.waiting.remove(slot.wide)
+        return slot.wide
+
+    def finished(self, slot: _WorkerSlot) -> None:
+        """The host sent the task's result: give back the lent workers, start the host again on its own seat."""
+        assert slot.wide is not None and slot.proc is not None
+        self.gpus.pop(slot.wide[0], None)
+        self._release(slot)
+        slot.restart = True
+        slot.proc.kill()  # idle again; _reap starts it on its own seat
+
+    def died(self, slot: _WorkerSlot, queue: deque[Task]) -> None:
+        """The host's worker died (before _reap starts another): restarted for the task, or the task ended."""
+        assert slot.wide is not None
+        if slot.wide in self.waiting:  # the restart for it (or a death before it was handed): start it seated
+            return
+        if not any(t[0] == slot.wide[0] for t in queue):  # it ran (failed, or cancelled); else it goes again
+            self.gpus.pop(slot.wide[0], None)
+        self._release(slot)
+
+    def withdraw(self, wanted: set[int]) -> list[int]:
+        """Take waiting tasks back (a cancel): not handed to a worker, they never started."""
+        out = [t for t in self.waiting if t[0] in wanted]
+        for task in out:
+            self.waiting.remove(task)
+            self.gpus.pop(task[0], None)
+            for slot in self.workers.slots:
+                if slot.wide is task and slot.proc is not None:
+                    self._release(slot)
+                    slot.restart = True
+                    slot.proc.kill()  # its new worker has the joined seat: start it on its own
+        return [t[0] for t in out]
+
+    def _release(self, slot: _WorkerSlot) -> None:
+        for rank in slot.borrowed:
+            lent = self.workers.slots[rank]
+            lent.lent = False
+            if lent.ready and lent.link is not None and rank not in self.workers.idle:
+                self.workers.idle.append(rank)
+        slot.borrowed, slot.wide, slot.seat = [], None, None
+
+
 class Manager:
     """The pool's loop (``run``: the four steps of the module's docstring) and its tasks: the queue, the
     batch each worker holds, the results going back, and what a dead worker's batch becomes."""
@@ -402,6 +509,7 @@ class Manager:
         self.poller = zmq.Poller()
         self.poller.register(self.task_sock, zmq.POLLIN)
         self.workers = Workers(cfg, self.count, self.poller, seats)
+        self.wide = Wide(self.workers)
         if cfg.mpi_launcher:
             from . import mpi  # only in MPI mode
 
@@ -497,6 +605,8 @@ class Manager:
                 self.queue.extend(zip(msg.ids, msg.fn_keys, msg.payloads, strict=False))
             elif isinstance(msg, protocol.Withdraw):
                 self._withdraw(msg)
+            elif isinstance(msg, protocol.TaskNeeds):
+                self.wide.expect(msg)
             elif isinstance(msg, protocol.Shutdown):
                 log.info("interchange asked us to stop: %s", msg.reason)
                 self._stop()
@@ -526,6 +636,8 @@ class Manager:
                 else:
                     kept.append(task)
             self.queue = kept
+        if self.wide.waiting:
+            withdrawn += self.wide.withdraw(wanted)
         started = [tid for tid in msg.ids if tid in self.handed]
         log.debug("withdraw %d tasks: %d withdrawn, %d started", len(wanted), len(withdrawn), len(started))
         self._send(self.task_sock, protocol.Withdrawn(req=msg.req, withdrawn=withdrawn, started=started))
@@ -560,12 +672,18 @@ class Manager:
             del slot.tasks[: len(msg.ids)]  # results come back in the order tasks went out
             for tid in msg.ids:
                 self.handed.pop(tid, None)
-            if not slot.tasks:
+            if slot.tasks:
+                pass
+            elif slot.wide is not None:
+                self.wide.finished(slot)
+            else:
                 self.workers.idle.append(slot.rank)
             self.done_ids.extend(msg.ids)
             self.done_payloads.extend(msg.payloads)
         elif isinstance(msg, protocol.WorkerReady):
             self.workers.ready(slot, msg.pid)
+            if slot.wide is not None:
+                self._hand(slot, [self.wide.start(slot)])
 
     def _measure(self, slot: _WorkerSlot, n: int) -> None:
         """Keep a moving average of how long a task takes (send to result, per task)."""
@@ -584,9 +702,14 @@ class Manager:
             self.workers.idle.remove(slot.rank)
         if slot.tasks:
             self._account_for_dead_worker(slot, how, code)
+        elif slot.restart:
+            log.debug("worker %d stopped, to start on another seat", slot.rank)
         else:
             log.warning("worker %d %s", slot.rank, how)
+        slot.restart = False
         self.killed.intersection_update(self.handed)  # a task killed to cancel that finished first: forget it
+        if slot.wide is not None:
+            self.wide.died(slot, self.queue)
         if self.stopping or self.workers.replace(slot):
             return
         log.error("workers die before they start (%s); giving up", how)
@@ -640,27 +763,33 @@ class Manager:
 
     def _dispatch(self) -> None:
         """Give each idle worker its share of the queue, oldest tasks first."""
+        if self.wide.gpus:  # tasks with gpus > 1 are here: they wait for their workers apart
+            self.queue = self.wide.divert(self.queue)
+            self.wide.seat()
         idle = self.workers.idle
         batches = []
         while idle and self.queue:
             slot = self.workers.slots[idle.popleft()]
-            batch = [self.queue.popleft() for _ in range(self._batch_size())]
-            slot.tasks = [t[0] for t in batch]
-            batches.append((slot, batch))
+            batches.append((slot, [self.queue.popleft() for _ in range(self._batch_size())]))
         for slot, batch in batches:
-            functions = {}
-            for task in batch:
-                self.handed[task[0]] = task
-                if task[1] not in slot.functions:
-                    functions[task[1]] = self.functions[task[1]]
-                    slot.functions.add(task[1])
-            msg = protocol.Tasks(
-                protocol.u64_array(slot.tasks), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions
-            )
-            slot.sent_at = time.monotonic()
-            self.workers.send(slot, msg.encode())
-            if self._monitor is not None:
-                self._monitor.started(slot.tasks, slot.rank)
+            self._hand(slot, batch)
+
+    def _hand(self, slot: _WorkerSlot, batch: list[Task]) -> None:
+        """Send a worker its batch (with the functions it has not seen)."""
+        slot.tasks = [t[0] for t in batch]
+        functions = {}
+        for task in batch:
+            self.handed[task[0]] = task
+            if task[1] not in slot.functions:
+                functions[task[1]] = self.functions[task[1]]
+                slot.functions.add(task[1])
+        msg = protocol.Tasks(
+            protocol.u64_array(slot.tasks), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions
+        )
+        slot.sent_at = time.monotonic()
+        self.workers.send(slot, msg.encode())
+        if self._monitor is not None:
+            self._monitor.started(slot.tasks, slot.rank)
 
     def _flush_results(self) -> None:
         if self.done_ids:
