@@ -348,10 +348,11 @@ class Workers:
 
     def replace(self, slot: _WorkerSlot) -> bool:
         """Start a worker in a dead one's place; False if workers die before they start, again and again."""
-        if not slot.ready:
+        if not slot.ready and not slot.restart:  # a worker we stopped ourselves did not fail
             self.start_failures += 1
             if self.start_failures >= MAX_START_FAILURES:
                 return False
+        slot.restart = False
         self.start(slot)
         return True
 
@@ -706,7 +707,6 @@ class Manager:
             log.debug("worker %d stopped, to start on another seat", slot.rank)
         else:
             log.warning("worker %d %s", slot.rank, how)
-        slot.restart = False
         self.killed.intersection_update(self.handed)  # a task killed to cancel that finished first: forget it
         if slot.wide is not None:
             self.wide.died(slot, self.queue)

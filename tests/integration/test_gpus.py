@@ -88,3 +88,45 @@ def test_cancelling_a_running_two_gpu_task_frees_its_devices(make_executor: Any,
     assert isinstance(wide.exception(timeout=30), TaskCancelled)
     _one_gpu_each(ex, tmp_path, "after")  # its host and the worker lent to it take tasks again, on their own devices
     _open(gate)
+
+
+# The pool alone, where the interchange stands (test_withdraw.FakeInterchange): a wide task that waits in the pool
+# for its workers.
+
+from test_withdraw import fake  # noqa: E402,F401  (the fixture)
+
+from htex import protocol  # noqa: E402
+
+import tasks  # noqa: E402
+
+
+def _send_wide(ic: Any, tid: int, gpus: int, *args: Any) -> None:
+    ic.send(protocol.TaskNeeds(ids=[tid], needs=[(0.0, 0.0, gpus)]))
+    ic.submit([(tid, placement_tasks.devices_then_wait, args)])
+
+
+def test_a_two_gpu_task_waits_in_the_pool_for_both_its_workers(fake: Any, tmp_path: Any) -> None:
+    ic = fake(workers=2, prefetch=0, extra=("--available-accelerators", "0", "1"))
+    log, gate, open_gate = str(tmp_path / "started"), str(tmp_path / "gate"), str(tmp_path / "open")
+    _open(open_gate)
+    ic.submit([(1, tasks.record_then_wait_for, (log, "blocker", gate))])  # one of the two workers is busy
+    wait_for(lambda: read_lines(log) == ["blocker"], timeout=30, what="the blocker to start")
+    _send_wide(ic, 2, 2, log, "wide", open_gate)
+    # It waits for the blocker's worker: taken back while it waits, it never runs.
+    ic.send(protocol.Withdraw(req=1, ids=[2]))
+    answer = ic.receive(protocol.Withdrawn)
+    assert (answer.withdrawn, answer.started) == ([2], [])
+    _send_wide(ic, 3, 2, log, "wide", open_gate)
+    _open(gate)
+    results = ic.results_for(2)
+    assert results[1] == (True, None)
+    assert results[3] == (True, ["0,1", "0,1", "0,1"])
+    assert read_lines(log) == ["blocker", "wide 0,1 0,1 0,1"]
+    # Both workers are on their own device again.
+    after, gate2 = str(tmp_path / "after"), str(tmp_path / "gate2")
+    ic.submit([(4, placement_tasks.devices_then_wait, (after, "a", gate2))])  # one each: both run at once
+    ic.submit([(5, placement_tasks.devices_then_wait, (after, "b", gate2))])
+    wait_for(lambda: len(read_lines(after)) == 2, timeout=30, what="both to run at once")
+    _open(gate2)
+    results = ic.results_for(2)
+    assert sorted(r[1][0] for r in results.values()) == ["0", "1"]

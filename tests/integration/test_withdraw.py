@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(60)
 class FakeInterchange:
     """Our side of the pool's two sockets, and the pool process itself."""
 
-    def __init__(self, tmp: str, workers: int, prefetch: int) -> None:
+    def __init__(self, tmp: str, workers: int, prefetch: int, extra: tuple[str, ...] = ()) -> None:
         self.ctx = zmq.Context()
         self.tasks = self.ctx.socket(zmq.ROUTER)
         self.results = self.ctx.socket(zmq.ROUTER)
@@ -41,7 +41,7 @@ class FakeInterchange:
         self.pool = subprocess.Popen([
             sys.executable, "-m", "htex.process_worker_pool", "--task_url", task_url, "--result_url", result_url,
             "--max_workers", str(workers), "-p", str(prefetch), "--hb_period", "1", "--hb_threshold", "20",
-            "-l", os.path.join(tmp, "logs"), "-u", "pool0",
+            "-l", os.path.join(tmp, "logs"), "-u", "pool0", *extra,
         ])
         reg = self.receive(protocol.Register)
         assert reg.worker_count == workers
@@ -99,8 +99,8 @@ class FakeInterchange:
 def fake(tmp_path: Any) -> Iterator[Any]:
     made: list[FakeInterchange] = []
 
-    def make(workers: int = 1, prefetch: int = 8) -> FakeInterchange:
-        made.append(FakeInterchange(str(tmp_path), workers, prefetch))
+    def make(workers: int = 1, prefetch: int = 8, extra: tuple[str, ...] = ()) -> FakeInterchange:
+        made.append(FakeInterchange(str(tmp_path), workers, prefetch, extra))
         return made[-1]
 
     yield make
