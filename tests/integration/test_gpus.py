@@ -8,13 +8,16 @@ the test sees what runs at the same time.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from test_withdraw import FakeInterchange
 
 import placement_tasks
-from htex import TaskCancelled
+from htex import TaskCancelled, protocol
 
+import tasks
 from support import read_lines, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -93,11 +96,13 @@ def test_cancelling_a_running_two_gpu_task_frees_its_devices(make_executor: Any,
 # The pool alone, where the interchange stands (test_withdraw.FakeInterchange): a wide task that waits in the pool
 # for its workers.
 
-from test_withdraw import fake  # noqa: E402,F401  (the fixture)
 
-from htex import protocol  # noqa: E402
-
-import tasks  # noqa: E402
+@pytest.fixture
+def ic(tmp_path: Any) -> Iterator[FakeInterchange]:
+    """A pool of 2 workers, on accelerators 0 and 1, and no prefetch."""
+    made = FakeInterchange(str(tmp_path), 2, 0, ("--available-accelerators", "0", "1"))
+    yield made
+    made.close()
 
 
 def _send_wide(ic: Any, tid: int, gpus: int, *args: Any) -> None:
@@ -105,8 +110,7 @@ def _send_wide(ic: Any, tid: int, gpus: int, *args: Any) -> None:
     ic.submit([(tid, placement_tasks.devices_then_wait, args)])
 
 
-def test_a_two_gpu_task_waits_in_the_pool_for_both_its_workers(fake: Any, tmp_path: Any) -> None:
-    ic = fake(workers=2, prefetch=0, extra=("--available-accelerators", "0", "1"))
+def test_a_two_gpu_task_waits_in_the_pool_for_both_its_workers(ic: FakeInterchange, tmp_path: Any) -> None:
     log, gate, open_gate = str(tmp_path / "started"), str(tmp_path / "gate"), str(tmp_path / "open")
     _open(open_gate)
     ic.submit([(1, tasks.record_then_wait_for, (log, "blocker", gate))])  # one of the two workers is busy
