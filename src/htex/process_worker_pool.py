@@ -40,10 +40,12 @@ The pool is a child subreaper: a process a task leaves behind, even in a
 session of its own (a daemon), becomes our child when its parent exits, and
 is stopped when the pool stops.
 
-Two classes: ``Manager`` runs the loop and keeps the tasks (the queue, the
+The classes: ``Manager`` runs the loop and keeps the tasks (the queue, the
 batches handed out, the results going back); ``Workers`` keeps the worker
-processes (start, link, notice a death, replace).  Each worker's link is a
-``framing.WorkerLink``.
+processes (start, link, notice a death, replace); ``Cancels`` answers a
+Withdraw, kills to cancel, and says what a dead worker's batch becomes;
+``Wide`` seats tasks that ask for more than one GPU.  Each worker's link is
+a ``framing.WorkerLink``.
 
 Started by the provider as ``process_worker_pool`` (or ``python -m
 htex.process_worker_pool``) with the flags Parsl's pool takes (poolcmd.py
@@ -479,6 +481,100 @@ class Wide:
         slot.borrowed, slot.wide, slot.seat = [], None, None
 
 
+class Cancels:
+    """The pool's side of a cancel: a Withdraw (the tasks still in the queue leave it), with ``kill``
+    the worker running a task to cancel; and what a dead worker's batch becomes (where a task killed
+    to cancel becomes TaskCancelled).  The tasks are the Manager's (its queue, what its workers were
+    handed, the results going back): reached through ``m``, which only this thread touches."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.m = manager
+        self.doomed: set[int] = set()  # to cancel (Withdraw with kill): kill the worker that runs one
+        self.killed: set[int] = set()  # the task each worker we killed to cancel was running
+
+    def withdraw(self, msg: protocol.Withdraw) -> None:
+        """Give back the asked-for tasks still in our queue; those handed to a worker may have started: they stay.
+
+        Exact because only this thread hands tasks to workers: a task in ``m.queue`` has not left
+        this process (a dead worker's unstarted tasks come back here too, see account_for_dead_worker).
+        """
+        m = self.m
+        wanted = set(msg.ids)
+        withdrawn: list[int] = []
+        if wanted and m.queue:
+            kept: deque[Task] = deque()
+            for task in m.queue:
+                if task[0] in wanted:
+                    withdrawn.append(task[0])
+                else:
+                    kept.append(task)
+            m.queue = kept
+        if m.wide.waiting:
+            withdrawn += m.wide.withdraw(wanted)
+        started = [tid for tid in msg.ids if tid in m.handed]
+        log.debug("withdraw %d tasks: %d withdrawn, %d started", len(wanted), len(withdrawn), len(started))
+        m._send(m.task_sock, protocol.Withdrawn(req=msg.req, withdrawn=withdrawn, started=started))
+        if msg.kill and started:
+            self.doomed.update(started)
+            self.kill_doomed()
+
+    def kill_doomed(self) -> None:
+        """Kill each worker running a task to cancel; forget those that finished.
+
+        A doomed task still behind others in its worker's batch is looked at again every
+        DOOMED_CHECK_SECONDS: the worker writes its id in the shared word as it starts it.
+        The kill is SIGKILL (a task may ignore anything else); _reap then fails the task with
+        TaskCancelled, sends the batch's unstarted tasks back to the queue, and replaces the worker.
+        """
+        m = self.m
+        self.doomed.intersection_update(m.handed)  # a task with a result (or lost) is past cancelling
+        for slot in m.workers.slots:
+            started = slot.started_task()
+            if started in self.doomed and started in slot.tasks and slot.proc is not None:
+                log.info("cancelling task %d: killing worker %d (pid %d)", started, slot.rank, slot.proc.pid)
+                slot.proc.kill()
+                self.doomed.discard(started)
+                self.killed.add(started)
+
+    def account_for_dead_worker(self, slot: _WorkerSlot, how: str, code: int) -> None:
+        """Tasks of a dead worker's batch without a result: the one it ran and those before it fail
+        (they started: they must not run again), those after it go back to the queue (they never did).
+        """
+        m = self.m
+        started = slot.started_task()
+        ran = slot.tasks.index(started) + 1 if started in slot.tasks else 0
+        crashed, unstarted = slot.tasks[:ran], slot.tasks[ran:]
+        if self.doomed:  # a task to cancel that never started ends here (the interchange waits for its result)
+            for tid in [t for t in unstarted if t in self.doomed]:
+                unstarted.remove(tid)
+                m.handed.pop(tid, None)
+                self.doomed.discard(tid)
+                m.done_ids.append(tid)
+                m.done_payloads.append(serialize.pack_exception(TaskCancelled("task cancelled before it started"), ""))
+        m.queue.extendleft(reversed([m.handed.pop(t) for t in unstarted]))
+        host = socket.gethostname()
+        assert slot.proc is not None
+        where = f"worker {slot.rank} (pid {slot.proc.pid}) of pool {m.cfg.manager_id} on host {host} {how}"
+        for tid in crashed:
+            m.handed.pop(tid, None)
+            if tid == started and tid in self.killed:
+                self.killed.discard(tid)
+                m.done_ids.append(tid)
+                m.done_payloads.append(serialize.pack_exception(TaskCancelled(
+                    f"task cancelled while it ran: {where} (killed to stop it; a new worker took its place)"), ""))
+                continue
+            if tid == started:
+                text = (f"{where} while running this task. This can be a crash in native code, os._exit(), "
+                        "or the kernel's OOM killer; check the task's memory use")
+            else:
+                text = f"{where} after this task finished but before its result was sent: the result is lost"
+            err = WorkerLost(text, rank=slot.rank, pool=m.cfg.manager_id, host=host, exit_code=code)
+            m.done_ids.append(tid)
+            m.done_payloads.append(serialize.pack_exception(err, ""))
+        log.warning("worker %d %s while running task %d; %d tasks of its batch go back to the queue",
+                    slot.rank, how, started, len(unstarted))
+
+
 class Manager:
     """The pool's loop (``run``: the four steps of the module's docstring) and its tasks: the queue, the
     batch each worker holds, the results going back, and what a dead worker's batch becomes."""
@@ -494,8 +590,7 @@ class Manager:
         self.functions: dict[int, protocol.Blob] = {}
         self.done_ids: list[int] = []
         self.done_payloads: list[protocol.Blob] = []
-        self.doomed: set[int] = set()  # to cancel (Withdraw with kill): kill the worker that runs one
-        self.killed: set[int] = set()  # the task each worker we killed to cancel was running
+        self.cancels = Cancels(self)
         self.task_seconds = 0.0  # moving average; 0 = not known yet, so batches start at one task
         self.stopping = False
         self.exit_code = 0
@@ -585,7 +680,7 @@ class Manager:
         now = time.monotonic()
         due = min(self.last_sent + self.cfg.heartbeat_period, self.last_heard + self.cfg.heartbeat_threshold,
                   self.drain_at)
-        if self.doomed:
+        if self.cancels.doomed:
             due = min(due, now + DOOMED_CHECK_SECONDS)
         if not self.unanswered_told:
             due = min(due, self.started + REGISTER_PATIENCE)  # to say so on time if nobody answers
@@ -605,7 +700,7 @@ class Manager:
                 self.functions.update(msg.functions)
                 self.queue.extend(zip(msg.ids, msg.fn_keys, msg.payloads, strict=False))
             elif isinstance(msg, protocol.Withdraw):
-                self._withdraw(msg)
+                self.cancels.withdraw(msg)
             elif isinstance(msg, protocol.TaskNeeds):
                 self.wide.expect(msg)
             elif isinstance(msg, protocol.Shutdown):
@@ -620,48 +715,6 @@ class Manager:
             elif isinstance(msg, protocol.Registered):
                 self.registered = True
                 log.info("registered with the interchange")
-
-    def _withdraw(self, msg: protocol.Withdraw) -> None:
-        """Give back the asked-for tasks still in our queue; those handed to a worker may have started: they stay.
-
-        Exact because only this thread hands tasks to workers: a task in ``self.queue`` has not left
-        this process (a dead worker's unstarted tasks come back here too, see _account_for_dead_worker).
-        """
-        wanted = set(msg.ids)
-        withdrawn: list[int] = []
-        if wanted and self.queue:
-            kept: deque[Task] = deque()
-            for task in self.queue:
-                if task[0] in wanted:
-                    withdrawn.append(task[0])
-                else:
-                    kept.append(task)
-            self.queue = kept
-        if self.wide.waiting:
-            withdrawn += self.wide.withdraw(wanted)
-        started = [tid for tid in msg.ids if tid in self.handed]
-        log.debug("withdraw %d tasks: %d withdrawn, %d started", len(wanted), len(withdrawn), len(started))
-        self._send(self.task_sock, protocol.Withdrawn(req=msg.req, withdrawn=withdrawn, started=started))
-        if msg.kill and started:
-            self.doomed.update(started)
-            self._kill_doomed()
-
-    def _kill_doomed(self) -> None:
-        """Kill each worker running a task to cancel; forget those that finished.
-
-        A doomed task still behind others in its worker's batch is looked at again every
-        DOOMED_CHECK_SECONDS: the worker writes its id in the shared word as it starts it.
-        The kill is SIGKILL (a task may ignore anything else); _reap then fails the task with
-        TaskCancelled, sends the batch's unstarted tasks back to the queue, and replaces the worker.
-        """
-        self.doomed.intersection_update(self.handed)  # a task with a result (or lost) is past cancelling
-        for slot in self.workers.slots:
-            started = slot.started_task()
-            if started in self.doomed and started in slot.tasks and slot.proc is not None:
-                log.info("cancelling task %d: killing worker %d (pid %d)", started, slot.rank, slot.proc.pid)
-                slot.proc.kill()
-                self.doomed.discard(started)
-                self.killed.add(started)
 
     # -- step 2: the workers -------------------------------------------------
 
@@ -702,12 +755,12 @@ class Manager:
         if slot.rank in self.workers.idle:
             self.workers.idle.remove(slot.rank)
         if slot.tasks:
-            self._account_for_dead_worker(slot, how, code)
+            self.cancels.account_for_dead_worker(slot, how, code)
         elif slot.restart:
             log.debug("worker %d stopped, to start on another seat", slot.rank)
         else:
             log.warning("worker %d %s", slot.rank, how)
-        self.killed.intersection_update(self.handed)  # a task killed to cancel that finished first: forget it
+        self.cancels.killed.intersection_update(self.handed)  # a task killed to cancel that finished first: forget it
         if slot.wide is not None:
             self.wide.died(slot, self.queue)
         if self.stopping or self.workers.replace(slot):
@@ -715,43 +768,6 @@ class Manager:
         log.error("workers die before they start (%s); giving up", how)
         print(f"htex pool: workers cannot start on this node ({how}); see {self.cfg.logdir}", file=sys.stderr)
         self._stop(EXIT_NO_WORKERS)
-
-    def _account_for_dead_worker(self, slot: _WorkerSlot, how: str, code: int) -> None:
-        """Tasks of a dead worker's batch without a result: the one it ran and those before it fail
-        (they started: they must not run again), those after it go back to the queue (they never did).
-        """
-        started = slot.started_task()
-        ran = slot.tasks.index(started) + 1 if started in slot.tasks else 0
-        crashed, unstarted = slot.tasks[:ran], slot.tasks[ran:]
-        if self.doomed:  # a task to cancel that never started ends here (the interchange waits for its result)
-            for tid in [t for t in unstarted if t in self.doomed]:
-                unstarted.remove(tid)
-                self.handed.pop(tid, None)
-                self.doomed.discard(tid)
-                self.done_ids.append(tid)
-                self.done_payloads.append(serialize.pack_exception(TaskCancelled("task cancelled before it started"), ""))
-        self.queue.extendleft(reversed([self.handed.pop(t) for t in unstarted]))
-        host = socket.gethostname()
-        assert slot.proc is not None
-        where = f"worker {slot.rank} (pid {slot.proc.pid}) of pool {self.cfg.manager_id} on host {host} {how}"
-        for tid in crashed:
-            self.handed.pop(tid, None)
-            if tid == started and tid in self.killed:
-                self.killed.discard(tid)
-                self.done_ids.append(tid)
-                self.done_payloads.append(serialize.pack_exception(TaskCancelled(
-                    f"task cancelled while it ran: {where} (killed to stop it; a new worker took its place)"), ""))
-                continue
-            if tid == started:
-                text = (f"{where} while running this task. This can be a crash in native code, os._exit(), "
-                        "or the kernel's OOM killer; check the task's memory use")
-            else:
-                text = f"{where} after this task finished but before its result was sent: the result is lost"
-            err = WorkerLost(text, rank=slot.rank, pool=self.cfg.manager_id, host=host, exit_code=code)
-            self.done_ids.append(tid)
-            self.done_payloads.append(serialize.pack_exception(err, ""))
-        log.warning("worker %d %s while running task %d; %d tasks of its batch go back to the queue",
-                    slot.rank, how, started, len(unstarted))
 
     # -- step 3: hand out tasks ---------------------------------------------
 
@@ -810,8 +826,8 @@ class Manager:
         elif now - self.last_sent >= self.cfg.heartbeat_period:
             self._send(self.task_sock, protocol.Heartbeat())
             self.workers.reap_orphans()
-        if self.doomed:
-            self._kill_doomed()
+        if self.cancels.doomed:
+            self.cancels.kill_doomed()
         if not self.unanswered_told and now - self.started >= REGISTER_PATIENCE:
             self.unanswered_told = True
             if not self.registered:  # not silent: the likely cause, once, then go on waiting
