@@ -75,3 +75,14 @@ def mpi_hello_command(program: str, parsl_resource_specification: dict[str, obje
 
 def die() -> None:
     os._exit(9)
+
+
+def devices_then_wait(log: str, label: str, gate: str, seconds: float = 60.0) -> list[str | None]:
+    """Append this task's label and the devices it sees to ``log`` as it starts, then wait for ``gate``."""
+    seen = [os.environ.get(k) for k in PLACEMENT_VARS[:3]]
+    with open(log, "a") as f:
+        f.write(f"{label} {' '.join(map(str, seen))}\n")
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return seen

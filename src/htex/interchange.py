@@ -97,6 +97,8 @@ class _Pool:
     sized: dict[int, int] = field(default_factory=dict)  # its tasks with needs -> the worker slots each takes
     extra: int = 0  # slots those tasks take beyond one each: while > 0, no prefetch (resources.py says why)
     auto: prefetch.Auto | None = None  # its prefetch adapts (capacity follows auto.cap); None: fixed
+    # Its tasks that had a priority -> their place in the queue: one stolen back goes back there (_stolen_back).
+    ranks: dict[int, dispatch.Rank] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
@@ -129,6 +131,12 @@ class _Pool:
         for tid in ids:
             if self.tasks.pop(tid, None) is not None and self.sized:
                 self.extra -= self.sized.pop(tid, 1) - 1
+        if self.ranks:
+            self._unrank(ids)
+
+    def _unrank(self, ids: Sequence[int]) -> None:
+        for tid in ids:
+            self.ranks.pop(tid, None)
 
     def describe(self) -> str:
         r = self.reg
@@ -142,6 +150,8 @@ class _Pool:
         else:
             for tid in msg.ids:
                 self.tasks.pop(tid, None)
+            if self.ranks:  # only when tasks with priorities went to it
+                self._unrank(msg.ids)
         if not self.tasks:
             self.last_busy = self.last_heard
         if all(known):
@@ -507,6 +517,9 @@ class Interchange:
         placed, self.reserved = self.sized.place(pools)
         for identity, task, slots in placed:
             pool = self.pools[identity]
+            needs = self.sized.needs[task[0]]
+            if needs.gpus > 1:  # the pool runs it on a worker that sees all its devices (process_worker_pool.Wide)
+                self._to_pool(identity, protocol.TaskNeeds(ids=[task[0]], needs=[(needs.cores, needs.memory, needs.gpus)]))
             if self._send_batch(pool, [task]):
                 pool.sized[task[0]] = slots
                 pool.extra += slots - 1
@@ -521,6 +534,8 @@ class Interchange:
         if not self._send_batch(pool, batch):
             self.queue.put_back(batch, ranks)  # never left: back where they were
             return False
+        if ranks:  # the prioritized ones come first in the batch
+            pool.ranks.update(zip((t[0] for t in batch), ranks, strict=False))  # ranks: a prefix
         return True
 
     def _send_batch(self, pool: _Pool, batch: list[tuple[int, int, protocol.Blob]]) -> bool:
@@ -552,9 +567,10 @@ class Interchange:
                 self.stealing.gone(victim.identity)  # unreachable: its silence will be noticed
 
     def _stolen_back(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
-        """A pool gave tasks back: those we asked for and it still holds for us go to the front of the
-        queue, to go elsewhere.  They keep their order (ids grow with submission) but not their
-        priority: they wait behind prioritized tasks queued since, ahead of plain ones."""
+        """A pool gave tasks back: those we asked for and it still holds for us go back to the queue, to go
+        elsewhere, where they were: a task with a priority keeps its priority and arrival number (ahead
+        of equals queued since), the others go to the front of the plain tasks, in their order (ids grow
+        with submission)."""
         asked = self.stealing.answered(msg.req, pool.identity)
         if asked is None:
             log.warning("%s answered a withdraw we did not ask for (req %d)", pool.describe(), msg.req)
@@ -566,7 +582,10 @@ class Interchange:
         pool.forget(sorted(cancelled))
         self.stealing.moved(pool.identity, len(back))
         if back:
-            self.queue.put_back(back, ())
+            ranked = [t for t in back if t[0] in pool.ranks]
+            if ranked:
+                back = ranked + [t for t in back if t[0] not in pool.ranks]
+            self.queue.put_back(back, [pool.ranks.pop(t[0]) for t in ranked])
             self.stealing.finished(pool)
             if pool.free > 0:
                 self.with_room[pool.identity] = pool

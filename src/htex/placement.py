@@ -59,6 +59,12 @@ class Seat:
         return env
 
 
+def joined(seats: Sequence[Seat]) -> Seat:
+    """One seat for a task that holds several workers' (gpus > 1): all their devices, all their cores."""
+    accelerators = [s.accelerator for s in seats if s.accelerator is not None]
+    return Seat(tuple(sorted({c for s in seats for c in s.cores})), ",".join(accelerators) if accelerators else None)
+
+
 def accelerator_list(value: int | Sequence[str] | None) -> list[str]:
     """The device ids ``available_accelerators`` names ([] for None); PlacementError if it names none or a bad one."""
     if value is None:

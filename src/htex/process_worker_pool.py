@@ -31,9 +31,9 @@ runs long (see worker.py).
 Exactly once, when a worker dies: before it starts a task (before it even
 unpickles the arguments) a worker writes the task's id into a word of shared
 memory that the pool reads when it reaps the worker.  So the pool knows which
-task was running (it fails with WorkerLost), which of the batch finished but
-had their results die with the worker (they ran: WorkerLost too, never run
-again), and which never started (back to the queue).
+task was running (it fails with WorkerLost) and which never started (back to
+the queue).  The tasks before it finished: their results reached the pool,
+or wait in the same shared memory (worker.Held), where the pool reads them.
 
 Withdraw (the interchange takes tasks back, for a cancel): what is still in
 the pool's queue leaves it; what a worker was handed may have started and
@@ -45,10 +45,12 @@ The pool is a child subreaper: a process a task leaves behind, even in a
 session of its own (a daemon), becomes our child when its parent exits, and
 is stopped when the pool stops.
 
-Two classes: ``Manager`` runs the loop and keeps the tasks (the queue, the
+The classes: ``Manager`` runs the loop and keeps the tasks (the queue, the
 batches handed out, the results going back); ``Workers`` keeps the worker
-processes (start, link, notice a death, replace).  Each worker's link is a
-``framing.WorkerLink``.
+processes (start, link, notice a death, replace); ``Cancels`` answers a
+Withdraw, kills to cancel, and says what a dead worker's batch becomes;
+``Wide`` seats tasks that ask for more than one GPU.  Each worker's link is
+a ``framing.WorkerLink``.
 
 Started by the provider as ``process_worker_pool`` (or ``python -m
 htex.process_worker_pool``) with the flags Parsl's pool takes (poolcmd.py
@@ -76,7 +78,7 @@ from typing import Any
 import psutil
 import zmq
 
-from . import __version__, framing, placement, poolcmd, prefetch, procs, protocol, security, serialize
+from . import __version__, framing, placement, poolcmd, prefetch, procs, protocol, security, serialize, worker
 from .errors import PlacementError, ProtocolError, TaskCancelled, WorkerLost
 
 log = logging.getLogger("htex.pool")
@@ -150,6 +152,13 @@ class _WorkerSlot:
     sent_at: float = 0.0
     functions: set[int] = field(default_factory=set)
     started: mmap.mmap | None = None  # shared with the worker: the id of the task it started last
+    # A task with gpus > 1 (Wide): the worker started for it, in this slot, gets ``seat`` (the devices and cores
+    # of the slots it holds: its own and ``borrowed``) and is handed ``wide`` once it says hello.
+    seat: placement.Seat | None = None
+    wide: Task | None = None
+    borrowed: list[int] = field(default_factory=list)
+    lent: bool = False  # its worker waits, idle, while another slot's wide task uses its device
+    restart: bool = False  # we stopped its (idle) worker to start it on another seat: not a failure
 
     def started_task(self) -> int:
         return protocol.STARTED.unpack_from(self.started)[0] if self.started is not None else 0
@@ -196,11 +205,11 @@ class Workers:
     def start(self, slot: _WorkerSlot) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         started_fd = os.memfd_create(f"htex-started-{slot.rank}")
-        os.ftruncate(started_fd, protocol.STARTED.size)
+        os.ftruncate(started_fd, worker.SHARED_SIZE)
         try:
             if slot.started is not None:
                 slot.started.close()
-            slot.started = mmap.mmap(started_fd, protocol.STARTED.size)
+            slot.started = mmap.mmap(started_fd, worker.SHARED_SIZE)
             slot.proc = subprocess.Popen(
                 self._command(slot, theirs.fileno(), started_fd), env=self._environment(slot),
                 stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), started_fd),
@@ -224,8 +233,9 @@ class Workers:
     def _command(self, slot: _WorkerSlot, link_fd: int, started_fd: int) -> list[str]:
         cmd = [sys.executable, "-m", "htex.worker", "--fd", str(link_fd), "--rank", str(slot.rank),
                "--started-fd", str(started_fd)]
-        if self.seats and self.seats[slot.rank].cores:
-            cmd += ["--cores", ",".join(map(str, self.seats[slot.rank].cores))]
+        seat = slot.seat or (self.seats[slot.rank] if self.seats else None)
+        if seat and seat.cores:
+            cmd += ["--cores", ",".join(map(str, seat.cores))]
         if self.cfg.debug:
             cmd += ["--debug", "--logfile", os.path.join(self.cfg.logdir, f"worker_{slot.rank}.log")]
         return cmd
@@ -238,7 +248,9 @@ class Workers:
             PARSL_WORKER_POOL_ID=self.cfg.manager_id,
             PARSL_WORKER_BLOCK_ID=self.cfg.block_id,
         )
-        if self.seats:
+        if slot.seat is not None:
+            env.update(slot.seat.environment())
+        elif self.seats:
             env.update(self.seats[slot.rank].environment())
         env.update(self.extra_env)
         return env
@@ -312,25 +324,41 @@ class Workers:
                     messages.append(protocol.decode(frames))
             except ProtocolError as exc:
                 log.error("worker %d sent garbage before it died (%s)", slot.rank, exc)
+        if (held := self._held(slot, messages)) is not None:
+            messages.append(held)
         self.drop_link(slot)
         self.poller.unregister(slot.pidfd)
         del self.by_pidfd[slot.pidfd]
         os.close(slot.pidfd)
         return code, messages
 
+    @staticmethod
+    def _held(slot: _WorkerSlot, sent: list[protocol.Message]) -> protocol.Results | None:
+        """The results a dead worker finished and had not sent (worker.Held), minus those it did send."""
+        if slot.started is None:
+            return None
+        got = {tid for msg in sent if isinstance(msg, protocol.Results) for tid in msg.ids}
+        held = [(tid, blob) for tid, blob in worker.read_held(slot.started) if tid in slot.tasks and tid not in got]
+        if not held:
+            return None
+        log.info("worker %d died holding %d results; they count", slot.rank, len(held))
+        return protocol.Results(protocol.u64_array(t for t, _ in held), [b for _, b in held])
+
     def ready(self, slot: _WorkerSlot, pid: int) -> None:
         """A worker said hello: it takes tasks, and workers can start here."""
         slot.ready = True
         self.start_failures = 0
-        self.idle.append(slot.rank)
+        if not slot.lent:
+            self.idle.append(slot.rank)
         log.debug("worker %d ready (pid %d)", slot.rank, pid)
 
     def replace(self, slot: _WorkerSlot) -> bool:
         """Start a worker in a dead one's place; False if workers die before they start, again and again."""
-        if not slot.ready:
+        if not slot.ready and not slot.restart:  # a worker we stopped ourselves did not fail
             self.start_failures += 1
             if self.start_failures >= MAX_START_FAILURES:
                 return False
+        slot.restart = False
         self.start(slot)
         return True
 
@@ -361,6 +389,196 @@ class Workers:
                 slot.started = None
 
 
+class Wide:
+    """Tasks that ask for more than one GPU (``gpus=g``, g > 1): each runs on a worker that sees its g devices.
+
+    The interchange holds g of this pool's worker slots for such a task, and tells us its needs
+    (TaskNeeds) before it sends it.  A GPU runtime reads CUDA_VISIBLE_DEVICES (ROCR_VISIBLE_DEVICES,
+    ZE_AFFINITY_MASK) once, as it initialises: setting them in a worker that may have initialised
+    CUDA for an earlier task would not do.  So the task waits until g workers are idle; one of
+    them (the host) is stopped and started again with the devices and cores of all g
+    (placement.joined), the others are lent to it (they stay idle and take no task, so no device is
+    shared), and the task goes to the new worker as it says hello.  When it ends (its result, or its
+    worker's death: a crash, a cancel) the lent workers take tasks again and the host starts again
+    on its own seat.  Cost: two worker starts (~0.1 s each) per such task, beside GPU work.
+    """
+
+    def __init__(self, workers: Workers) -> None:
+        self.workers = workers
+        self.gpus: dict[int, int] = {}  # such tasks this pool holds -> the GPUs each asks
+        self.waiting: deque[Task] = deque()  # in the order they came, until handed to their worker
+
+    def expect(self, msg: protocol.TaskNeeds) -> None:
+        if self.workers.seats:  # a pool without accelerators is never sent gpus tasks
+            self.gpus.update((tid, int(gpus)) for tid, (_, _, gpus) in zip(msg.ids, msg.needs, strict=False) if gpus > 1)
+
+    def divert(self, queue: deque[Task]) -> deque[Task]:
+        """Take such tasks out of the plain queue (they came in a TASKS, or back from a dead worker's batch)."""
+        if not any(t[0] in self.gpus for t in queue):
+            return queue
+        self.waiting.extend(t for t in queue if t[0] in self.gpus)
+        return deque(t for t in queue if t[0] not in self.gpus)
+
+    def seat(self) -> None:
+        """Give each waiting task its workers if enough are idle; the host restarts on their joined seat."""
+        slots, seats, idle = self.workers.slots, self.workers.seats, self.workers.idle
+        seated = {s.wide[0] for s in slots if s.wide is not None}
+        for task in self.waiting:
+            g = self.gpus[task[0]]
+            if task[0] in seated or len(idle) < g or seats is None:
+                continue
+            ranks = [idle.popleft() for _ in range(g)]
+            host = slots[ranks[0]]
+            for rank in ranks[1:]:
+                slots[rank].lent = True
+            host.borrowed, host.wide = ranks[1:], task
+            host.seat = placement.joined([seats[r] for r in sorted(ranks)])  # in the order of the pool's devices
+            log.info("task %d (gpus=%d): worker %d restarts with accelerators %s (workers %s lent to it)",
+                     task[0], g, host.rank, host.seat.accelerator, host.borrowed)
+            assert host.proc is not None
+            host.restart = True
+            host.proc.kill()  # idle (it holds no task): _reap starts it again on the joined seat
+
+    def start(self, slot: _WorkerSlot) -> Task:
+        """The host's new worker said hello: the task it was started for, to hand to it now."""
+        assert slot.wide is not None
+        self.workers.idle.remove(slot.rank)
+        self.waiting.remove(slot.wide)
+        return slot.wide
+
+    def finished(self, slot: _WorkerSlot) -> None:
+        """The host sent the task's result: give back the lent workers, start the host again on its own seat."""
+        assert slot.wide is not None and slot.proc is not None
+        self.gpus.pop(slot.wide[0], None)
+        self._release(slot)
+        slot.restart = True
+        slot.proc.kill()  # idle again; _reap starts it on its own seat
+
+    def died(self, slot: _WorkerSlot, queue: deque[Task]) -> None:
+        """The host's worker died (before _reap starts another): restarted for the task, or the task ended."""
+        assert slot.wide is not None
+        if slot.wide in self.waiting:  # the restart for it (or a death before it was handed): start it seated
+            return
+        if not any(t[0] == slot.wide[0] for t in queue):  # it ran (failed, or cancelled); else it goes again
+            self.gpus.pop(slot.wide[0], None)
+        self._release(slot)
+
+    def withdraw(self, wanted: set[int]) -> list[int]:
+        """Take waiting tasks back (a cancel): not handed to a worker, they never started."""
+        out = [t for t in self.waiting if t[0] in wanted]
+        for task in out:
+            self.waiting.remove(task)
+            self.gpus.pop(task[0], None)
+            for slot in self.workers.slots:
+                if slot.wide is task and slot.proc is not None:
+                    self._release(slot)
+                    slot.restart = True
+                    slot.proc.kill()  # its new worker has the joined seat: start it on its own
+        return [t[0] for t in out]
+
+    def _release(self, slot: _WorkerSlot) -> None:
+        for rank in slot.borrowed:
+            lent = self.workers.slots[rank]
+            lent.lent = False
+            if lent.ready and lent.link is not None and rank not in self.workers.idle:
+                self.workers.idle.append(rank)
+        slot.borrowed, slot.wide, slot.seat = [], None, None
+
+
+class Cancels:
+    """The pool's side of a cancel: a Withdraw (the tasks still in the queue leave it), with ``kill``
+    the worker running a task to cancel; and what a dead worker's batch becomes (where a task killed
+    to cancel becomes TaskCancelled).  The tasks are the Manager's (its queue, what its workers were
+    handed, the results going back): reached through ``m``, which only this thread touches."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.m = manager
+        self.doomed: set[int] = set()  # to cancel (Withdraw with kill): kill the worker that runs one
+        self.killed: set[int] = set()  # the task each worker we killed to cancel was running
+
+    def withdraw(self, msg: protocol.Withdraw) -> None:
+        """Give back the asked-for tasks still in our queue; those handed to a worker may have started: they stay.
+
+        Exact because only this thread hands tasks to workers: a task in ``m.queue`` has not left
+        this process (a dead worker's unstarted tasks come back here too, see account_for_dead_worker).
+        """
+        m = self.m
+        wanted = set(msg.ids)
+        withdrawn: list[int] = []
+        if wanted and m.queue:
+            kept: deque[Task] = deque()
+            for task in m.queue:
+                if task[0] in wanted:
+                    withdrawn.append(task[0])
+                else:
+                    kept.append(task)
+            m.queue = kept
+        if m.wide.waiting:
+            withdrawn += m.wide.withdraw(wanted)
+        started = [tid for tid in msg.ids if tid in m.handed]
+        log.debug("withdraw %d tasks: %d withdrawn, %d started", len(wanted), len(withdrawn), len(started))
+        m._send(protocol.Withdrawn(req=msg.req, withdrawn=withdrawn, started=started))
+        if msg.kill and started:
+            self.doomed.update(started)
+            self.kill_doomed()
+
+    def kill_doomed(self) -> None:
+        """Kill each worker running a task to cancel; forget those that finished.
+
+        A doomed task still behind others in its worker's batch is looked at again every
+        DOOMED_CHECK_SECONDS: the worker writes its id in the shared word as it starts it.
+        The kill is SIGKILL (a task may ignore anything else); _reap then fails the task with
+        TaskCancelled, sends the batch's unstarted tasks back to the queue, and replaces the worker.
+        """
+        m = self.m
+        self.doomed.intersection_update(m.handed)  # a task with a result (or lost) is past cancelling
+        for slot in m.workers.slots:
+            started = slot.started_task()
+            if started in self.doomed and started in slot.tasks and slot.proc is not None:
+                log.info("cancelling task %d: killing worker %d (pid %d)", started, slot.rank, slot.proc.pid)
+                slot.proc.kill()
+                self.doomed.discard(started)
+                self.killed.add(started)
+
+    def account_for_dead_worker(self, slot: _WorkerSlot, how: str, code: int) -> None:
+        """Tasks of a dead worker's batch without a result: the one it ran and those before it fail
+        (they started: they must not run again), those after it go back to the queue (they never did).
+        """
+        m = self.m
+        started = slot.started_task()
+        ran = slot.tasks.index(started) + 1 if started in slot.tasks else 0
+        crashed, unstarted = slot.tasks[:ran], slot.tasks[ran:]
+        if self.doomed:  # a task to cancel that never started ends here (the interchange waits for its result)
+            for tid in [t for t in unstarted if t in self.doomed]:
+                unstarted.remove(tid)
+                m.handed.pop(tid, None)
+                self.doomed.discard(tid)
+                m.done_ids.append(tid)
+                m.done_payloads.append(serialize.pack_exception(TaskCancelled("task cancelled before it started"), ""))
+        m.queue.extendleft(reversed([m.handed.pop(t) for t in unstarted]))
+        host = socket.gethostname()
+        assert slot.proc is not None
+        where = f"worker {slot.rank} (pid {slot.proc.pid}) of pool {m.cfg.manager_id} on host {host} {how}"
+        for tid in crashed:
+            m.handed.pop(tid, None)
+            if tid == started and tid in self.killed:
+                self.killed.discard(tid)
+                m.done_ids.append(tid)
+                m.done_payloads.append(serialize.pack_exception(TaskCancelled(
+                    f"task cancelled while it ran: {where} (killed to stop it; a new worker took its place)"), ""))
+                continue
+            if tid == started:
+                text = (f"{where} while running this task. This can be a crash in native code, os._exit(), "
+                        "or the kernel's OOM killer; check the task's memory use")
+            else:
+                text = f"{where} after this task finished but before its result was sent: the result is lost"
+            err = WorkerLost(text, rank=slot.rank, pool=m.cfg.manager_id, host=host, exit_code=code)
+            m.done_ids.append(tid)
+            m.done_payloads.append(serialize.pack_exception(err, ""))
+        log.warning("worker %d %s while running task %d; %d tasks of its batch go back to the queue",
+                    slot.rank, how, started, len(unstarted))
+
+
 class Manager:
     """The pool's loop (``run``: the four steps of the module's docstring) and its tasks: the queue, the
     batch each worker holds, the results going back, and what a dead worker's batch becomes."""
@@ -376,8 +594,7 @@ class Manager:
         self.functions: dict[int, protocol.Blob] = {}
         self.done_ids: list[int] = []
         self.done_payloads: list[protocol.Blob] = []
-        self.doomed: set[int] = set()  # to cancel (Withdraw with kill): kill the worker that runs one
-        self.killed: set[int] = set()  # the task each worker we killed to cancel was running
+        self.cancels = Cancels(self)
         self.task_seconds = 0.0  # moving average; 0 = not known yet, so batches start at one task
         self.stopping = False
         self.exit_code = 0
@@ -391,6 +608,7 @@ class Manager:
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.workers = Workers(cfg, self.count, self.poller, seats)
+        self.wide = Wide(self.workers)
         if cfg.mpi_launcher:
             from . import mpi  # only in MPI mode
 
@@ -465,7 +683,7 @@ class Manager:
         now = time.monotonic()
         due = min(self.last_sent + self.cfg.heartbeat_period, self.last_heard + self.cfg.heartbeat_threshold,
                   self.drain_at)
-        if self.doomed:
+        if self.cancels.doomed:
             due = min(due, now + DOOMED_CHECK_SECONDS)
         if not self.unanswered_told:
             due = min(due, self.started + REGISTER_PATIENCE)  # to say so on time if nobody answers
@@ -485,7 +703,9 @@ class Manager:
                 self.functions.update(msg.functions)
                 self.queue.extend(zip(msg.ids, msg.fn_keys, msg.payloads, strict=False))
             elif isinstance(msg, protocol.Withdraw):
-                self._withdraw(msg)
+                self.cancels.withdraw(msg)
+            elif isinstance(msg, protocol.TaskNeeds):
+                self.wide.expect(msg)
             elif isinstance(msg, protocol.Shutdown):
                 log.info("interchange asked us to stop: %s", msg.reason)
                 self._stop()
@@ -499,46 +719,6 @@ class Manager:
                 self.registered = True
                 log.info("registered with the interchange")
 
-    def _withdraw(self, msg: protocol.Withdraw) -> None:
-        """Give back the asked-for tasks still in our queue; those handed to a worker may have started: they stay.
-
-        Exact because only this thread hands tasks to workers: a task in ``self.queue`` has not left
-        this process (a dead worker's unstarted tasks come back here too, see _account_for_dead_worker).
-        """
-        wanted = set(msg.ids)
-        withdrawn: list[int] = []
-        if wanted and self.queue:
-            kept: deque[Task] = deque()
-            for task in self.queue:
-                if task[0] in wanted:
-                    withdrawn.append(task[0])
-                else:
-                    kept.append(task)
-            self.queue = kept
-        started = [tid for tid in msg.ids if tid in self.handed]
-        log.debug("withdraw %d tasks: %d withdrawn, %d started", len(wanted), len(withdrawn), len(started))
-        self._send(protocol.Withdrawn(req=msg.req, withdrawn=withdrawn, started=started))
-        if msg.kill and started:
-            self.doomed.update(started)
-            self._kill_doomed()
-
-    def _kill_doomed(self) -> None:
-        """Kill each worker running a task to cancel; forget those that finished.
-
-        A doomed task still behind others in its worker's batch is looked at again every
-        DOOMED_CHECK_SECONDS: the worker writes its id in the shared word as it starts it.
-        The kill is SIGKILL (a task may ignore anything else); _reap then fails the task with
-        TaskCancelled, sends the batch's unstarted tasks back to the queue, and replaces the worker.
-        """
-        self.doomed.intersection_update(self.handed)  # a task with a result (or lost) is past cancelling
-        for slot in self.workers.slots:
-            started = slot.started_task()
-            if started in self.doomed and started in slot.tasks and slot.proc is not None:
-                log.info("cancelling task %d: killing worker %d (pid %d)", started, slot.rank, slot.proc.pid)
-                slot.proc.kill()
-                self.doomed.discard(started)
-                self.killed.add(started)
-
     # -- step 2: the workers -------------------------------------------------
 
     def _on_worker_message(self, slot: _WorkerSlot, msg: protocol.Message) -> None:
@@ -549,12 +729,18 @@ class Manager:
             del slot.tasks[: len(msg.ids)]  # results come back in the order tasks went out
             for tid in msg.ids:
                 self.handed.pop(tid, None)
-            if not slot.tasks:
+            if slot.tasks:
+                pass
+            elif slot.wide is not None:
+                self.wide.finished(slot)
+            else:
                 self.workers.idle.append(slot.rank)
             self.done_ids.extend(msg.ids)
             self.done_payloads.extend(msg.payloads)
         elif isinstance(msg, protocol.WorkerReady):
             self.workers.ready(slot, msg.pid)
+            if slot.wide is not None:
+                self._hand(slot, [self.wide.start(slot)])
 
     def _measure(self, slot: _WorkerSlot, n: int) -> None:
         """Keep a moving average of how long a task takes (send to result, per task)."""
@@ -572,52 +758,19 @@ class Manager:
         if slot.rank in self.workers.idle:
             self.workers.idle.remove(slot.rank)
         if slot.tasks:
-            self._account_for_dead_worker(slot, how, code)
+            self.cancels.account_for_dead_worker(slot, how, code)
+        elif slot.restart:
+            log.debug("worker %d stopped, to start on another seat", slot.rank)
         else:
             log.warning("worker %d %s", slot.rank, how)
-        self.killed.intersection_update(self.handed)  # a task killed to cancel that finished first: forget it
+        self.cancels.killed.intersection_update(self.handed)  # a task killed to cancel that finished first: forget it
+        if slot.wide is not None:
+            self.wide.died(slot, self.queue)
         if self.stopping or self.workers.replace(slot):
             return
         log.error("workers die before they start (%s); giving up", how)
         print(f"htex pool: workers cannot start on this node ({how}); see {self.cfg.logdir}", file=sys.stderr)
         self._stop(EXIT_NO_WORKERS)
-
-    def _account_for_dead_worker(self, slot: _WorkerSlot, how: str, code: int) -> None:
-        """Tasks of a dead worker's batch without a result: the one it ran and those before it fail
-        (they started: they must not run again), those after it go back to the queue (they never did).
-        """
-        started = slot.started_task()
-        ran = slot.tasks.index(started) + 1 if started in slot.tasks else 0
-        crashed, unstarted = slot.tasks[:ran], slot.tasks[ran:]
-        if self.doomed:  # a task to cancel that never started ends here (the interchange waits for its result)
-            for tid in [t for t in unstarted if t in self.doomed]:
-                unstarted.remove(tid)
-                self.handed.pop(tid, None)
-                self.doomed.discard(tid)
-                self.done_ids.append(tid)
-                self.done_payloads.append(serialize.pack_exception(TaskCancelled("task cancelled before it started"), ""))
-        self.queue.extendleft(reversed([self.handed.pop(t) for t in unstarted]))
-        host = socket.gethostname()
-        assert slot.proc is not None
-        where = f"worker {slot.rank} (pid {slot.proc.pid}) of pool {self.cfg.manager_id} on host {host} {how}"
-        for tid in crashed:
-            self.handed.pop(tid, None)
-            if tid == started and tid in self.killed:
-                self.killed.discard(tid)
-                self.done_ids.append(tid)
-                self.done_payloads.append(serialize.pack_exception(TaskCancelled(
-                    f"task cancelled while it ran: {where} (killed to stop it; a new worker took its place)"), ""))
-                continue
-            if tid == started:
-                text = (f"{where} while running this task. This can be a crash in native code, os._exit(), "
-                        "or the kernel's OOM killer; check the task's memory use")
-            else:
-                text = f"{where} after this task finished but before its result was sent: the result is lost"
-            err = WorkerLost(text, rank=slot.rank, pool=self.cfg.manager_id, host=host, exit_code=code)
-            self.done_ids.append(tid)
-            self.done_payloads.append(serialize.pack_exception(err, ""))
-        log.warning("worker %d %s while running task %d; %d tasks of its batch go back to the queue",
-                    slot.rank, how, started, len(unstarted))
 
     # -- step 3: hand out tasks ---------------------------------------------
 
@@ -629,27 +782,33 @@ class Manager:
 
     def _dispatch(self) -> None:
         """Give each idle worker its share of the queue, oldest tasks first."""
+        if self.wide.gpus:  # tasks with gpus > 1 are here: they wait for their workers apart
+            self.queue = self.wide.divert(self.queue)
+            self.wide.seat()
         idle = self.workers.idle
         batches = []
         while idle and self.queue:
             slot = self.workers.slots[idle.popleft()]
-            batch = [self.queue.popleft() for _ in range(self._batch_size())]
-            slot.tasks = [t[0] for t in batch]
-            batches.append((slot, batch))
+            batches.append((slot, [self.queue.popleft() for _ in range(self._batch_size())]))
         for slot, batch in batches:
-            functions = {}
-            for task in batch:
-                self.handed[task[0]] = task
-                if task[1] not in slot.functions:
-                    functions[task[1]] = self.functions[task[1]]
-                    slot.functions.add(task[1])
-            msg = protocol.Tasks(
-                protocol.u64_array(slot.tasks), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions
-            )
-            slot.sent_at = time.monotonic()
-            self.workers.send(slot, msg.encode())
-            if self._monitor is not None:
-                self._monitor.started(slot.tasks, slot.rank)
+            self._hand(slot, batch)
+
+    def _hand(self, slot: _WorkerSlot, batch: list[Task]) -> None:
+        """Send a worker its batch (with the functions it has not seen)."""
+        slot.tasks = [t[0] for t in batch]
+        functions = {}
+        for task in batch:
+            self.handed[task[0]] = task
+            if task[1] not in slot.functions:
+                functions[task[1]] = self.functions[task[1]]
+                slot.functions.add(task[1])
+        msg = protocol.Tasks(
+            protocol.u64_array(slot.tasks), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions
+        )
+        slot.sent_at = time.monotonic()
+        self.workers.send(slot, msg.encode())
+        if self._monitor is not None:
+            self._monitor.started(slot.tasks, slot.rank)
 
     def _flush_results(self) -> None:
         if self.done_ids:
@@ -670,8 +829,8 @@ class Manager:
         elif now - self.last_sent >= self.cfg.heartbeat_period:
             self._send(protocol.Heartbeat())
             self.workers.reap_orphans()
-        if self.doomed:
-            self._kill_doomed()
+        if self.cancels.doomed:
+            self.cancels.kill_doomed()
         if not self.unanswered_told and now - self.started >= REGISTER_PATIENCE:
             self.unanswered_told = True
             if not self.registered:  # not silent: the likely cause, once, then go on waiting

@@ -10,7 +10,10 @@ the pool watches it (through a pidfd) and the kernel kills it if the pool dies
 Before each task (before its arguments are even unpickled) the worker writes
 the task's id into a word of memory it shares with the pool (``--started-fd``,
 a memfd): if the worker dies, the pool knows which task it was running, and
-that the tasks after it in the batch never started.
+that the tasks after it in the batch never started.  The same memory holds
+the results the worker has not sent yet (``Held``): a worker killed to
+cancel a task (or dead for any reason) loses no result of a task it
+finished, because the pool reads them there once the worker is gone.
 
 Nothing a task does or returns may kill the worker: every BaseException it
 raises, or that pickling its result or its exception raises, becomes that
@@ -28,6 +31,7 @@ import mmap
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -41,12 +45,72 @@ log = logging.getLogger("htex.worker")
 
 # A batch that runs longer than this sends the results it has, so they are not held back.
 FLUSH_SECONDS = 0.005
+# The memory a worker shares with its pool (a memfd): a head (the STARTED word, then how many bytes of
+# results follow it), then the results the worker holds.  Pages are touched only as results fill them;
+# a result that does not fit is sent at once.
+HEAD = struct.Struct("<QQ")
+_ENTRY = struct.Struct("<QQ")  # an entry: task id, size of the result; then the result's bytes
+SHARED_SIZE = 1 << 20
+
+
+class Held:
+    """The results a worker finished and has not sent, copied to the memory it shares with its pool.
+
+    Why: batching results (FLUSH_SECONDS) means a finished task's result may wait while the next
+    task runs; if that task is cancelled (its worker SIGKILLed) or kills the worker, a result only
+    in the worker's own memory would die with it.  ``start`` writes the head in one go as a task
+    starts: its id, and the size of the entries written before (each complete).  So the pool,
+    which reads this only after the worker died, finds every result finished before the task
+    that was running; it may find a result it also received (sent, then killed before the next
+    head), and keeps the first.  The worker sends from its own list: the copy is for the pool.
+    """
+
+    def __init__(self, mem: mmap.mmap) -> None:
+        self.mem = memoryview(mem)  # writes through a memoryview cost less than through the mmap
+        self.end = HEAD.size
+        self.ids: list[int] = []
+        self.blobs: list[protocol.Blob] = []
+
+    def start(self, task_id: int) -> None:
+        """A task starts: before anything of it runs, the pool must be able to tell (see above)."""
+        HEAD.pack_into(self.mem, 0, task_id, self.end - HEAD.size)
+
+    def add(self, task_id: int, blob: bytes) -> bool:
+        """Keep a result; False if it does not fit (then send it with the others at once)."""
+        at, end = self.end, self.end + _ENTRY.size + len(blob)
+        if end > SHARED_SIZE:
+            return False
+        self.mem[at:end] = _ENTRY.pack(task_id, len(blob)) + blob
+        self.end = end
+        self.ids.append(task_id)
+        self.blobs.append(blob)
+        return True
+
+    def sent(self) -> None:
+        self.end = HEAD.size
+        self.ids, self.blobs = [], []
+
+
+def read_held(mem: mmap.mmap) -> list[tuple[int, bytes]]:
+    """The results a dead worker held (``Held``), in the order it finished them: for its pool."""
+    _, size = HEAD.unpack_from(mem, 0)
+    at, end = HEAD.size, min(HEAD.size + size, SHARED_SIZE)
+    held = []
+    while at + _ENTRY.size <= end:
+        task_id, n = _ENTRY.unpack_from(mem, at)
+        at += _ENTRY.size
+        if at + n > end:
+            break
+        held.append((task_id, bytes(mem[at : at + n])))
+        at += n
+    return held
 
 
 class Worker:
     def __init__(self, fd: int, rank: int, started_fd: int | None = None) -> None:
         self.rank = rank
-        self.started = mmap.mmap(started_fd, protocol.STARTED.size) if started_fd is not None else None
+        # Without a pool's memfd (a worker started by hand), memory of its own: the same code runs.
+        self.held = Held(mmap.mmap(started_fd if started_fd is not None else -1, SHARED_SIZE))
         if started_fd is not None:
             os.close(started_fd)  # the mapping stays; a program a task starts must not inherit the fd
         self.functions: dict[int, Callable[..., Any] | DeserializationError] = {}
@@ -90,22 +154,22 @@ class Worker:
                 self.functions[key] = serialize.unpack_function(protocol.as_buffer(blob))
             except DeserializationError as exc:
                 self.functions[key] = exc  # every task of this function fails with it
-        ids: list[int] = []
-        results: list[protocol.Blob] = []
         last_sent = time.monotonic()
         last = len(batch.ids) - 1
-        started = self.started
+        start, hold = self.held.start, self.held.add
         for i, (task_id, key, payload) in enumerate(zip(batch.ids, batch.fn_keys, batch.payloads, strict=True)):
-            if started is not None:
-                protocol.STARTED.pack_into(started, 0, task_id)  # before anything of the task runs
-            results.append(self.run_one(key, protocol.as_buffer(payload)))
-            ids.append(task_id)
-            if i == last or time.monotonic() - last_sent > FLUSH_SECONDS:
-                self._send(ids, results)
-                ids, results, last_sent = [], [], time.monotonic()
+            start(task_id)  # before anything of the task runs
+            result = self.run_one(key, protocol.as_buffer(payload))
+            if i != last and time.monotonic() - last_sent <= FLUSH_SECONDS and hold(task_id, result):
+                continue  # held until the batch ends or runs long
+            self._send(task_id, result)
+            last_sent = time.monotonic()
 
-    def _send(self, ids: list[int], results: list[protocol.Blob]) -> None:
-        framing.send(self.sock, protocol.Results(protocol.u64_array(ids), results).encode())
+    def _send(self, task_id: int, result: bytes) -> None:
+        """Send the held results and this one (held ones first: results go back in the order tasks came)."""
+        held = self.held
+        framing.send(self.sock, protocol.Results(protocol.u64_array([*held.ids, task_id]), [*held.blobs, result]).encode())
+        held.sent()
 
     def run_one(self, fn_key: int, payload: memoryview | bytes) -> bytes:
         fn = self.functions.get(fn_key)

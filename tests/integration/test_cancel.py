@@ -209,3 +209,54 @@ def test_a_withdrawn_task_is_not_lost_with_its_pool(make_executor: Any, tmp_path
     assert fut.cancelled()
     assert b.ex.stats()["lost"] == 1
     assert read_lines(b.log) == ["busy0"]
+
+
+def _count_endings(fut: Future[Any]) -> list[Future[Any]]:
+    ended: list[Future[Any]] = []
+    fut.add_done_callback(ended.append)
+    return ended
+
+
+@pytest.mark.parametrize("how", ["ex.cancel of the running task", "future.cancel of a prefetched task"])
+def test_a_pool_lost_while_a_cancel_waits_for_it(make_executor: Any, tmp_path: Any, how: str) -> None:
+    """The pool cannot answer (stopped), then dies: the cancel returns False (the task may have started, so it
+    was not stopped by the cancel), the future ends once, with ManagerLost, and nothing hangs or leaks."""
+    import os
+    import signal
+
+    from htex import ManagerLost
+
+    ex = make_executor(max_workers=1, prefetch_capacity=1, heartbeat_threshold=3)
+    b = Busy(ex, tmp_path)
+    queued = ex.submit(tasks.record, {}, b.log, "victim")
+    wait_for(lambda: held(ex) == 2, timeout=30, what="the task prefetched")
+    target = b.busy[0] if how.startswith("ex.cancel") else queued
+    endings = _count_endings(target)
+    (pool,) = [m["pid"] for m in ex.connected_managers]
+    os.kill(pool, signal.SIGSTOP)  # its answer to the interchange's Withdraw cannot come
+    answer: list[bool] = []
+    canceller = threading.Thread(
+        target=lambda: answer.append(ex.cancel(target) if how.startswith("ex.cancel") else target.cancel()))
+    canceller.start()
+    try:
+        # The cancel's request is on its way (the client waits for its answer); a request sent after it is
+        # answered after the interchange read it, and sent the stopped pool its Withdraw.
+        wait_for(lambda: ex._client._replies or answer, timeout=10, what="the cancel to be sent")
+        ex.stats()
+        assert not answer, "the cancel answered though the pool holding the task could not"
+    finally:
+        os.kill(pool, signal.SIGKILL)  # lost while the cancel waits for it
+    canceller.join(timeout=30)
+    assert not canceller.is_alive(), "the cancel hangs on a lost pool"
+    assert answer == [False]
+    with pytest.raises(ManagerLost):
+        target.result(timeout=30)
+    assert not target.cancelled()
+    other = b.busy[0] if target is queued else queued
+    with pytest.raises(ManagerLost):
+        other.result(timeout=30)
+    assert endings == [target]  # ended once
+    assert read_lines(b.log) == ["busy0"]  # the prefetched task never ran
+    assert ex.stats()["lost"] == 2
+    assert ex.cancel(target) is False and target.cancel() is False  # asked again: it ended, not cancelled
+    assert endings == [target]

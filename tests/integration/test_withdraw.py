@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(60)
 class FakeInterchange:
     """Our side of the pool's one connection, and the pool process itself."""
 
-    def __init__(self, tmp: str, workers: int, prefetch: int) -> None:
+    def __init__(self, tmp: str, workers: int, prefetch: int, extra: tuple[str, ...] = ()) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         url = f"ipc://{tmp}/pools"
@@ -40,7 +40,7 @@ class FakeInterchange:
         self.pool = subprocess.Popen([
             sys.executable, "-m", "htex.process_worker_pool", "--task_url", url,
             "--max_workers", str(workers), "-p", str(prefetch), "--hb_period", "1", "--hb_threshold", "20",
-            "-l", os.path.join(tmp, "logs"), "-u", "pool0",
+            "-l", os.path.join(tmp, "logs"), "-u", "pool0", *extra,
         ])
         reg = self.receive(protocol.Register)
         assert reg.worker_count == workers
@@ -102,8 +102,8 @@ class FakeInterchange:
 def fake(tmp_path: Any) -> Iterator[Any]:
     made: list[FakeInterchange] = []
 
-    def make(workers: int = 1, prefetch: int = 8) -> FakeInterchange:
-        made.append(FakeInterchange(str(tmp_path), workers, prefetch))
+    def make(workers: int = 1, prefetch: int = 8, extra: tuple[str, ...] = ()) -> FakeInterchange:
+        made.append(FakeInterchange(str(tmp_path), workers, prefetch, extra))
         return made[-1]
 
     yield make
@@ -136,10 +136,11 @@ def test_withdraw_takes_back_prefetched_tasks_and_leaves_the_started_one(fake: A
 
 
 
-def _warm_up(ic: FakeInterchange) -> None:
-    """Run short tasks first: the pool then sizes a worker's batch by their time, so the next batch has several."""
-    ic.submit([(1000 + i, tasks.noop, ()) for i in range(20)])
-    ic.results_for(20)
+def _warm_up(ic: FakeInterchange, n: int = 400) -> None:
+    """Run short tasks first: the pool then sizes a worker's batch by their time, so the next batch has several
+    (the more, the closer its measure comes to their real time, and the larger the next batch)."""
+    ic.submit([(1000 + i, tasks.noop, ()) for i in range(n)])
+    ic.results_for(n)
 
 
 def test_withdraw_with_kill_stops_the_running_task_and_spares_its_batch(fake: Any, tmp_path: Any) -> None:
@@ -200,3 +201,35 @@ def test_withdraw_with_kill_waits_for_the_worker_to_reach_the_task(fake: Any, tm
     assert results[1][0] and results[3][0]  # Z finished; `after` ran on the new worker
     assert not results[2][0] and isinstance(results[2][1], TaskCancelled)
     assert read_lines(log) == ["Z", "X", "after"]
+
+
+def test_a_kill_keeps_the_results_the_worker_had_not_sent_yet(fake: Any, tmp_path: Any) -> None:
+    """Short tasks finish and the next one starts at once: their results wait in the worker (it sends every
+    FLUSH_SECONDS) when the pool kills it to cancel that next one.  They were lost with it; they count now."""
+    from htex import TaskCancelled
+
+    ic = fake(workers=1, prefetch=8)
+    _warm_up(ic)
+    log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    # One batch: A1..A5 are done in well under FLUSH_SECONDS, then X starts and waits.
+    ic.submit([(i, tasks.record, (log, f"A{i}")) for i in range(1, 6)] +
+              [(6, tasks.record_then_wait_for, (log, "X", gate))])
+    wait_for(lambda: read_lines(log)[-1:] == ["X"], timeout=30, what="X to start")
+    ic.send(protocol.Withdraw(req=1, ids=[6], kill=True))
+    assert ic.receive(protocol.Withdrawn).started == [6]
+    results = ic.results_for(6)
+    assert all(results[i] == (True, None) for i in range(1, 6)), results
+    assert isinstance(results[6][1], TaskCancelled)
+    assert read_lines(log) == ["A1", "A2", "A3", "A4", "A5", "X"]
+
+
+def test_a_worker_that_dies_keeps_the_results_it_had_not_sent(fake: Any, tmp_path: Any) -> None:
+    """The same for any death: the tasks before the one that killed the worker keep their results."""
+    from htex import WorkerLost
+
+    ic = fake(workers=1, prefetch=8)
+    _warm_up(ic)
+    ic.submit([(i, tasks.add, (i, 1)) for i in range(1, 4)] + [(4, tasks.hard_exit, (3,)), (5, tasks.add, (5, 1))])
+    results = ic.results_for(5)
+    assert [results[i] for i in (1, 2, 3, 5)] == [(True, 2), (True, 3), (True, 4), (True, 6)]
+    assert isinstance(results[4][1], WorkerLost) and "while running this task" in str(results[4][1])
