@@ -238,7 +238,7 @@ def test_a_draining_pool_finishes_its_tasks_and_a_new_block_takes_over(make_exec
              timeout=60, interval=0.1, what="a second block to start")
     futs += [ex.submit(placement_tasks.block_after, {}, 0.2) for _ in range(10)]
     ran_in = [f.result(timeout=60) for f in futs]  # none failed
-    assert ran_in[0] == "0" and ran_in[-1] == "1"
+    assert ran_in[0] == "0" and ran_in[-1] != "0"  # a later block (on a slow machine block 1 may drain too)
     wait_for(lambda: ex.status()["0"].state is JobState.COMPLETED, what="the drained block's job to end by itself")
     with open(os.path.join(ex.logdir, "interchange.log")) as f:
         log = f.read()
