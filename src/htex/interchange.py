@@ -2,10 +2,10 @@
 
 ::
 
-    executor (ROUTER, binds)                          pools (DEALER, connect)
+    executor                                          pools (DEALER, connect)
         |                                                 |
-        +-- client DEALER --- Interchange --- task ROUTER  (tasks out, registration, heartbeats)
-                                          \\-- result ROUTER (results in)
+        +-- client socketpair --- Interchange --- task ROUTER  (tasks out, registration, heartbeats)
+                                              \\-- result ROUTER (results in)
 
 Started by the executor as ``python -m htex.interchange``, its configuration
 (JSON) on stdin: a command line is readable by every local user.  Its
@@ -25,7 +25,12 @@ that raised).  Anything from a peer that has not
 registered is decoded only as far as the header and a small JSON body, and
 dropped (with a log line) unless it is a Probe, a Register or a StatusRequest.
 Requests that change pools (HoldPools, DropBlocks) are read on the client
-socket only: a holder of the pool key may look, not act.
+link only: a holder of the pool key may look, not act.
+
+The client link is one end of a socketpair the executor made and passed us
+(``client_fd``): framed messages (``framing.py``), no ZeroMQ I/O thread on
+either end, and no name in any directory, so no other process can reach it.
+Its end of the stream is the executor's end: we stop.
 
 Who may connect: pools on this host reach us over UNIX sockets in the
 executor's private directory (0700: the kernel keeps other users out); pools
@@ -53,16 +58,17 @@ import math
 import os
 import platform
 import signal
+import socket
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from . import __version__, cancel, dispatch, fdlimit, prefetch, protocol, resources, security, stealing
+from . import __version__, cancel, dispatch, fdlimit, framing, prefetch, protocol, resources, security, stealing
 from .errors import ProtocolError
 from .protocol import InterchangeConfig
 
@@ -203,11 +209,12 @@ class Interchange:
         self._monitor = _monitor(cfg)  # monitoring.reporters.InterchangeReporter, or None
 
         socks = _open_sockets(self.ctx, cfg)
-        self.client, self.task_sock, self.result_sock = socks.client, socks.tasks, socks.results
+        self.task_sock, self.result_sock = socks.tasks, socks.results
         self.task_port, self.result_port, self.auth = socks.task_port, socks.result_port, socks.auth
         self.poller = zmq.Poller()
-        for sock in (self.client, self.task_sock, self.result_sock):
+        for sock in (self.task_sock, self.result_sock):
             self.poller.register(sock, zmq.POLLIN)
+        self.client = framing.StreamLink(socket.socket(fileno=cfg.client_fd), self.poller)
         self.descriptors = fdlimit.Probe()  # out of descriptors: say so
 
     # -- the loop -------------------------------------------------------------
@@ -218,8 +225,8 @@ class Interchange:
         try:
             while not self.stopping:
                 events = dict(self.poller.poll(self._timeout_ms()))
-                if self.client in events:
-                    self._read_client()
+                if self.client.fd in events:
+                    self._client_ready(events[self.client.fd])
                 if self.task_sock in events:
                     self._read_pools()
                 if self.result_sock in events:
@@ -243,39 +250,60 @@ class Interchange:
 
     # -- step 1: the client -----------------------------------------------------
 
-    def _read_client(self) -> None:
-        for _ in range(_DRAIN):
+    def _client_ready(self, events: int) -> None:
+        if events & zmq.POLLOUT:
+            self._client_io(self.client.flush)
+        if events & zmq.POLLIN:
             try:
-                frames = self.client.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.client_last_heard = time.monotonic()
-            try:
-                msg = protocol.decode(frames)
-            except ProtocolError as exc:
-                log.error("bad message from the client: %s", exc)
-                continue
-            if isinstance(msg, protocol.Tasks):
-                self.functions.update(msg.functions)
-                tasks = zip(msg.ids, msg.fn_keys, msg.payloads, strict=False)
-                priorities = msg.priorities
-                if self.sized.needs:  # a TaskNeeds came: set its tasks apart (plain batches never look)
-                    tasks, priorities = self.sized.split(list(tasks), priorities)  # type: ignore[assignment]
-                if priorities is None:  # the common case: no heap, no per-task test
-                    self.queue.extend(tasks)
-                else:
-                    self.queue.extend_ranked(tasks, priorities)
-                self.counts.received += len(msg.ids)
-            elif isinstance(msg, protocol.TaskNeeds):
-                self.sized.expect(msg)
-            elif isinstance(msg, protocol.CancelTasks):
-                self._cancel(msg)
-            elif isinstance(msg, protocol.Request):
-                self._to_client(self._answer(msg))
-            elif isinstance(msg, protocol.Shutdown):
-                log.info("client asked for shutdown")
+                batch = self.client.read()
+            except ProtocolError as exc:  # only the executor can write there: a bug, and no way to resynchronise
+                log.error("corrupt stream from the client: %s; stopping", exc)
                 self.stopping = True
                 return
+            if batch is None:
+                log.error("the client closed its end of the link (it exited or died); stopping")
+                self.stopping = True
+                return
+            self.client_last_heard = time.monotonic()
+            for frames in batch:
+                if not self.stopping:
+                    self._from_client(frames)
+
+    def _client_io(self, op: Callable[[], None]) -> None:
+        try:
+            op()
+        except OSError as exc:  # EPIPE, ECONNRESET: the executor is gone
+            log.error("cannot reach the client: %s; stopping", exc)
+            self.client.close()
+            self.stopping = True
+        self.client_last_sent = time.monotonic()
+
+    def _from_client(self, frames: Sequence[protocol.Blob]) -> None:
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as exc:
+            log.error("bad message from the client: %s", exc)
+            return
+        if isinstance(msg, protocol.Tasks):
+            self.functions.update(msg.functions)
+            tasks = zip(msg.ids, msg.fn_keys, msg.payloads, strict=False)
+            priorities = msg.priorities
+            if self.sized.needs:  # a TaskNeeds came: set its tasks apart (plain batches never look)
+                tasks, priorities = self.sized.split(list(tasks), priorities)  # type: ignore[assignment]
+            if priorities is None:  # the common case: no heap, no per-task test
+                self.queue.extend(tasks)
+            else:
+                self.queue.extend_ranked(tasks, priorities)
+            self.counts.received += len(msg.ids)
+        elif isinstance(msg, protocol.TaskNeeds):
+            self.sized.expect(msg)
+        elif isinstance(msg, protocol.CancelTasks):
+            self._cancel(msg)
+        elif isinstance(msg, protocol.Request):
+            self._to_client(self._answer(msg))
+        elif isinstance(msg, protocol.Shutdown):
+            log.info("client asked for shutdown")
+            self.stopping = True
 
     def _answer(self, msg: protocol.Request) -> protocol.Answer:
         """Carry out a request of the client: what goes wrong is its answer (Failed), not our end."""
@@ -340,8 +368,8 @@ class Interchange:
             self._to_client(answer)
 
     def _to_client(self, msg: protocol.Message) -> None:
-        self.client.send_multipart(msg.encode(), copy=False)
-        self.client_last_sent = time.monotonic()
+        frames = msg.encode()
+        self._client_io(lambda: self.client.send(frames))
 
     # -- step 2: the pools --------------------------------------------------------
 
@@ -451,10 +479,12 @@ class Interchange:
 
     def _forward_results(self) -> None:
         if self.results_out:
-            for frames in self.results_out:
-                self.client.send_multipart(frames, copy=False)
-            self.results_out = []
-            self.client_last_sent = time.monotonic()
+            out, self.results_out = self.results_out, []
+
+            def send_all() -> None:
+                for frames in out:
+                    self.client.send(frames)
+            self._client_io(send_all)
 
     def _drop(self, identity: bytes, why: str) -> None:
         self.dropped += 1
@@ -628,12 +658,12 @@ class Interchange:
         if self._monitor is not None:
             self._monitor.sender.stop()
         self.ctx.destroy(linger=0)
+        self.client.close()  # the executor sees the end of the stream (and our pidfd)
         log.info("interchange stopped")
 
 
 @dataclass(frozen=True)
 class _Sockets:
-    client: zmq.Socket[Any]  # DEALER to the executor's ROUTER, on a UNIX socket in its private directory
     tasks: zmq.Socket[Any]  # ROUTER: registrations, heartbeats and tasks to pools
     results: zmq.Socket[Any]  # ROUTER: results from pools
     task_port: int  # 0: no TCP port (pools reach us over UNIX sockets only)
@@ -642,10 +672,6 @@ class _Sockets:
 
 
 def _open_sockets(ctx: zmq.Context[zmq.Socket[Any]], cfg: InterchangeConfig) -> _Sockets:
-    client = ctx.socket(zmq.DEALER)
-    client.setsockopt(zmq.IDENTITY, cfg.client_identity.encode())
-    _unbounded(client)
-    client.connect(cfg.client_url)
     tasks, results = _router(ctx), _router(ctx)
     # Only small control messages arrive here: refuse big ones before they are read.
     tasks.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
@@ -661,7 +687,7 @@ def _open_sockets(ctx: zmq.Context[zmq.Socket[Any]], cfg: InterchangeConfig) -> 
             security.serve(tasks, cfg.cert_dir)
             security.serve(results, cfg.cert_dir)
         ports = _bind_tcp(cfg, tasks, results)
-    return _Sockets(client, tasks, results, ports[0], ports[1], auth)
+    return _Sockets(tasks, results, ports[0], ports[1], auth)
 
 
 def _router(ctx: zmq.Context[zmq.Socket[Any]]) -> zmq.Socket[Any]:
