@@ -99,8 +99,8 @@ class Outbox:
     ends, and a write after that must not land in whatever file reused the descriptor.
 
     A task submitted while the I/O thread has nothing to send and no other task is in flight
-    (``quiet()``: a caller waiting for each result in turn) goes straight onto the link from the
-    caller's thread, under the lock: waking the I/O thread to send it costs a thread wake-up,
+    (``quiet()``: a caller waiting for each result in turn, not on the I/O thread) goes straight
+    onto the link from the caller's thread, under the lock: waking the I/O thread to send it costs a thread wake-up,
     about a tenth of such a round trip.  Under load tasks still wait for the I/O thread, which
     sends them in batches.
     """
@@ -225,7 +225,9 @@ class ClientThread(threading.Thread):
         self._wake_r, wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(wake_w, False)
-        self.outbox = Outbox(wake_w, self._link, lambda: len(inflight) <= 1)
+        # Not from this thread (a done-callback that submits): its tasks leave when the callback returns,
+        # in one batch, and until then cancel() finds them in the Outbox.
+        self.outbox = Outbox(wake_w, self._link, lambda: len(inflight) <= 1 and not self.is_current())
         self.ready = threading.Event()
         self.start_error: BaseException | None = None
         self.process: InterchangeProcess | None = None
