@@ -401,9 +401,9 @@ class ClientThread(threading.Thread):
         self._last_sent = time.monotonic()
 
     def _link_ready(self, events: int) -> None:
-        if events & zmq.POLLOUT:
+        if events & framing.POLLOUT:
             self._link_io(self._link.flush)
-        if not events & zmq.POLLIN:
+        if not events & framing.POLLIN:
             return
         batch = self._link.read()  # a corrupt stream raises ProtocolError: a bug, the loop fails everything
         if batch is None:  # the interchange closed its end: it is stopping or dead (the pidfd will say)

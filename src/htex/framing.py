@@ -46,6 +46,10 @@ _IOV_MAX = 1024
 _INITIAL = 64 * 1024
 # How far a buffer may grow ahead of the bytes received, on the word of a header alone.
 _AHEAD = 64 * 1024 * 1024
+# The poll events as plain ints: each &, | or ~ on pyzmq's IntFlag members runs Python code that
+# costs 5-15 us on a busy 2-core VM, and the pool, the interchange and the executor test them on
+# every message.
+POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 
 
 Frames = list[bytes | memoryview]  # one message, as it comes out of a Decoder
@@ -203,8 +207,8 @@ class StreamLink:
         self.outgoing: list[bytes | memoryview] = []
         self.closed = False
         self._poller = poller
-        self._events = zmq.POLLIN  # what the poller watches the socket for
-        poller.register(self.fd, zmq.POLLIN)
+        self._events = POLLIN  # what the poller watches the socket for
+        poller.register(self.fd, POLLIN)
 
     def read(self) -> list[Frames] | None:
         """One read that does not wait: the messages it completed ([] if none, or if nothing was there).
@@ -267,7 +271,7 @@ class StreamLink:
         if self.closed:
             return
         self.outgoing = send_some(self.sock, self.outgoing, socket.MSG_DONTWAIT)
-        want = zmq.POLLIN | zmq.POLLOUT if self.outgoing else zmq.POLLIN
+        want = POLLIN | POLLOUT if self.outgoing else POLLIN
         if want != self._events:
             self._poller.modify(self.fd, want)
             self._events = want

@@ -251,9 +251,9 @@ class Interchange:
     # -- step 1: the client -----------------------------------------------------
 
     def _client_ready(self, events: int) -> None:
-        if events & zmq.POLLOUT:
+        if events & framing.POLLOUT:
             self._client_io(self.client.flush)
-        if events & zmq.POLLIN:
+        if events & framing.POLLIN:
             try:
                 batch = self.client.read()
             except ProtocolError as exc:  # only the executor can write there: a bug, and no way to resynchronise
