@@ -7,13 +7,14 @@ UNIX socketpair, so W2's figure can be read against it:
 
     .venv/bin/python bench/floor.py            # p50 round trip, microseconds
 
-    zmq ipc, client + 1 relay   : one pair of processes (client <-> worker)
-    zmq ipc, client + 2 relays  : client -> A -> B and back
-    zmq ipc, client + 3 relays  : client -> interchange -> pool -> worker and back
-    socketpair, client + 1      : the same single hop without ZeroMQ (what ProcessPoolExecutor's pipe costs)
-    socketpairs, client + 3     : the chain of three relays with no ZeroMQ (no I/O thread): what a
-                                  transport of framed UNIX sockets between client, interchange and
-                                  local pools could reach at best
+    zmq                          : one pair of processes over ZeroMQ ipc (client <-> worker)
+    zmq, zmq                     : client -> A -> B and back
+    zmq, zmq, zmq                : client -> interchange -> pool -> worker and back, all ZeroMQ
+    socketpair                   : the single hop without ZeroMQ (what ProcessPoolExecutor's pipe costs)
+    zmq, zmq, socketpair         : htex's chain before the client link became a socketpair
+    socketpair, zmq, socketpair  : htex's chain now: ZeroMQ only between the interchange and a pool
+    socketpair x3                : no ZeroMQ (no I/O thread) at all: what framed UNIX sockets between
+                                   the interchange and local pools too could reach at best
 
 Each relay blocks in recv and forwards at once: no poller, no decoding.
 """
@@ -29,106 +30,86 @@ import time
 
 import zmq
 
-
-def _relay(i: int, n: int, tag: str) -> None:
-    ctx = zmq.Context()
-    up = ctx.socket(zmq.PAIR)
-    up.bind(f"ipc://@htex-floor-{tag}-{i}")
-    if i == n:
-        while True:
-            up.send_multipart(up.recv_multipart(copy=False), copy=False)
-    down = ctx.socket(zmq.PAIR)
-    down.connect(f"ipc://@htex-floor-{tag}-{i + 1}")
-    while True:
-        down.send_multipart(up.recv_multipart(copy=False), copy=False)
-        up.send_multipart(down.recv_multipart(copy=False), copy=False)
+ZMQ, UNIX = "zmq", "socketpair"
+_MSG = b"x" * 100
 
 
-def zmq_chain(relays: int, trips: int) -> float:
-    tag = f"{os.getpid()}-{relays}"
-    procs = [mp.Process(target=_relay, args=(i, relays, tag), daemon=True) for i in range(1, relays + 1)]
-    for p in procs:
-        p.start()
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.PAIR)
-    s.connect(f"ipc://@htex-floor-{tag}-1")
-    try:
-        for _ in range(200):  # warm up, and wait for every relay to be connected
-            s.send_multipart([b"HX", b"x" * 100])
-            s.recv_multipart()
-        lat = []
-        for _ in range(trips):
-            t = time.perf_counter()
-            s.send_multipart([b"HX", b"x" * 100])
-            s.recv_multipart()
-            lat.append(time.perf_counter() - t)
-        return statistics.median(lat) * 1e6
-    finally:
-        s.close(linger=0)
-        ctx.term()
-        for p in procs:
-            p.kill()
-            p.join()
+class _End:
+    """One end of a link, either kind: a ZeroMQ PAIR (made in the process that uses it) or a socketpair's end."""
+
+    def __init__(self, kind: str, where: str | socket.socket, bind: bool) -> None:
+        self.sock: socket.socket | None = None
+        self.zsock: zmq.Socket[bytes] | None = None
+        if kind == ZMQ:
+            assert isinstance(where, str)
+            self.zsock = zmq.Context.instance().socket(zmq.PAIR)
+            self.zsock.setsockopt(zmq.LINGER, 0)
+            self.zsock.bind(where) if bind else self.zsock.connect(where)
+        else:
+            assert isinstance(where, socket.socket)
+            self.sock = where
+
+    def send(self, data: bytes) -> None:
+        if self.zsock is not None:
+            self.zsock.send(data, copy=False)
+        else:
+            assert self.sock is not None
+            self.sock.sendall(data)
+
+    def recv(self) -> bytes:
+        if self.zsock is not None:
+            return self.zsock.recv()
+        assert self.sock is not None
+        return self.sock.recv(65536)  # small messages: one recv each
 
 
-def _echo(sock: socket.socket) -> None:
-    while data := sock.recv(65536):
-        sock.send(data)
-
-
-def socketpair(trips: int) -> float:
-    a, b = socket.socketpair()
-    p = mp.Process(target=_echo, args=(b,), daemon=True)
-    p.start()
-    b.close()
-    try:
-        lat = []
-        for i in range(trips + 200):
-            t = time.perf_counter()
-            a.send(b"x" * 100)
-            a.recv(65536)
-            if i >= 200:
-                lat.append(time.perf_counter() - t)
-        return statistics.median(lat) * 1e6
-    finally:
-        a.close()
-        p.join(5)
-
-
-def _relay_unix(up: socket.socket, down: socket.socket | None) -> None:
-    if down is None:
-        _echo(up)
+def _relay(up: tuple[str, str | socket.socket], down: tuple[str, str | socket.socket] | None) -> None:
+    u = _End(*up, bind=True)
+    if down is None:  # the last one echoes
+        while data := u.recv():
+            u.send(data)
         return
-    while data := up.recv(65536):
-        down.send(data)
-        up.send(down.recv(65536))
+    d = _End(*down, bind=False)
+    while data := u.recv():
+        d.send(data)
+        u.send(d.recv())
 
 
-def unix_chain(relays: int, trips: int) -> float:
-    """Round trips through ``relays`` processes linked by socketpairs (messages small enough for one recv)."""
-    pairs = [socket.socketpair() for _ in range(relays)]
+def chain(kinds: list[str], trips: int) -> float:
+    """p50 round trip (µs) from this process through len(kinds) relays; kinds[i] is the link into relay i."""
+    tag = f"ipc://@htex-floor-{os.getpid()}-{'-'.join(kinds)}"
+    links: list[tuple[str, str | socket.socket, str | socket.socket]] = []  # (kind, our end, the relay's end)
+    for i, kind in enumerate(kinds):
+        if kind == ZMQ:
+            links.append((kind, f"{tag}-{i}", f"{tag}-{i}"))
+        else:
+            a, b = socket.socketpair()
+            links.append((kind, a, b))
     procs = []
-    for i in range(relays):
-        down = pairs[i + 1][0] if i + 1 < relays else None
-        procs.append(mp.Process(target=_relay_unix, args=(pairs[i][1], down), daemon=True))
+    for i in range(len(kinds)):
+        down = (links[i + 1][0], links[i + 1][1]) if i + 1 < len(kinds) else None
+        procs.append(mp.Process(target=_relay, args=((links[i][0], links[i][2]), down), daemon=True))
     for p in procs:
         p.start()
-    for a, b in pairs:  # each end now lives in its process; the parent keeps only the first
-        b.close()
-        if a is not pairs[0][0]:
-            a.close()
-    s = pairs[0][0]
+    for _, a, b in links:  # each end now lives in its process; the parent keeps only the first link's
+        for end in (a, b):
+            if isinstance(end, socket.socket) and end is not links[0][1]:
+                end.close()
+    first = _End(links[0][0], links[0][1], bind=False)
     try:
         lat = []
-        for i in range(trips + 200):
+        for i in range(trips + 200):  # 200 to warm up (and for every ZeroMQ relay to be connected)
             t = time.perf_counter()
-            s.send(b"x" * 100)
-            s.recv(65536)
+            first.send(_MSG)
+            first.recv()
             if i >= 200:
                 lat.append(time.perf_counter() - t)
         return statistics.median(lat) * 1e6
     finally:
-        s.close()
+        if first.zsock is not None:
+            first.zsock.close()
+        if first.sock is not None:
+            first.sock.close()
         for p in procs:
             p.kill()
             p.join()
@@ -139,10 +120,8 @@ def main() -> None:
     ap.add_argument("--trips", type=int, default=2000)
     args = ap.parse_args()
     mp.set_start_method("fork")
-    for relays in (1, 2, 3):
-        print(f"zmq ipc, client + {relays} relay{'s' if relays > 1 else ''}: p50 {zmq_chain(relays, args.trips):6.0f} µs")
-    print(f"socketpair, client + 1     : p50 {socketpair(args.trips):6.0f} µs")
-    print(f"socketpairs, client + 3    : p50 {unix_chain(3, args.trips):6.0f} µs")
+    for kinds in ([ZMQ], [ZMQ] * 2, [ZMQ] * 3, [UNIX], [ZMQ, ZMQ, UNIX], [UNIX, ZMQ, UNIX], [UNIX] * 3):
+        print(f"{', '.join(kinds):36s}: p50 {chain(kinds, args.trips):6.0f} µs")
 
 
 if __name__ == "__main__":

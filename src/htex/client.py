@@ -13,8 +13,11 @@ awake, wakes it through a pipe; the thread sends everything waiting as one
 batch.  Under load many tasks share one message and one wake-up; when idle a
 task leaves at once.
 
-The thread is the only one that touches the socket, and it owns its
-resources: the socket, the wake-up pipe and the interchange's pidfd.  When it
+The link to the interchange is a socketpair made here, whose other end the
+interchange inherits: framed messages (``framing.py``) with no ZeroMQ I/O
+thread on either side, and no name anywhere, so no other process can reach
+it.  The thread owns its resources: the link, the wake-up pipe and the
+interchange's pidfd.  When it
 ends (asked to, or the interchange died, or a bug) it fails every future
 still pending and closes what it owns.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +38,7 @@ from typing import Any
 
 import zmq
 
-from . import cancel, procs, protocol, serialize, shm
+from . import cancel, framing, procs, protocol, serialize, shm
 from .errors import CommandFailed, InterchangeLost, InternalError, ManagerLost, ProtocolError, TaskLost
 from .inflight import Inflight, Lifecycle, settle, shutdown_error
 
@@ -93,11 +97,20 @@ class Outbox:
 
     It holds the write end of the wake-up pipe, under its lock: the I/O thread closes it when it
     ends, and a write after that must not land in whatever file reused the descriptor.
+
+    A task submitted while the I/O thread has nothing to send and no other task is in flight
+    (``quiet()``: a caller waiting for each result in turn, not on the I/O thread) goes straight
+    onto the link from the caller's thread, under the lock: no thread of ours is woken on the way
+    out (W2 measured it).  Under load tasks still wait for the I/O thread, which sends them in
+    batches, and a task never passes one taken and not yet sent (``sending``).
     """
 
-    def __init__(self, wake_fd: int) -> None:
+    def __init__(self, wake_fd: int, link: framing.StreamLink, quiet: Callable[[], bool]) -> None:
         self.lock = threading.Lock()
         self.wake_fd = wake_fd
+        self.link = link  # written under the lock, by whichever thread sends
+        self.quiet = quiet
+        self.sending = False  # the I/O thread took what waited and has not sent it all yet
         self.tasks: list[Task] = []
         self.ranked = False  # some task waiting has a priority: the batch carries them
         self.functions: dict[int, protocol.Blob] = {}
@@ -107,8 +120,11 @@ class Outbox:
 
     def put(self, task: Task | None = None, function: tuple[int, bytes] | None = None,
             control: protocol.Message | None = None, needs: tuple[float, float, int] | None = None) -> None:
-        """Queue, and wake the I/O thread unless a wake-up is on its way already."""
+        """Queue, and wake the I/O thread unless a wake-up is on its way already (or send it now)."""
         with self.lock:
+            if (task is not None and control is None and needs is None and not self.awake and not self.sending
+                    and not self.link.closed and self.wake_fd >= 0 and self.quiet() and self._send_now(task, function)):
+                return
             if needs is not None and task is not None:
                 self.needs[task[0]] = needs
             if function is not None:
@@ -122,6 +138,20 @@ class Outbox:
             if not self.awake:
                 self.awake = True
                 self._wake()
+
+    def _send_now(self, task: Task, function: tuple[int, bytes] | None) -> bool:
+        """Send one task from the caller's thread (the lock held); False if the interchange is gone."""
+        ranked = task[3] == task[3]  # not NaN: it has a priority
+        msg = protocol.Tasks(protocol.u64_array((task[0],)), protocol.u64_array((task[1],)), [task[2]],
+                             dict((function,)) if function is not None else {},
+                             array("d", (task[3],)) if ranked else None)
+        try:
+            if not self.link.send_now(msg.encode()):  # the rest goes when the socket has room
+                self.awake = True
+                self._wake()  # the I/O thread flushes it
+        except OSError:
+            return False  # queued instead: the I/O thread fails it when it sees the interchange's end
+        return True
 
     def wake(self) -> None:
         with self.lock:
@@ -162,13 +192,18 @@ class Outbox:
                 self.needs = {}
             self.tasks, self.ranked, self.functions, self.control = [], False, {}, []
             self.awake = False
+            self.sending = True  # until sent(): a task sent now would pass them (and the functions they carry)
             return taken
+
+    def sent(self) -> None:
+        with self.lock:
+            self.sending = False
 
 
 class ClientThread(threading.Thread):
     """The I/O thread: sends the Outbox, completes futures from results, answers requests, keeps time."""
 
-    def __init__(self, label: str, ipc_dir: str, heartbeat_period: float, heartbeat_threshold: float,
+    def __init__(self, label: str, heartbeat_period: float, heartbeat_threshold: float,
                  lifecycle: Lifecycle, inflight: Inflight, arena: shm.Arena | None,
                  on_event: Callable[[protocol.Message], None], on_broken: Callable[[BaseException], None],
                  monitor: Any = None) -> None:
@@ -181,11 +216,18 @@ class ClientThread(threading.Thread):
         self.on_event = on_event
         self.on_broken = on_broken
         self._monitor = monitor  # monitoring.reporters.ClientReporter, or None
+        # Made here, before the interchange is spawned (it inherits the other end); from now on only
+        # run() reads the link, and every thread that writes to it holds outbox.lock.
+        ours, self._peer = socket.socketpair()
+        self.interchange_fd = self._peer.fileno()
+        self._poller = zmq.Poller()
+        self._link = framing.StreamLink(ours, self._poller)
         self._wake_r, wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(wake_w, False)
-        self.outbox = Outbox(wake_w)
-        self.identity = b"ic-" + os.urandom(16).hex().encode()
+        # Not from this thread (a done-callback that submits): its tasks leave when the callback returns,
+        # in one batch, and until then cancel() finds them in the Outbox.
+        self.outbox = Outbox(wake_w, self._link, lambda: len(inflight) <= 1 and not self.is_current())
         self.ready = threading.Event()
         self.start_error: BaseException | None = None
         self.process: InterchangeProcess | None = None
@@ -194,15 +236,6 @@ class ClientThread(threading.Thread):
         self._req = 0
         self._stopping = False
         self._last_heard = self._last_sent = self._next_trim = 0.0
-        # Made here, before the interchange is spawned (it needs the URL); from now on only run() uses them.
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.ROUTER)
-        for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 0), (zmq.ROUTER_MANDATORY, 1)):
-            self._sock.setsockopt(opt, val)
-        # A UNIX socket in the run's private directory: ~50 us cheaper per message than loopback TCP,
-        # and the directory's mode (0700) keeps other users out.
-        self.url = f"ipc://{ipc_dir}/client"
-        self._sock.bind(self.url)
         self._pidfd = -1
 
     # -- from other threads ------------------------------------------------------
@@ -210,7 +243,10 @@ class ClientThread(threading.Thread):
     def spawn_interchange(self, config: protocol.InterchangeConfig, pass_fds: list[int],
                           logdir: str) -> InterchangeProcess:
         """Start the interchange, watch it (its pidfd), and start the loop."""
-        self.process = InterchangeProcess(config, pass_fds, logdir)
+        try:
+            self.process = InterchangeProcess(config, [*pass_fds, self.interchange_fd], logdir)
+        finally:
+            self._peer.close()  # the interchange's now: its death must end our stream
         self._pidfd = os.pidfd_open(self.process.pid)
         self.start()
         return self.process
@@ -274,8 +310,8 @@ class ClientThread(threading.Thread):
     def discard(self) -> None:
         """Close what was made for a thread that never ran (start() failed before the interchange)."""
         assert not self.is_alive()
-        self._sock.close(linger=0)
-        self._ctx.term()
+        self._peer.close()
+        self._link.close()
         self.outbox.close()
         os.close(self._wake_r)
 
@@ -285,9 +321,9 @@ class ClientThread(threading.Thread):
     # -- the loop ------------------------------------------------------------------
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        for source in (self._sock, self._wake_r, self._pidfd):
-            poller.register(source, zmq.POLLIN)
+        poller = self._poller
+        for fd in (self._wake_r, self._pidfd):
+            poller.register(fd, zmq.POLLIN)
         self._last_heard = self._last_sent = time.monotonic()
         reason: BaseException = shutdown_error()
         try:
@@ -295,8 +331,8 @@ class ClientThread(threading.Thread):
                 events = dict(poller.poll(self._timeout_ms()))
                 if self._wake_r in events:
                     self._drain_wakeups()
-                if self._sock in events:
-                    self._read()
+                if self._link.fd in events:
+                    self._link_ready(events[self._link.fd])
                 if self._pidfd in events:
                     poller.unregister(self._pidfd)
                     self._interchange_died()
@@ -329,7 +365,15 @@ class ClientThread(threading.Thread):
     def _send_outbox(self) -> None:
         if not self.outbox.awake:
             return
-        tasks, ranked, functions, control = self.outbox.take()
+        if self._link.outgoing:  # left by a task sent from a user's thread (Outbox.put)
+            self._link_io(self._link.flush)
+        try:
+            self._send_taken(*self.outbox.take())
+        finally:
+            self.outbox.sent()
+
+    def _send_taken(self, tasks: list[Task], ranked: bool, functions: dict[int, protocol.Blob],
+                    control: list[protocol.Message]) -> None:
         if control and isinstance(control[0], protocol.TaskNeeds):
             self._to_interchange(control.pop(0))
         for chunk in _batches(tasks):
@@ -345,21 +389,29 @@ class ClientThread(threading.Thread):
             self._to_interchange(msg)
 
     def _to_interchange(self, msg: protocol.Message) -> None:
+        frames = msg.encode()
+        self._link_io(lambda: self._link.send(frames))
+
+    def _link_io(self, op: Callable[[], None]) -> None:
         try:
-            self._sock.send_multipart([self.identity, *msg.encode()], copy=False)
-        except zmq.ZMQError as exc:
+            with self.outbox.lock:  # user threads may be sending too (Outbox.put)
+                op()
+        except OSError as exc:  # its end is closed: the pidfd tells us why at once
             log.warning("cannot reach the interchange: %s", exc)
         self._last_sent = time.monotonic()
 
-    def _read(self) -> None:
-        for _ in range(256):
-            try:
-                ident, *frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            if ident.bytes != self.identity:
-                continue  # only the interchange can reach this socket (0700 directory): nothing to log
-            self._last_heard = time.monotonic()
+    def _link_ready(self, events: int) -> None:
+        if events & framing.POLLOUT:
+            self._link_io(self._link.flush)
+        if not events & framing.POLLIN:
+            return
+        batch = self._link.read()  # a corrupt stream raises ProtocolError: a bug, the loop fails everything
+        if batch is None:  # the interchange closed its end: it is stopping or dead (the pidfd will say)
+            with self.outbox.lock:
+                self._link.close()
+            return
+        self._last_heard = time.monotonic()
+        for frames in batch:
             try:
                 self._on_message(protocol.decode(frames))
             except ProtocolError as exc:
@@ -455,8 +507,8 @@ class ClientThread(threading.Thread):
             self._closed = True
         for reply in replies.values():
             settle(reply, False, reason)
-        self._sock.close(linger=0)
-        self._ctx.term()
+        with self.outbox.lock:
+            self._link.close()
         self.outbox.close()
         os.close(self._wake_r)
         if self._pidfd >= 0:

@@ -130,7 +130,7 @@ class StartSteps:
 
     def _make_client(self) -> ClientThread:
         self._inflight.arena = shm.Arena() if self.shared_memory else None
-        return ClientThread(self.label, self._endpoints.ipc_dir, self.heartbeat_period, self.heartbeat_threshold,
+        return ClientThread(self.label, self.heartbeat_period, self.heartbeat_threshold,
                             self._lifecycle, self._inflight, self._inflight.arena,
                             on_event=self._blocks.on_event, on_broken=self.set_bad_state_and_fail_all,
                             monitor=self._monitor)
@@ -139,7 +139,7 @@ class StartSteps:
         assert self._client is not None
         ends = self._endpoints
         config = protocol.InterchangeConfig(
-            tcp=bool(ends.task_port), client_url=self._client.url, client_identity=self._client.identity.decode(),
+            tcp=bool(ends.task_port), client_fd=self._client.interchange_fd,
             bind_address=ends.bind_address(),
             worker_ports=(ends.task_port, ends.result_port) if ends.task_port else None,
             listen_fds=ends.listening_fds(), heartbeat_period=float(self.heartbeat_period),

@@ -1,10 +1,11 @@
-"""Multi-frame messages over a stream socket: the link between the pool and each of its workers.
+"""Multi-frame messages over a stream socket: the links between the pool and each of its workers,
+and between the executor and its interchange.
 
-Why not ZeroMQ there: the pool and a worker are parent and child on one host,
-and a ZeroMQ socket sends and receives through its I/O thread, which adds
-context switches to every message.  One Python round trip over a Unix
-socketpair costs ~36 us (p50) on a 2-core VM, ~150 us over ZeroMQ ipc, and
-every task crosses this link there and back.  (Every other hop stays ZeroMQ.)
+Why not ZeroMQ there: both ends are parent and child on one host, and a
+ZeroMQ socket sends and receives through its I/O thread, which adds context
+switches to every message.  One Python round trip over a Unix socketpair
+costs ~36 us (p50) on a 2-core VM, ~150 us over ZeroMQ ipc, and every task
+crosses both links there and back.  (The links to pools stay ZeroMQ.)
 
 A stream has no message boundaries, so each message carries its own::
 
@@ -14,10 +15,10 @@ The frames are the ones ``protocol`` makes (``Message.encode()``), so both
 ends still speak the versioned protocol; this module only delimits them.
 
 The worker's end is a plain blocking socket (it has nothing else to do while
-it waits); the pool's end of each link is a ``WorkerLink``, read and written
-without ever blocking: the pool serves every worker and the interchange from
-one thread, and a worker that stops reading (SIGSTOP, swapped out) must hold
-up only its own batch.
+it waits); the pool's end of each link, and both ends of the executor's, are a
+``StreamLink``, read and written without ever blocking: the pool serves every
+worker and the interchange from one thread, and a worker that stops reading
+(SIGSTOP, swapped out) must hold up only its own batch.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ _IOV_MAX = 1024
 _INITIAL = 64 * 1024
 # How far a buffer may grow ahead of the bytes received, on the word of a header alone.
 _AHEAD = 64 * 1024 * 1024
+# The poll events as plain ints: each &, | or ~ on pyzmq's IntFlag members runs Python code that
+# costs 5-15 us on a busy 2-core VM, and the pool, the interchange and the executor test them on
+# every message.
+POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 
 
 Frames = list[bytes | memoryview]  # one message, as it comes out of a Decoder
@@ -182,8 +187,9 @@ class Decoder:
         self._start, self._end = 0, pending
 
 
-class WorkerLink:
-    """The pool's end of one worker's socketpair: reads cut into messages, and sends that never block.
+class StreamLink:
+    """One end of a framed socketpair (the pool's to a worker, the executor's and the interchange's):
+    reads cut into messages, and sends that never block.
 
     What the socket cannot take at once waits here (``outgoing``) and goes
     with ``flush()`` when the socket is writable again; the link keeps its
@@ -191,7 +197,7 @@ class WorkerLink:
     while bytes wait, since a socket with room to write is writable nearly
     always and would wake the pool for nothing.  ``fd`` stays the key of the
     link after ``close()``: the pool looks links up by the fds its poller
-    reports.
+    reports.  Not thread-safe: the executor's threads send under one lock.
     """
 
     def __init__(self, sock: socket.socket, poller: zmq.Poller) -> None:
@@ -201,8 +207,8 @@ class WorkerLink:
         self.outgoing: list[bytes | memoryview] = []
         self.closed = False
         self._poller = poller
-        self._events = zmq.POLLIN  # what the poller watches the socket for
-        poller.register(self.fd, zmq.POLLIN)
+        self._events = POLLIN  # what the poller watches the socket for
+        poller.register(self.fd, POLLIN)
 
     def read(self) -> list[Frames] | None:
         """One read that does not wait: the messages it completed ([] if none, or if nothing was there).
@@ -246,12 +252,26 @@ class WorkerLink:
         if not waiting:  # else it goes behind what waits, when the socket is writable
             self.flush()
 
+    def send_now(self, frames: Sequence[Blob]) -> bool:
+        """Send one message from a thread that does not own the poller: False if some of it
+        waits in ``outgoing`` (the owner must then ``flush()``, which watches for room).
+
+        Raises OSError (EPIPE, ECONNRESET) if the peer is gone.
+        """
+        if self.closed:
+            return True
+        if self.outgoing:
+            self.outgoing += pack(frames)
+            return False
+        self.outgoing = send_some(self.sock, pack(frames), socket.MSG_DONTWAIT)
+        return not self.outgoing
+
     def flush(self) -> None:
         """Send what waits, as much as the socket takes now; raises OSError if the worker is gone."""
         if self.closed:
             return
         self.outgoing = send_some(self.sock, self.outgoing, socket.MSG_DONTWAIT)
-        want = zmq.POLLIN | zmq.POLLOUT if self.outgoing else zmq.POLLIN
+        want = POLLIN | POLLOUT if self.outgoing else POLLIN
         if want != self._events:
             self._poller.modify(self.fd, want)
             self._events = want
@@ -264,3 +284,6 @@ class WorkerLink:
         self.outgoing = []
         self._poller.unregister(self.fd)  # before close: the fd number may be reused at once
         self.sock.close()
+
+
+WorkerLink = StreamLink  # the pool's name for it

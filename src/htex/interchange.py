@@ -2,9 +2,9 @@
 
 ::
 
-    executor (ROUTER, binds)                          pools (DEALER, connect: one each)
+    executor                                          pools (DEALER, connect: one each)
         |                                                 |
-        +-- client DEALER --- Interchange --- pool ROUTER  (tasks out; registration, heartbeats, results in)
+        +-- client socketpair --- Interchange --- pool ROUTER  (tasks out; registration, heartbeats, results in)
 
 Started by the executor as ``python -m htex.interchange``, its configuration
 (JSON) on stdin: a command line is readable by every local user.  Its
@@ -24,7 +24,12 @@ that raised).  Anything from a peer that has not
 registered is decoded only as far as the header and a small JSON body, and
 dropped (with a log line) unless it is a Probe, a Register or a StatusRequest.
 Requests that change pools (HoldPools, DropBlocks) are read on the client
-socket only: a holder of the pool key may look, not act.
+link only: a holder of the pool key may look, not act.
+
+The client link is one end of a socketpair the executor made and passed us
+(``client_fd``): framed messages (``framing.py``), no ZeroMQ I/O thread on
+either end, and no name in any directory, so no other process can reach it.
+Its end of the stream is the executor's end: we stop.
 
 Each pool holds one connection to us, both ways: 10,000 pools cost 10,000
 descriptors here, not 20,000 (``fdlimit.py``), and a pool's results cannot
@@ -58,16 +63,17 @@ import math
 import os
 import platform
 import signal
+import socket
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from . import __version__, cancel, dispatch, fdlimit, prefetch, protocol, resources, security, stealing
+from . import __version__, cancel, dispatch, fdlimit, framing, prefetch, protocol, resources, security, stealing
 from .errors import ProtocolError
 from .protocol import InterchangeConfig
 
@@ -221,10 +227,10 @@ class Interchange:
         self._monitor = _monitor(cfg)  # monitoring.reporters.InterchangeReporter, or None
 
         socks = _open_sockets(self.ctx, cfg)
-        self.client, self.pool_sock, self.port, self.auth = socks.client, socks.pools, socks.port, socks.auth
+        self.pool_sock, self.port, self.auth = socks.pools, socks.port, socks.auth
         self.poller = zmq.Poller()
-        for sock in (self.client, self.pool_sock):
-            self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(self.pool_sock, zmq.POLLIN)
+        self.client = framing.StreamLink(socket.socket(fileno=cfg.client_fd), self.poller)
         self.descriptors = fdlimit.Probe()  # out of descriptors: say so
 
     # -- the loop -------------------------------------------------------------
@@ -236,8 +242,8 @@ class Interchange:
         try:
             while not self.stopping:
                 events = dict(self.poller.poll(self._timeout_ms()))
-                if self.client in events:
-                    self._read_client()
+                if self.client.fd in events:
+                    self._client_ready(events[self.client.fd])
                 if self.pool_sock in events:
                     self._read_pools()
                 self._dispatch()
@@ -259,39 +265,60 @@ class Interchange:
 
     # -- step 1: the client -----------------------------------------------------
 
-    def _read_client(self) -> None:
-        for _ in range(_DRAIN):
+    def _client_ready(self, events: int) -> None:
+        if events & framing.POLLOUT:
+            self._client_io(self.client.flush)
+        if events & framing.POLLIN:
             try:
-                frames = self.client.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.client_last_heard = time.monotonic()
-            try:
-                msg = protocol.decode(frames)
-            except ProtocolError as exc:
-                log.error("bad message from the client: %s", exc)
-                continue
-            if isinstance(msg, protocol.Tasks):
-                self.functions.update(msg.functions)
-                tasks = zip(msg.ids, msg.fn_keys, msg.payloads, strict=False)
-                priorities = msg.priorities
-                if self.sized.needs:  # a TaskNeeds came: set its tasks apart (plain batches never look)
-                    tasks, priorities = self.sized.split(list(tasks), priorities)  # type: ignore[assignment]
-                if priorities is None:  # the common case: no heap, no per-task test
-                    self.queue.extend(tasks)
-                else:
-                    self.queue.extend_ranked(tasks, priorities)
-                self.counts.received += len(msg.ids)
-            elif isinstance(msg, protocol.TaskNeeds):
-                self.sized.expect(msg)
-            elif isinstance(msg, protocol.CancelTasks):
-                self._cancel(msg)
-            elif isinstance(msg, protocol.Request):
-                self._to_client(self._answer(msg))
-            elif isinstance(msg, protocol.Shutdown):
-                log.info("client asked for shutdown")
+                batch = self.client.read()
+            except ProtocolError as exc:  # only the executor can write there: a bug, and no way to resynchronise
+                log.error("corrupt stream from the client: %s; stopping", exc)
                 self.stopping = True
                 return
+            if batch is None:
+                log.error("the client closed its end of the link (it exited or died); stopping")
+                self.stopping = True
+                return
+            self.client_last_heard = time.monotonic()
+            for frames in batch:
+                if not self.stopping:
+                    self._from_client(frames)
+
+    def _client_io(self, op: Callable[[], None]) -> None:
+        try:
+            op()
+        except OSError as exc:  # EPIPE, ECONNRESET: the executor is gone
+            log.error("cannot reach the client: %s; stopping", exc)
+            self.client.close()
+            self.stopping = True
+        self.client_last_sent = time.monotonic()
+
+    def _from_client(self, frames: Sequence[protocol.Blob]) -> None:
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as exc:
+            log.error("bad message from the client: %s", exc)
+            return
+        if isinstance(msg, protocol.Tasks):
+            self.functions.update(msg.functions)
+            tasks = zip(msg.ids, msg.fn_keys, msg.payloads, strict=False)
+            priorities = msg.priorities
+            if self.sized.needs:  # a TaskNeeds came: set its tasks apart (plain batches never look)
+                tasks, priorities = self.sized.split(list(tasks), priorities)  # type: ignore[assignment]
+            if priorities is None:  # the common case: no heap, no per-task test
+                self.queue.extend(tasks)
+            else:
+                self.queue.extend_ranked(tasks, priorities)
+            self.counts.received += len(msg.ids)
+        elif isinstance(msg, protocol.TaskNeeds):
+            self.sized.expect(msg)
+        elif isinstance(msg, protocol.CancelTasks):
+            self._cancel(msg)
+        elif isinstance(msg, protocol.Request):
+            self._to_client(self._answer(msg))
+        elif isinstance(msg, protocol.Shutdown):
+            log.info("client asked for shutdown")
+            self.stopping = True
 
     def _answer(self, msg: protocol.Request) -> protocol.Answer:
         """Carry out a request of the client: what goes wrong is its answer (Failed), not our end."""
@@ -356,8 +383,8 @@ class Interchange:
             self._to_client(answer)
 
     def _to_client(self, msg: protocol.Message) -> None:
-        self.client.send_multipart(msg.encode(), copy=False)
-        self.client_last_sent = time.monotonic()
+        frames = msg.encode()
+        self._client_io(lambda: self.client.send(frames))
 
     # -- step 2: the pools --------------------------------------------------------
 
@@ -463,10 +490,12 @@ class Interchange:
 
     def _forward_results(self) -> None:
         if self.results_out:
-            for frames in self.results_out:
-                self.client.send_multipart(frames, copy=False)
-            self.results_out = []
-            self.client_last_sent = time.monotonic()
+            out, self.results_out = self.results_out, []
+
+            def send_all() -> None:
+                for frames in out:
+                    self.client.send(frames)
+            self._client_io(send_all)
 
     def _drop(self, identity: bytes, why: str) -> None:
         self.dropped += 1
@@ -649,22 +678,18 @@ class Interchange:
         if self._monitor is not None:
             self._monitor.sender.stop()
         self.ctx.destroy(linger=0)
+        self.client.close()  # the executor sees the end of the stream (and our pidfd)
         log.info("interchange stopped")
 
 
 @dataclass(frozen=True)
 class _Sockets:
-    client: zmq.Socket[Any]  # DEALER to the executor's ROUTER, on a UNIX socket in its private directory
     pools: zmq.Socket[Any]  # ROUTER: every pool's one connection (registration, heartbeats, tasks, results)
     port: int  # 0: no TCP port (pools reach us over UNIX sockets only)
     auth: Any  # the ZAP handler that lets in only the run's pool key (encrypted TCP), else None
 
 
 def _open_sockets(ctx: zmq.Context[zmq.Socket[Any]], cfg: InterchangeConfig) -> _Sockets:
-    client = ctx.socket(zmq.DEALER)
-    client.setsockopt(zmq.IDENTITY, cfg.client_identity.encode())
-    _unbounded(client)
-    client.connect(cfg.client_url)
     pools = _router(ctx)
     # No MAXMSGSIZE: results come in here, and a result is as large as the task made it.  What keeps
     # strangers' messages out is who may connect at all: on UNIX sockets, the private directory; on
@@ -682,7 +707,7 @@ def _open_sockets(ctx: zmq.Context[zmq.Socket[Any]], cfg: InterchangeConfig) -> 
             auth = security.authenticator(ctx, cfg.cert_dir, "pool")
             security.serve(pools, cfg.cert_dir)
         port = _bind_tcp(cfg, pools)
-    return _Sockets(client, pools, port, auth)
+    return _Sockets(pools, port, auth)
 
 
 def _router(ctx: zmq.Context[zmq.Socket[Any]]) -> zmq.Socket[Any]:

@@ -194,9 +194,9 @@ class Workers:
         readable, writable, dead = [], [], []
         for fd, ev in events.items():
             if (slot := self.by_link.get(fd)) is not None:
-                if ev & ~zmq.POLLOUT:
+                if ev & ~framing.POLLOUT:
                     readable.append(slot)
-                if ev & zmq.POLLOUT:
+                if ev & framing.POLLOUT:
                     writable.append(slot)
             elif (slot := self.by_pidfd.get(fd)) is not None:
                 dead.append(slot)

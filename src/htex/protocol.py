@@ -767,8 +767,7 @@ def decode(frames: Sequence[Blob]) -> Message:
 class InterchangeConfig:
     """Written by the executor as JSON on the interchange's stdin (a command line is readable by every local user)."""
 
-    client_url: str
-    client_identity: str
+    client_fd: int  # our end of the executor's socketpair (inherited): the client link
     tcp: bool = True  # listen on TCP worker ports (else UNIX sockets only)
     bind_address: str = "127.0.0.1"
     worker_ports: tuple[int, int] | None = None  # (task, result); None: a free pair in worker_port_range

@@ -8,7 +8,7 @@ the queue seen by one dispatch is exactly what the test put there.
 
 from __future__ import annotations
 
-import secrets
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,10 +25,9 @@ pytestmark = pytest.mark.timeout(30)
 class Bench:
     def __init__(self) -> None:
         self.ctx = zmq.Context()
-        url = f"ipc://@htex-test-{secrets.token_hex(6)}-client"
-        self.client = self.ctx.socket(zmq.ROUTER)  # stands where the executor is: takes what the interchange says
-        self.client.bind(url)
-        self.ic = Interchange(InterchangeConfig(client_url=url, client_identity="ic-test"))
+        # The test stands where the executor is, at the other end of the client link.
+        self.client, theirs = socket.socketpair()
+        self.ic = Interchange(InterchangeConfig(client_fd=theirs.detach()))
         self.pools: dict[str, zmq.Socket[Any]] = {}
 
     def add_pool(self, name: str, workers: int, prefetch: int) -> None:
@@ -64,6 +63,8 @@ class Bench:
 
     def close(self) -> None:
         self.ic.ctx.destroy(linger=0)
+        self.ic.client.close()
+        self.client.close()
         self.ctx.destroy(linger=0)
 
 

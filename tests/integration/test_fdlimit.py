@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -20,7 +21,7 @@ import psutil
 import pytest
 import zmq
 
-from htex import LocalProvider, protocol
+from htex import LocalProvider, framing, protocol
 from htex.protocol import InterchangeConfig
 
 import tasks
@@ -76,21 +77,23 @@ def test_each_pool_holds_one_connection(make_executor: Any, over: str) -> None:
 
 def test_out_of_descriptors_is_an_error_in_the_log(tmp_path: Any) -> None:
     ctx = zmq.Context()
-    client = ctx.socket(zmq.ROUTER)
-    url = f"ipc://{tmp_path}/client"
-    client.bind(url)
+    client, theirs = socket.socketpair()  # the test stands where the executor is
     logdir = str(tmp_path / "logs")
-    cfg = InterchangeConfig(client_url=url, client_identity="ic", logdir=logdir, heartbeat_period=1,
+    cfg = InterchangeConfig(client_fd=theirs.fileno(), logdir=logdir, heartbeat_period=1,
                             heartbeat_threshold=30, worker_port_range=(57000, 58000))
-    proc = subprocess.Popen([sys.executable, "-m", "htex.interchange"], stdin=subprocess.PIPE, preexec_fn=_limit)
+    proc = subprocess.Popen([sys.executable, "-m", "htex.interchange"], stdin=subprocess.PIPE, preexec_fn=_limit,
+                            pass_fds=[theirs.fileno()])
+    theirs.close()
     conns: list[zmq.Socket[Any]] = []
     try:
         assert proc.stdin is not None
         proc.stdin.write(cfg.to_json())
         proc.stdin.close()
-        assert client.poll(30_000), "the interchange did not start"
-        _, *frames = client.recv_multipart()
-        ready = protocol.decode(frames)
+        client.settimeout(30)
+        decoder = framing.Decoder()
+        while not (messages := decoder.messages()):
+            assert decoder.read(client), "the interchange did not start"
+        ready = protocol.decode(messages[0])
         assert isinstance(ready, protocol.Ready)
         assert f"soft limit {LIMIT}, hard {LIMIT}" in _log(logdir)
         for _ in range(2 * LIMIT):  # more pools than it has descriptors
@@ -104,7 +107,7 @@ def test_out_of_descriptors_is_an_error_in_the_log(tmp_path: Any) -> None:
         # libzmq retries the refused connection at once, for ever: the error is said once per
         # fdlimit.REPEAT_SECONDS while it lasts, not once per retry.
         assert text.count("out of file descriptors") <= 2
-        client.send_multipart([b"ic", *protocol.Shutdown(reason="test").encode()])
+        framing.send(client, protocol.Shutdown(reason="test").encode())
         for sock in conns:  # give it its descriptors back, so that it can stop cleanly
             sock.close()
         conns = []
@@ -115,6 +118,7 @@ def test_out_of_descriptors_is_an_error_in_the_log(tmp_path: Any) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        client.close()
         ctx.destroy(linger=0)
 
 

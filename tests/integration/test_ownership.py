@@ -1,6 +1,6 @@
 """Who owns what: the thread that owns a resource tears it down, and shared state has one lock.
 
-* the client's socket, wake-up pipe and the interchange's pidfd are closed by the I/O thread itself
+* the client's link to the interchange, wake-up pipe and the interchange's pidfd are closed by the I/O thread itself
   (not by the thread that calls shutdown());
 * the block bookkeeping takes pool events from the I/O thread while the poller and the user's
   threads read and scale, without "dictionary changed size during iteration" or lost updates.
@@ -38,7 +38,7 @@ def test_the_io_thread_closes_what_it_owns(make_executor: Any, monkeypatch: pyte
     ex.shutdown()
     assert closed_by == [client.name] and client.name.startswith("htex-io-")
     assert threading.current_thread().name not in closed_by
-    assert client._sock.closed and not client.is_alive()
+    assert client._link.closed and client._link.sock.fileno() == -1 and not client.is_alive()
 
 
 def _pool(manager: str, block: str) -> Any:

@@ -48,7 +48,7 @@ def test_a_stolen_task_goes_back_to_its_place_among_prioritized_tasks(bench: Ben
     bench.ic.queue.extend([(11, 7, b"p")])
     bench.pools["A"].send_multipart(protocol.Withdrawn(req=withdraw.req, withdrawn=[4], started=[]).encode())
     while len(bench.ic.queue) < 3:
-        assert bench.ic.task_sock.poll(5000), "the Withdrawn did not reach the interchange"
+        assert bench.ic.pool_sock.poll(5000), "the Withdrawn did not reach the interchange"
         bench.ic._read_pools()
     # Priority 1 (stolen) before 5 before none: as if it had never left.
     assert [t[0] for t in bench.ic.queue.take(3)[0]] == [4, 10, 11]

@@ -102,7 +102,7 @@ class Target:
     def scope(self) -> Scope:
         pids = self.processes()
         held = set().union(*(socket_inodes(pid) for pid in pids)) if pids else set()
-        held |= socket_inodes(os.getpid()) - self.mine_before  # the executor's client socket
+        held |= socket_inodes(os.getpid()) - self.mine_before  # the executor's end of its link to the interchange
         return Scope(pids=pids, inodes=frozenset(held & set(listening())), run_dir=self.run_dir)
 
     def socket_names(self) -> list[str]:
@@ -131,7 +131,4 @@ def needles(ex: Any, logdir: str) -> dict[str, bytes]:
                 key = f.read().strip()
             if key:
                 out[f"the secret key in certs/{name}"] = key
-    identity = ex._client.identity  # the interchange's identity on the client socket
-    if identity:
-        out["the interchange's identity on the client socket"] = bytes(identity)
     return out

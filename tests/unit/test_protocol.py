@@ -327,7 +327,7 @@ def test_a_type_without_a_json_form_fails_at_import_not_at_a_peer() -> None:
 
 def _config(**kw: Any) -> protocol.InterchangeConfig:
     fields: dict[str, Any] = dict(
-        client_url="ipc:///tmp/x/client", client_identity="ic", tcp=True, bind_address="*", worker_ports=(54001, 54002),
+        client_fd=5, tcp=True, bind_address="*", worker_ports=(54001, 54002),
         worker_port_range=(54000, 55000), heartbeat_period=2, heartbeat_threshold=10.0, logdir="/tmp/x",
         debug=True, cert_dir=None, listen_fds=[5, 6], ipc_name="/tmp/x/pools",
     )
@@ -339,8 +339,8 @@ def test_interchange_config_round_trips() -> None:
     cfg = _config()
     back = protocol.InterchangeConfig.from_json(cfg.to_json())
     assert back == cfg and type(back.worker_ports) is tuple and type(back.heartbeat_period) is float
-    minimal = protocol.InterchangeConfig.from_json(b'{"client_url": "ipc:///c", "client_identity": "ic"}')
-    assert minimal == protocol.InterchangeConfig(client_url="ipc:///c", client_identity="ic")  # the defaults
+    minimal = protocol.InterchangeConfig.from_json(b'{"client_fd": 5}')
+    assert minimal == protocol.InterchangeConfig(client_fd=5)  # the defaults
     assert minimal.worker_port_range == (54000, 55000) and minimal.worker_ports is None
 
 
@@ -352,7 +352,7 @@ def test_interchange_config_round_trips() -> None:
     {"heartbeat_period": "30"},
     {"tcp": 1},
     {"debug": "false"},
-    {"client_url": None},
+    {"client_fd": None},
     {"unknown": 1},
 ])
 def test_interchange_config_refuses_wrong_types(change: dict[str, Any]) -> None:
@@ -361,7 +361,7 @@ def test_interchange_config_refuses_wrong_types(change: dict[str, Any]) -> None:
         protocol.InterchangeConfig.from_json(json.dumps(raw).encode())
 
 
-@pytest.mark.parametrize("data", [b"", b"not json", b"[]", b'{"client_url": "ipc:///c"}', b"\xff\xfe"])
+@pytest.mark.parametrize("data", [b"", b"not json", b"[]", b'{"tcp": true}', b"\xff\xfe"])
 def test_interchange_config_refuses_garbage(data: bytes) -> None:
     with pytest.raises(ProtocolError):
         protocol.InterchangeConfig.from_json(data)
