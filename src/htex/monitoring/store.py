@@ -271,24 +271,30 @@ class _Rows:
     def add(self, e: Any) -> None:
         kind = type(e)
         if kind is ev.TasksSubmittedPacked:
-            flat, funcs = ev.unpack_rows(e), e.funcs
-            cols = zip(flat[0::5], flat[1::5], flat[2::5], flat[3::5], flat[4::5], strict=True)
-            for f_id, f_time, f_size, f_func, f_prio in cols:
-                self._task_fast(int(f_id), "queued", {"submitted": f_time, "func": funcs[int(f_func)],
-                                                      "args_bytes": int(f_size),
-                                                      "priority": None if f_prio != f_prio else f_prio})  # NaN: none
+            flat, funcs, tasks = ev.unpack_rows(e), e.funcs, self.tasks
+            for f_id, f_time, f_size, f_func, f_prio in zip(flat[0::5], flat[1::5], flat[2::5], flat[3::5], flat[4::5],
+                                                            strict=True):
+                tid, values = int(f_id), (f_time, funcs[int(f_func)], int(f_size), None if f_prio != f_prio else f_prio)
+                if tid in tasks:  # NaN (f_prio != f_prio): no priority
+                    self._task_fast(tid, "queued", dict(zip(("submitted", "func", "args_bytes", "priority"), values,
+                                                            strict=True)))
+                else:  # the usual case: the submission comes first
+                    row = tasks[tid] = self._task_row.copy()
+                    row["task_id"], row["outcome"] = tid, "queued"
+                    row["submitted"], row["func"], row["args_bytes"], row["priority"] = values
         elif kind is ev.TasksDonePacked:
             flat = ev.unpack_rows(e)
             for f_id, f_time, f_size in zip(flat[0::3], flat[1::3], flat[2::3], strict=True):
-                self._task_fast(int(f_id), "done", {"ended": f_time, "result_bytes": int(f_size)})
+                row = self._moved(int(f_id), "done")
+                row["ended"], row["result_bytes"] = f_time, int(f_size)
         elif kind is ev.TasksDispatched:
-            values = {"dispatched": e.time, "pool_id": e.pool_id}
             for tid in e.ids:
-                self._task_fast(tid, "dispatched", values)
+                row = self._moved(tid, "dispatched")
+                row["dispatched"], row["pool_id"] = e.time, e.pool_id
         elif kind is ev.TasksStarted:
-            values = {"started": e.time, "pool_id": e.pool_id, "worker": e.worker}
             for tid in e.ids:
-                self._task_fast(tid, "running", values)
+                row = self._moved(tid, "running")
+                row["started"], row["pool_id"], row["worker"] = e.time, e.pool_id, e.worker
         elif isinstance(e, ev.TaskSubmitted):
             self._task(e.task_id, outcome="queued", submitted=e.time, func=e.func, args_bytes=e.args_bytes,
                        priority=e.priority)
@@ -337,8 +343,7 @@ class _Rows:
         self._merge(self.tasks, task_id, tasks, _TASK_RANK, "outcome", ("submitted",), dict(task_id=task_id, **values))
 
     def _task_fast(self, task_id: int, outcome: str, values: dict[str, Any]) -> None:
-        """``_task`` for the per-task kinds (no retries, no reason): the same rules, a fifth of the time.
-        ``values`` may be shared between calls: it is copied, never kept."""
+        """``_task`` for a submission (no retries, no reason): the same rules, a fifth of the time."""
         row = self.tasks.get(task_id)
         if row is None:
             row = self.tasks[task_id] = self._task_row.copy()
@@ -351,6 +356,17 @@ class _Rows:
                 row[name] = value if name != "submitted" or old is None else min(value, old)
         if _TASK_RANK[outcome] > _TASK_RANK.get(row["outcome"] or "", 0):
             row["outcome"] = outcome
+
+    def _moved(self, task_id: int, outcome: str) -> dict[str, Any]:
+        """A task's row, its ``outcome`` moved forward to this one.  For the kinds whose values are never
+        None nor first-wins (dispatched, started, done): the caller then sets them, as ``_merge`` would."""
+        row = self.tasks.get(task_id)
+        if row is None:
+            row = self.tasks[task_id] = self._task_row.copy()
+            row["task_id"], row["outcome"] = task_id, outcome
+        elif _TASK_RANK.get(row["outcome"] or "", 0) < _TASK_RANK[outcome]:
+            row["outcome"] = outcome
+        return row
 
     def _pool(self, pool_id: str, **values: Any) -> None:
         self._merge(self.pools, pool_id, pools, _POOL_RANK, "state", ("registered",), dict(pool_id=pool_id, **values))
