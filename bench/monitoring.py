@@ -23,6 +23,7 @@ Results go to stdout and ``bench/results/monitoring.md``.  Nothing is asserted a
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -55,6 +56,7 @@ def w1_round(monitoring: bool, sizes: Sizes, root: str) -> float:
     b.start()
     try:
         warm_up(b, sizes, None)
+        gc.collect()  # the last round's garbage is not this round's cost (either way): a full pass now, not mid-W1
         metrics, _ = w1(b, sizes, lambda: None)
         run_dir = b.ex.run_dir
     finally:

@@ -195,3 +195,19 @@ def test_a_new_sqlite_store_is_private(tmp_path: Any) -> None:
     store.close()
     assert path.stat().st_mode & 0o777 == 0o600
     assert all(p.stat().st_mode & 0o077 == 0 for p in tmp_path.iterdir())
+
+
+def test_a_flush_that_holds_writes_unended_tasks_one_round_later(tmp_path: Any) -> None:
+    """The hub's flushes hold back tasks that have not ended, once: a short task is written once, and a
+    long one still shows up (as running) a round later."""
+    url = store_url(str(tmp_path / "h.db"))
+    store = Store(url)
+    store.add(RUN, [ev.TaskSubmitted(1, 1.0, "f", 1, None), ev.TaskSubmitted(2, 1.0, "f", 1, None),
+                    ev.TasksStarted([1, 2], 2.0, "p", 0), ev.TaskEnded(2, 3.0, "done", 5, None, None, None)])
+    store.flush(hold=True)
+    assert [r[1] for r in _dump(url)["tasks"]] == [2] and store.waiting
+    store.add(RUN, [ev.TasksDispatched([1], 1.5, "p")])
+    store.flush(hold=True)  # task 1 was held once: written now, though it has not ended
+    rows = {r[1]: r for r in _dump(url)["tasks"]}
+    assert set(rows) == {1, 2} and "running" in rows[1] and 1.5 in rows[1] and not store.waiting
+    store.close()

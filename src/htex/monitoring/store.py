@@ -37,6 +37,7 @@ SCHEMA_NAME = "htex-monitoring"  # htex_meta's "schema": tells our store from an
 
 _TASK_RANK = {"queued": 0, "dispatched": 1, "running": 2, "done": 3, "failed": 3, "lost": 3, "cancelled": 3}
 _POOL_RANK = {"active": 0, "draining": 1, "lost": 2, "gone": 2}
+_ENDED = frozenset(("done", "failed", "lost", "cancelled"))
 _BLOCK_RANK = {"requested": 0, "pending": 1, "running": 2, "ended": 3, "failed": 3, "cancelled": 3}
 _COLUMNS = {t.name: list(t.columns.keys()) for t in metadata.sorted_tables}
 
@@ -161,6 +162,7 @@ class Store:
         self._run_upsert = self._upsert(runs, ("run_id",), None, None, ("started",))
         self._pending: dict[str, _Rows] = {}
         self.pending = 0  # events merged and not yet written
+        self._held: set[tuple[str, int]] = set()  # (run, task) rows held back by the last flush
 
     def close(self) -> None:
         self.engine.dispose()
@@ -202,13 +204,34 @@ class Store:
             rows.add(event)
             self.pending += 1
 
-    def flush(self) -> None:
-        """Write what ``add`` merged, in one transaction."""
+    @property
+    def waiting(self) -> bool:
+        """Something is to be written: events merged, or rows held back (``flush(hold=True)``)."""
+        return bool(self.pending or self._held)
+
+    def flush(self, hold: bool = False) -> None:
+        """Write what ``add`` merged, in one transaction.
+
+        ``hold``: keep back, for one more flush, the rows of tasks that have not ended and were not held
+        already.  A task that ends before the next flush then costs one write, not two (the write is most
+        of the hub's work); one that runs longer is written as it is then."""
         pending, self._pending, self.pending = self._pending, {}, 0
+        held, self._held = self._held, set()
+        if hold:
+            self._hold_back(pending, held)
         if pending:
             with self.engine.begin() as conn:
                 for rows in pending.values():
                     self._write(conn, rows)
+
+    def _hold_back(self, pending: dict[str, _Rows], held: set[tuple[str, int]]) -> None:
+        for run_id, rows in pending.items():
+            keep = [tid for tid, row in rows.tasks.items() if row["outcome"] not in _ENDED and (run_id, tid) not in held]
+            if keep:
+                later = self._pending[run_id] = _Rows(run_id)
+                for tid in keep:
+                    later.tasks[tid] = rows.tasks.pop(tid)
+                self._held.update((run_id, tid) for tid in keep)
 
     def write(self, run_id: str, batch: Iterable[Any]) -> None:
         self.add(run_id, batch)
