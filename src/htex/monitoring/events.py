@@ -264,7 +264,8 @@ def unpack_rows(event: Any) -> array.array[float]:
         flat.byteswap()
     # Ids, sizes and function indexes are whole and >= 0; times finite (the priority may be NaN: none).
     whole = [flat[0::width], flat[2::width]] + ([flat[3::width]] if width == 5 else [])
-    if not all(x >= 0 and x.is_integer() for col in whole for x in col) or not all(map(math.isfinite, flat[1::width])):
+    if event.n_tasks and (min(min(col) for col in whole) < 0 or not all(all(map(float.is_integer, col)) for col in whole)
+                          or not all(map(math.isfinite, flat[1::width]))):
         raise BadBatch(f"{type(event).__name__}: a task id, size or time out of range")
     if width == 5 and event.n_tasks and max(flat[3::width]) >= len(event.funcs):
         raise BadBatch(f"{type(event).__name__}: a function index beyond its {len(event.funcs)} names")
