@@ -10,7 +10,9 @@ Usage (from the repository root, with the project's venv)::
    with ``monitoring=False`` and with ``monitoring=True`` (hub, SQLite in the run directory),
    fresh executors, in alternating order, ``--rounds`` rounds each.  With monitoring on, the
    rows are checked after shutdown: every task has its row, ``done``.  Reported: the median rate
-   of each, and on/off.
+   of each, and on/off; and the CPU time all the run's processes (this one and its children: the
+   interchange, the pool, its workers, the hub) used while W1 ran, per task, off and on, which
+   other work on the machine hardly changes (the rates swing by 2x on a shared 2-core machine).
 2. **Hub throughput**: one hub process (SQLite) and ``--pools`` simulated pools (``simmonitor.py``,
    PUSH sockets spread over ``--sim-procs`` processes).  Each pool sends ``--batches`` batches
    as fast as it can, each batch what a busy pool of 8 workers sends in a flush: 8 tasks
