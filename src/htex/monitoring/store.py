@@ -297,8 +297,9 @@ class _Rows:
             flat, funcs, tasks = ev.unpack_rows(e), e.funcs, self.tasks
             for f_id, f_time, f_size, f_func, f_prio in zip(flat[0::5], flat[1::5], flat[2::5], flat[3::5], flat[4::5],
                                                             strict=True):
+                # a NaN priority (f_prio != f_prio): none
                 tid, values = int(f_id), (f_time, funcs[int(f_func)], int(f_size), None if f_prio != f_prio else f_prio)
-                if tid in tasks:  # NaN (f_prio != f_prio): no priority
+                if tid in tasks:
                     self._task_fast(tid, "queued", dict(zip(("submitted", "func", "args_bytes", "priority"), values,
                                                             strict=True)))
                 else:  # the usual case: the submission comes first
