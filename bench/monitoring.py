@@ -10,7 +10,9 @@ Usage (from the repository root, with the project's venv)::
    with ``monitoring=False`` and with ``monitoring=True`` (hub, SQLite in the run directory),
    fresh executors, in alternating order, ``--rounds`` rounds each.  With monitoring on, the
    rows are checked after shutdown: every task has its row, ``done``.  Reported: the median rate
-   of each, and on/off.
+   of each, and on/off; and the CPU time all the run's processes (this one and its children: the
+   interchange, the pool, its workers, the hub) used while W1 ran, per task, off and on, which
+   other work on the machine hardly changes (the rates swing by 2x on a shared 2-core machine).
 2. **Hub throughput**: one hub process (SQLite) and ``--pools`` simulated pools (``simmonitor.py``,
    PUSH sockets spread over ``--sim-procs`` processes).  Each pool sends ``--batches`` batches
    as fast as it can, each batch what a busy pool of 8 workers sends in a flush: 8 tasks
@@ -23,6 +25,7 @@ Results go to stdout and ``bench/results/monitoring.md``.  Nothing is asserted a
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -37,6 +40,7 @@ from typing import Any
 BENCH = os.path.dirname(os.path.abspath(__file__))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (BENCH, os.environ.get("PYTHONPATH")) if p)
 
+import psutil  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 import benchtasks  # noqa: E402
@@ -50,12 +54,28 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def w1_round(monitoring: bool, sizes: Sizes, root: str) -> float:
+def cpu_seconds() -> float:
+    """CPU time (user + system) used so far by this process and all its children: the executor, its
+    interchange, pools, workers and hub.  Other work on the machine hardly changes it, unlike rates."""
+    total = sum(psutil.Process().cpu_times()[:2])
+    for child in psutil.Process().children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
+def w1_round(monitoring: bool, sizes: Sizes, root: str) -> tuple[float, float]:
+    """W1's rate, and the CPU seconds its processes used while it ran."""
     b = HtexBackend(root, prefetch_capacity=256, monitoring=monitoring)
     b.start()
     try:
         warm_up(b, sizes, None)
+        gc.collect()  # the last round's garbage is not this round's cost (either way): a full pass now, not mid-W1
+        cpu0 = cpu_seconds()
         metrics, _ = w1(b, sizes, lambda: None)
+        cpu = cpu_seconds() - cpu0
         run_dir = b.ex.run_dir
     finally:
         b.shutdown()
@@ -68,21 +88,26 @@ def w1_round(monitoring: bool, sizes: Sizes, root: str) -> float:
         want = sizes.w1_tasks + sizes.warmup
         if done != want:
             raise AssertionError(f"monitoring on: {done} tasks done in the store, want {want}")
-    return float(metrics["rate"])
+    return float(metrics["rate"]), cpu
 
 
 def bench_w1(rounds: int, sizes: Sizes, root: str) -> dict[str, Any]:
     rates: dict[str, list[float]] = {"off": [], "on": []}
+    cpus: dict[str, list[float]] = {"off": [], "on": []}
     for r in range(rounds):
         for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
-            rate = w1_round(mode == "on", sizes, root)
+            rate, cpu = w1_round(mode == "on", sizes, root)
             rates[mode].append(rate)
-            log(f"  W1 round {r + 1} monitoring {mode:<3}: {rate:,.0f} tasks/s")
+            cpus[mode].append(cpu)
+            log(f"  W1 round {r + 1} monitoring {mode:<3}: {rate:,.0f} tasks/s, {cpu:.2f} CPU s")
     off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
     # Each round's pair ran back to back: the median of their ratios is less sensitive to load that
     # comes and goes than the ratio of the medians.
     pairs = statistics.median(a / b for a, b in zip(rates["on"], rates["off"], strict=True))
-    return {"off": off, "on": on, "ratio": on / off, "pair_ratio": pairs, "rates": rates}
+    cpu_off, cpu_on = statistics.median(cpus["off"]), statistics.median(cpus["on"])
+    return {"off": off, "on": on, "ratio": on / off, "pair_ratio": pairs, "rates": rates,
+            "cpu_off_us": cpu_off / sizes.w1_tasks * 1e6, "cpu_on_us": cpu_on / sizes.w1_tasks * 1e6,
+            "cpu_ratio": cpu_off / cpu_on}
 
 
 def bench_hub(pools: int, batches: int, sim_procs: int, root: str) -> dict[str, Any]:
@@ -152,6 +177,9 @@ def main() -> int:
                 f"| monitoring on | {r['on']:,.0f} | {', '.join(f'{x:,.0f}' for x in r['rates']['on'])} |",
                 f"| **on / off** | **{r['ratio']:.2f}** (target >= 0.8); median of the rounds' ratios: "
                 f"{r['pair_ratio']:.2f} | |", "",
+                f"CPU time of all the run's processes (executor, interchange, pool, workers, hub) while W1 ran, "
+                f"median: {r['cpu_off_us']:.0f} us a task off, {r['cpu_on_us']:.0f} us on: off/on "
+                f"**{r['cpu_ratio']:.2f}** (what the rate ratio tends to on a machine whose cores W1 fills).", "",
             ]
         if "HUB" in args.only:
             log(f"hub: {pools} simulated pools x {batches} batches of 25 events")

@@ -4,6 +4,7 @@ refused with BadBatch (the hub counts and drops it), never anything else."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ SAMPLES: list[Any] = [
     ev.RunStarted(1.0, "label", "/run", "host"), ev.RunEnded(2.0),
     ev.TaskSubmitted(1, 1.5, "f", 10, None), ev.TaskSubmitted(2, 1.5, "g", 10, -1.5), ev.TaskResent(1, 3.0, 1),
     ev.TasksSubmitted([3, 4], 1.0, [0, 2], ["f", "g"], [5, 6], [None, 2.5]), ev.TasksDone([3], 4.0, [0], [7]),
+    ev.TasksSubmittedPacked(2, ["f", "g"], ev.pack_rows([(5, 1.0, 10, 1, 2.5), (6, 1.5, 0, 0, math.nan)], 5)),
+    ev.TasksDonePacked(1, ev.pack_rows([(5, 2.0, 7)], 3)),
     ev.TasksDispatched([1, 2], 2.0, "p"), ev.TasksStarted([1], 2.5, "p", 3),
     ev.TaskEnded(1, 4.0, "failed", 9, "ValueError", "no", "Traceback"), ev.TaskEnded(2, 4.0, "done", 9, None, None, None),
     ev.PoolRegistered("p", 1.0, "0", "h", 4), ev.PoolInfo("p", 1.0, "0", "h", 4, 8, 1000, ["0"]),
@@ -43,6 +46,12 @@ def _frame(events: Any, run: Any = "run") -> bytes:
     _frame([[ev.CODES[ev.TasksDispatched], [1, "2"], 1.0, "p"]]),
     _frame([[ev.CODES[ev.PoolInfo], "p", 1.0, "0", "h", 4, 8, 1000, "0"]]),  # accelerators: a list
     _frame([[ev.CODES[ev.TasksDone], [1], 1.0, [0.5], [1]]]),  # an offset is whole microseconds
+    _frame([[ev.CODES[ev.TasksDonePacked], 2, ev.pack_rows([(1, 1.0, 1)], 3)]]),  # 2 rows said, 1 sent
+    _frame([[ev.CODES[ev.TasksDonePacked], 1, "not base64!"]]),
+    _frame([[ev.CODES[ev.TasksDonePacked], 1, ev.pack_rows([(1.5, 1.0, 1)], 3)]]),  # a task id is whole
+    _frame([[ev.CODES[ev.TasksDonePacked], 1, ev.pack_rows([(1, math.inf, 1)], 3)]]),  # a time is finite
+    _frame([[ev.CODES[ev.TasksDonePacked], 1, ev.pack_rows([(-1, 1.0, 1)], 3)]]),
+    _frame([[ev.CODES[ev.TasksSubmittedPacked], 1, ["f"], ev.pack_rows([(1, 1.0, 1, 1, 0.0)], 5)]]),  # no name 1
 ])
 def test_bad_batches_are_refused_by_name(frame: bytes) -> None:
     with pytest.raises(ev.BadBatch):

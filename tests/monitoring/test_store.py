@@ -6,6 +6,7 @@ Real SQLite files and real hub processes (``python -m htex.monitoring.hub``), re
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -40,6 +41,11 @@ def _task_events() -> list[Any]:
         ev.PoolState("pool-a", 20.0, "gone", "stopped"),
         ev.BlockState("0", 5.0, "requested", "", "123", "LocalProvider"),
         ev.BlockState("0", 7.0, "running", "running", "123", "LocalProvider"),
+        # the executor's packed kinds (what it sends): rows of doubles, NaN for no priority
+        ev.TasksSubmittedPacked(2, ["h", "k"], ev.pack_rows([(3, 10.25, 30, 1, math.nan), (4, 10.5, 40, 0, 2.5)], 5)),
+        ev.TasksDispatched([3, 4], 11.5, "pool-a"),
+        ev.TasksStarted([3], 12.5, "pool-a", 1),
+        ev.TasksDonePacked(1, ev.pack_rows([(3, 13.5, 7)], 3)),
     ]
 
 
@@ -68,9 +74,12 @@ def test_events_in_any_order_give_the_same_rows(tmp_path: Any, split: int) -> No
         store.close()
         results.append(_dump(url))
     assert all(r == results[0] for r in results)
-    (t1, t2) = results[0]["tasks"]
+    (t1, t2, t3, t4) = results[0]["tasks"]
     cols = [c.name for c in schema.tasks.columns]
-    t1, t2 = dict(zip(cols, t1, strict=True)), dict(zip(cols, t2, strict=True))
+    t1, t2, t3, t4 = (dict(zip(cols, t, strict=True)) for t in (t1, t2, t3, t4))
+    assert (t3["func"], t3["outcome"], t3["submitted"], t3["started"], t3["ended"]) == ("k", "done", 10.25, 12.5, 13.5)
+    assert (t3["args_bytes"], t3["result_bytes"], t3["priority"], t3["worker"]) == (30, 7, None, 1)
+    assert (t4["func"], t4["outcome"], t4["priority"], t4["dispatched"]) == ("h", "dispatched", 2.5, 11.5)
     assert (t1["outcome"], t1["worker"], t1["exc_type"], t1["started"]) == ("failed", 3, "ValueError", 12.0)
     assert (t2["outcome"], t2["pool_id"], t2["priority"]) == ("dispatched", "pool-a", 1.0)
     (pool,) = results[0]["pools"]
@@ -186,3 +195,19 @@ def test_a_new_sqlite_store_is_private(tmp_path: Any) -> None:
     store.close()
     assert path.stat().st_mode & 0o777 == 0o600
     assert all(p.stat().st_mode & 0o077 == 0 for p in tmp_path.iterdir())
+
+
+def test_a_flush_that_holds_writes_unended_tasks_one_round_later(tmp_path: Any) -> None:
+    """The hub's flushes hold back tasks that have not ended, once: a short task is written once, and a
+    long one still shows up (as running) a round later."""
+    url = store_url(str(tmp_path / "h.db"))
+    store = Store(url)
+    store.add(RUN, [ev.TaskSubmitted(1, 1.0, "f", 1, None), ev.TaskSubmitted(2, 1.0, "f", 1, None),
+                    ev.TasksStarted([1, 2], 2.0, "p", 0), ev.TaskEnded(2, 3.0, "done", 5, None, None, None)])
+    store.flush(hold=True)
+    assert [r[1] for r in _dump(url)["tasks"]] == [2] and store.waiting
+    store.add(RUN, [ev.TasksDispatched([1], 1.5, "p")])
+    store.flush(hold=True)  # task 1 was held once: written now, though it has not ended
+    rows = {r[1]: r for r in _dump(url)["tasks"]}
+    assert set(rows) == {1, 2} and "running" in rows[1] and 1.5 in rows[1] and not store.waiting
+    store.close()

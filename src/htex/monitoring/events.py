@@ -9,7 +9,8 @@ per batch::
 
 Who sends what::
 
-    executor     RunStarted, RunEnded, TasksSubmitted, TasksDone, TaskResent, TaskEnded, BlockState
+    executor     RunStarted, RunEnded, TasksSubmittedPacked, TasksDonePacked, TaskResent, TaskEnded, BlockState
+                 (TaskSubmitted, TasksSubmitted, TasksDone: older forms, still read)
     interchange  TasksDispatched, PoolRegistered, PoolState (draining, lost, gone)
     pool         PoolInfo, TasksStarted, ResourceSample
 
@@ -20,7 +21,14 @@ Times are seconds since the epoch, by the sender's clock.
 
 from __future__ import annotations
 
+import array
+import base64
+import binascii
+import itertools
 import json
+import math
+import struct
+import sys
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -80,6 +88,26 @@ class TasksDone(NamedTuple):
     base: float
     offsets_us: list[int]
     result_bytes: list[int]
+
+
+class TasksSubmittedPacked(NamedTuple):
+    """Many submissions in one event, as the executor keeps them: ``n_tasks`` rows of five little-endian
+    doubles (task id, time, argument bytes, index into ``funcs``, priority or NaN), base64.
+
+    The executor appends a row with one C call per task and sends the buffer as it is: no per-task
+    Python work on its side of the wire (``unpack_rows`` reads it back, checked).
+    """
+
+    n_tasks: int
+    funcs: list[str]
+    rows: str
+
+
+class TasksDonePacked(NamedTuple):
+    """Many tasks that returned a value: ``n_tasks`` rows of (task id, time, result bytes), as above."""
+
+    n_tasks: int
+    rows: str
 
 
 class TaskResent(NamedTuple):
@@ -176,8 +204,9 @@ class ResourceSample(NamedTuple):
 
 
 Event = (
-    RunStarted | RunEnded | TaskSubmitted | TasksSubmitted | TasksDone | TaskResent | TasksDispatched | TasksStarted | TaskEnded
-    | PoolRegistered | PoolInfo | PoolState | BlockState | ResourceSample
+    RunStarted | RunEnded | TaskSubmitted | TasksSubmitted | TasksDone | TasksSubmittedPacked | TasksDonePacked
+    | TaskResent | TasksDispatched | TasksStarted | TaskEnded | PoolRegistered | PoolInfo | PoolState | BlockState
+    | ResourceSample
 )
 # Each event's number on the wire (never reuse one: a hub may read batches of an older sender).
 CODES: dict[type, int] = {
@@ -190,6 +219,8 @@ CODES: dict[type, int] = {
     TaskEnded: 14,
     TasksSubmitted: 15,
     TasksDone: 16,
+    TasksSubmittedPacked: 17,
+    TasksDonePacked: 18,
     PoolRegistered: 20,
     PoolInfo: 21,
     PoolState: 22,
@@ -202,9 +233,43 @@ TYPES: dict[int, Any] = {code: cls for cls, code in CODES.items()}
 _PER_TASK = (TasksSubmitted, TasksDone, TasksDispatched, TasksStarted)
 
 
+_PACKED = (TasksSubmittedPacked, TasksDonePacked)
+ROW_WIDTH = {TasksSubmittedPacked: 5, TasksDonePacked: 3}  # doubles per row of a packed kind
+
+
 def weight(event: Any) -> int:
     """How many facts an event carries: one per task for the batched kinds, else one (counts of lost events)."""
-    return len(event[0]) if type(event) in _PER_TASK else 1
+    kind = type(event)
+    if kind in _PER_TASK:
+        return len(event[0])
+    return int(event[0]) if kind in _PACKED else 1
+
+
+def pack_rows(rows: Sequence[tuple[float, ...]], width: int) -> str:
+    """Rows of ``width`` numbers as a packed event carries them: little-endian doubles, base64."""
+    return base64.b64encode(struct.pack(f"<{len(rows) * width}d", *itertools.chain.from_iterable(rows))).decode()
+
+
+def unpack_rows(event: Any) -> array.array[float]:
+    """A packed event's rows as one flat run of doubles; BadBatch if the size or a field is wrong."""
+    width = ROW_WIDTH[type(event)]
+    try:
+        raw = binascii.a2b_base64(event.rows, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise BadBatch(f"{type(event).__name__}.rows: not base64") from None
+    if event.n_tasks < 0 or len(raw) != event.n_tasks * width * 8:
+        raise BadBatch(f"{type(event).__name__}: {len(raw)} bytes for {event.n_tasks} rows of {width} doubles")
+    flat = array.array("d", raw)
+    if sys.byteorder == "big":
+        flat.byteswap()
+    # Ids, sizes and function indexes are whole and >= 0; times finite (the priority may be NaN: none).
+    whole = [flat[0::width], flat[2::width]] + ([flat[3::width]] if width == 5 else [])
+    if event.n_tasks and (min(min(col) for col in whole) < 0 or not all(all(map(float.is_integer, col)) for col in whole)
+                          or not all(map(math.isfinite, flat[1::width]))):
+        raise BadBatch(f"{type(event).__name__}: a task id, size or time out of range")
+    if width == 5 and event.n_tasks and max(flat[3::width]) >= len(event.funcs):
+        raise BadBatch(f"{type(event).__name__}: a function index beyond its {len(event.funcs)} names")
+    return flat
 
 
 # -- the wire ------------------------------------------------------------------------------------
@@ -233,6 +298,9 @@ def decode_batch(frame: bytes | memoryview) -> Batch:
     if type(body) is not dict or type(body.get("run")) is not str or type(body.get("events")) is not list:
         raise BadBatch("a batch is {run: str, source: str, events: list}")
     events = [_event(raw) for raw in body["events"]]
+    for e in events:
+        if type(e) in _PACKED:
+            unpack_rows(e)
     return Batch(body["run"], str(body.get("source", "")), events)
 
 

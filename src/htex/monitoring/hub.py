@@ -43,7 +43,8 @@ log = logging.getLogger("htex.monitoring.hub")
 
 READ_BATCHES = 500  # batches read in one go
 # Events are merged in memory and written every WRITE_SECONDS (or WRITE_EVENTS): a task's four
-# events then cost one upsert, not four.  A reader sees the run at most this late.
+# events then cost one upsert, not four.  A reader sees a task's end at most this late; a task that
+# has not ended may wait one more round (Store.flush(hold=True)): a short task is written once.
 WRITE_SECONDS = 1.0
 WRITE_EVENTS = 200_000
 DRAIN_SECONDS = 2.0  # at stop: keep reading while batches still arrive, this long at most
@@ -121,8 +122,8 @@ class Hub:
             while not self.stopping:
                 if self.sock in dict(poller.poll(self._timeout_ms())):
                     self._read()
-                if self.store.pending and (time.monotonic() >= self.write_due or self.store.pending >= WRITE_EVENTS):
-                    self._write()
+                if self.store.waiting and (time.monotonic() >= self.write_due or self.store.pending >= WRITE_EVENTS):
+                    self._write(hold=True)
                 if self.cfg.watch_parent and os.getppid() != self.parent:
                     log.error("the process that started the hub is gone; stopping")
                     break
@@ -141,16 +142,18 @@ class Hub:
         return code
 
     def _timeout_ms(self) -> int:
-        if not self.store.pending:
+        if not self.store.waiting:
             return 1000
         return max(0, min(1000, int((self.write_due - time.monotonic()) * 1000) + 1))
 
-    def _write(self) -> None:
+    def _write(self, hold: bool = False) -> None:
+        """Write what was read; ``hold``: while the run goes, tasks not ended yet may wait one more round."""
         self.received += self.store.pending
-        self.store.flush()
+        self.store.flush(hold)
+        self.write_due = time.monotonic() + WRITE_SECONDS
 
     def _read(self) -> None:
-        if not self.store.pending:
+        if not self.store.waiting:
             self.write_due = time.monotonic() + WRITE_SECONDS
         by_run: dict[str, list[Any]] = defaultdict(list)
         for _ in range(READ_BATCHES):

@@ -37,6 +37,7 @@ SCHEMA_NAME = "htex-monitoring"  # htex_meta's "schema": tells our store from an
 
 _TASK_RANK = {"queued": 0, "dispatched": 1, "running": 2, "done": 3, "failed": 3, "lost": 3, "cancelled": 3}
 _POOL_RANK = {"active": 0, "draining": 1, "lost": 2, "gone": 2}
+_ENDED = frozenset(("done", "failed", "lost", "cancelled"))
 _BLOCK_RANK = {"requested": 0, "pending": 1, "running": 2, "ended": 3, "failed": 3, "cancelled": 3}
 _COLUMNS = {t.name: list(t.columns.keys()) for t in metadata.sorted_tables}
 
@@ -161,6 +162,7 @@ class Store:
         self._run_upsert = self._upsert(runs, ("run_id",), None, None, ("started",))
         self._pending: dict[str, _Rows] = {}
         self.pending = 0  # events merged and not yet written
+        self._held: set[tuple[str, int]] = set()  # (run, task) rows held back by the last flush
 
     def close(self) -> None:
         self.engine.dispose()
@@ -202,13 +204,34 @@ class Store:
             rows.add(event)
             self.pending += 1
 
-    def flush(self) -> None:
-        """Write what ``add`` merged, in one transaction."""
+    @property
+    def waiting(self) -> bool:
+        """Something is to be written: events merged, or rows held back (``flush(hold=True)``)."""
+        return bool(self.pending or self._held)
+
+    def flush(self, hold: bool = False) -> None:
+        """Write what ``add`` merged, in one transaction.
+
+        ``hold``: keep back, for one more flush, the rows of tasks that have not ended and were not held
+        already.  A task that ends before the next flush then costs one write, not two (the write is most
+        of the hub's work); one that runs longer is written as it is then."""
         pending, self._pending, self.pending = self._pending, {}, 0
+        held, self._held = self._held, set()
+        if hold:
+            self._hold_back(pending, held)
         if pending:
             with self.engine.begin() as conn:
                 for rows in pending.values():
                     self._write(conn, rows)
+
+    def _hold_back(self, pending: dict[str, _Rows], held: set[tuple[str, int]]) -> None:
+        for run_id, rows in pending.items():
+            keep = [tid for tid, row in rows.tasks.items() if row["outcome"] not in _ENDED and (run_id, tid) not in held]
+            if keep:
+                later = self._pending[run_id] = _Rows(run_id)
+                for tid in keep:
+                    later.tasks[tid] = rows.tasks.pop(tid)
+                self._held.update((run_id, tid) for tid in keep)
 
     def write(self, run_id: str, batch: Iterable[Any]) -> None:
         self.add(run_id, batch)
@@ -266,9 +289,37 @@ class _Rows:
         self.blocks: dict[str, dict[str, Any]] = {}
         self.block_states: list[dict[str, Any]] = []
         self.resources: list[dict[str, Any]] = []
+        self._task_row: dict[str, Any] = {**dict.fromkeys(_COLUMNS["tasks"]), "run_id": run_id, "retries": 0}
 
     def add(self, e: Any) -> None:
-        if isinstance(e, ev.TaskSubmitted):
+        kind = type(e)
+        if kind is ev.TasksSubmittedPacked:
+            flat, funcs, tasks = ev.unpack_rows(e), e.funcs, self.tasks
+            for f_id, f_time, f_size, f_func, f_prio in zip(flat[0::5], flat[1::5], flat[2::5], flat[3::5], flat[4::5],
+                                                            strict=True):
+                # a NaN priority (f_prio != f_prio): none
+                tid, values = int(f_id), (f_time, funcs[int(f_func)], int(f_size), None if f_prio != f_prio else f_prio)
+                if tid in tasks:
+                    self._task_fast(tid, "queued", dict(zip(("submitted", "func", "args_bytes", "priority"), values,
+                                                            strict=True)))
+                else:  # the usual case: the submission comes first
+                    row = tasks[tid] = self._task_row.copy()
+                    row["task_id"], row["outcome"] = tid, "queued"
+                    row["submitted"], row["func"], row["args_bytes"], row["priority"] = values
+        elif kind is ev.TasksDonePacked:
+            flat = ev.unpack_rows(e)
+            for f_id, f_time, f_size in zip(flat[0::3], flat[1::3], flat[2::3], strict=True):
+                row = self._moved(int(f_id), "done")
+                row["ended"], row["result_bytes"] = f_time, int(f_size)
+        elif kind is ev.TasksDispatched:
+            for tid in e.ids:
+                row = self._moved(tid, "dispatched")
+                row["dispatched"], row["pool_id"] = e.time, e.pool_id
+        elif kind is ev.TasksStarted:
+            for tid in e.ids:
+                row = self._moved(tid, "running")
+                row["started"], row["pool_id"], row["worker"] = e.time, e.pool_id, e.worker
+        elif isinstance(e, ev.TaskSubmitted):
             self._task(e.task_id, outcome="queued", submitted=e.time, func=e.func, args_bytes=e.args_bytes,
                        priority=e.priority)
         elif isinstance(e, ev.TasksSubmitted):
@@ -277,15 +328,9 @@ class _Rows:
         elif isinstance(e, ev.TasksDone):
             for tid, us, size in zip(e.ids, e.offsets_us, e.result_bytes, strict=True):
                 self._task(tid, outcome="done", ended=e.base + us / 1e6, result_bytes=size)
-        elif isinstance(e, ev.TasksDispatched):
-            for tid in e.ids:
-                self._task(tid, outcome="dispatched", dispatched=e.time, pool_id=e.pool_id)
-        elif isinstance(e, ev.TasksStarted):
-            for tid in e.ids:
-                self._task(tid, outcome="running", started=e.time, pool_id=e.pool_id, worker=e.worker)
-        elif isinstance(e, ev.TaskEnded):
-            self._task(e.task_id, outcome=e.outcome, ended=e.time, result_bytes=e.result_bytes, exc_type=e.exc_type,
-                       exc_message=e.exc_message, traceback=e.traceback)
+        elif kind is ev.TaskEnded:
+            self._task_fast(e.task_id, e.outcome, {"ended": e.time, "result_bytes": e.result_bytes, "exc_type": e.exc_type,
+                                                   "exc_message": e.exc_message, "traceback": e.traceback})
         elif isinstance(e, ev.TaskResent):
             self._task(e.task_id, outcome="queued", retries=e.retries)
         elif isinstance(e, ev.ResourceSample):
@@ -320,6 +365,32 @@ class _Rows:
     def _task(self, task_id: int, **values: Any) -> None:
         values.setdefault("retries", 0)
         self._merge(self.tasks, task_id, tasks, _TASK_RANK, "outcome", ("submitted",), dict(task_id=task_id, **values))
+
+    def _task_fast(self, task_id: int, outcome: str, values: dict[str, Any]) -> None:
+        """``_task`` for an event without retries (a submission, an end): the same rules, a fifth of the time."""
+        row = self.tasks.get(task_id)
+        if row is None:
+            row = self.tasks[task_id] = self._task_row.copy()
+            row["task_id"], row["outcome"] = task_id, outcome
+            row.update(values)
+            return
+        for name, value in values.items():
+            if value is not None:
+                old = row[name]
+                row[name] = value if name != "submitted" or old is None else min(value, old)
+        if _TASK_RANK[outcome] > _TASK_RANK.get(row["outcome"] or "", 0):
+            row["outcome"] = outcome
+
+    def _moved(self, task_id: int, outcome: str) -> dict[str, Any]:
+        """A task's row, its ``outcome`` moved forward to this one.  For the kinds whose values are never
+        None nor first-wins (dispatched, started, done): the caller then sets them, as ``_merge`` would."""
+        row = self.tasks.get(task_id)
+        if row is None:
+            row = self.tasks[task_id] = self._task_row.copy()
+            row["task_id"], row["outcome"] = task_id, outcome
+        elif _TASK_RANK.get(row["outcome"] or "", 0) < _TASK_RANK[outcome]:
+            row["outcome"] = outcome
+        return row
 
     def _pool(self, pool_id: str, **values: Any) -> None:
         self._merge(self.pools, pool_id, pools, _POOL_RANK, "state", ("registered",), dict(pool_id=pool_id, **values))
