@@ -182,106 +182,44 @@ class _Counts:
         )
 
 
-class Interchange:
-    def __init__(self, cfg: InterchangeConfig) -> None:
-        self.cfg = cfg
-        self.ctx = zmq.Context()
-        self.queue: dispatch.TaskQueue[_Task] = dispatch.TaskQueue()
-        self.next_liveness_check = 0.0
-        self.results_out: list[Sequence[protocol.Blob]] = []  # results read this turn, sent to the client after dispatch
-        self.functions: dict[int, protocol.Blob] = {}
-        self.pools: dict[bytes, _Pool] = {}
-        self.with_room: OrderedDict[bytes, _Pool] = OrderedDict()  # pools with free capacity, in turn order
-        self.stopping = False
-        self.client_last_heard = time.monotonic()
-        self.client_last_sent = self.pools_last_sent = 0.0  # a heartbeat is due a period after the last message
-        self.parent = os.getppid()
-        self.started = time.monotonic()
-        self.dropped = 0
-        self.counts = _Counts()
-        self.withdrawals = cancel.Withdrawals()  # CancelTasks waiting for pools' Withdrawn
-        self.sized = resources.SizedTasks()  # tasks with cores/memory/gpus: placed apart from the plain queue
-        self.reserved: set[bytes] = set()  # pools kept free for a task with needs: no plain task goes there
-        self.stealing = stealing.Stealing()
-        self.selector = None  # the order pools are offered tasks in (selectors.py); None: they take turns
-        if cfg.manager_selector is not None:
-            from .selectors import unpack  # only then: cloudpickle is not needed otherwise
+class _State:
+    """What the Interchange's parts below share: its state and the sends they use (all set in Interchange).
 
-            self.selector = unpack(cfg.manager_selector)
-        self._monitor = _monitor(cfg)  # monitoring.reporters.InterchangeReporter, or None
+    The Interchange is split by what its methods do, not by the state they touch: each part is a
+    base class of it, and reads and writes the same attributes.
+    """
 
-        socks = _open_sockets(self.ctx, cfg)
-        self.client, self.pool_sock, self.port, self.auth = socks.client, socks.pools, socks.port, socks.auth
-        self.poller = zmq.Poller()
-        for sock in (self.client, self.pool_sock):
-            self.poller.register(sock, zmq.POLLIN)
-        self.descriptors = fdlimit.Probe()  # out of descriptors: say so
+    cfg: InterchangeConfig
+    queue: dispatch.TaskQueue[_Task]
+    functions: dict[int, protocol.Blob]
+    pools: dict[bytes, _Pool]
+    with_room: OrderedDict[bytes, _Pool]  # pools with free capacity, in turn order
+    started: float
+    dropped: int
+    counts: _Counts
+    withdrawals: cancel.Withdrawals
+    sized: resources.SizedTasks
+    reserved: set[bytes]
+    stealing: stealing.Stealing
+    selector: Any
+    _monitor: Any
 
-    # -- the loop -------------------------------------------------------------
+    def _to_client(self, msg: protocol.Message) -> None:
+        raise NotImplementedError
 
-    def run(self) -> None:
-        # One port serves both of Parsl's names (the module's docstring says why).
-        self._to_client(protocol.Ready(task_port=self.port, result_port=self.port, pid=os.getpid()))
-        log.info("interchange ready: pools connect to port %d (0: UNIX sockets only)", self.port)
-        try:
-            while not self.stopping:
-                events = dict(self.poller.poll(self._timeout_ms()))
-                if self.client in events:
-                    self._read_client()
-                if self.pool_sock in events:
-                    self._read_pools()
-                self._dispatch()
-                if not self.queue and self.stealing.victims:
-                    self._steal()
-                self._forward_results()  # after dispatch: a freed worker gets its next task first
-                self._keep_time()
-        finally:
-            self._shutdown()
+    def _to_pool(self, identity: bytes, msg: protocol.Message) -> bool:
+        raise NotImplementedError
 
-    def _timeout_ms(self) -> int:
-        now = time.monotonic()
-        due = min(
-            self.client_last_sent + self.cfg.heartbeat_period,
-            self.pools_last_sent + self.cfg.heartbeat_period,
-            now + 1.0,  # look at the parent process once a second: if it is gone, so are we
-        )
-        return max(0, int((due - now) * 1000) + 1)
+    def _drop(self, identity: bytes, why: str) -> None:
+        raise NotImplementedError
 
-    # -- step 1: the client -----------------------------------------------------
+    def _lose_pool(self, pool: _Pool, why: str, released: bool = False) -> None:
+        raise NotImplementedError
 
-    def _read_client(self) -> None:
-        for _ in range(_DRAIN):
-            try:
-                frames = self.client.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.client_last_heard = time.monotonic()
-            try:
-                msg = protocol.decode(frames)
-            except ProtocolError as exc:
-                log.error("bad message from the client: %s", exc)
-                continue
-            if isinstance(msg, protocol.Tasks):
-                self.functions.update(msg.functions)
-                tasks = zip(msg.ids, msg.fn_keys, msg.payloads, strict=False)
-                priorities = msg.priorities
-                if self.sized.needs:  # a TaskNeeds came: set its tasks apart (plain batches never look)
-                    tasks, priorities = self.sized.split(list(tasks), priorities)  # type: ignore[assignment]
-                if priorities is None:  # the common case: no heap, no per-task test
-                    self.queue.extend(tasks)
-                else:
-                    self.queue.extend_ranked(tasks, priorities)
-                self.counts.received += len(msg.ids)
-            elif isinstance(msg, protocol.TaskNeeds):
-                self.sized.expect(msg)
-            elif isinstance(msg, protocol.CancelTasks):
-                self._cancel(msg)
-            elif isinstance(msg, protocol.Request):
-                self._to_client(self._answer(msg))
-            elif isinstance(msg, protocol.Shutdown):
-                log.info("client asked for shutdown")
-                self.stopping = True
-                return
+
+class _Requests(_State):
+    """The client's requests that look at or act on pools (status, hold, drop blocks, cancel), and the pools'
+    Withdrawn that answer a cancel: each request is answered by one message (see the module's docstring)."""
 
     def _answer(self, msg: protocol.Request) -> protocol.Answer:
         """Carry out a request of the client: what goes wrong is its answer (Failed), not our end."""
@@ -345,133 +283,9 @@ class Interchange:
         if answer is not None:
             self._to_client(answer)
 
-    def _to_client(self, msg: protocol.Message) -> None:
-        self.client.send_multipart(msg.encode(), copy=False)
-        self.client_last_sent = time.monotonic()
 
-    # -- step 2: the pools --------------------------------------------------------
-
-    def _read_pools(self) -> None:
-        for _ in range(_POOL_DRAIN):
-            try:
-                # Frames, not copies: a result's payloads are forwarded to the client as they came.
-                frames = self.pool_sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            identity = frames[0].bytes
-            pool = self.pools.get(identity)
-            if pool is None and sum(len(f) for f in frames) > MAX_CONTROL_BYTES:
-                # A peer that has not registered only sends small control messages: decode nothing more.
-                self._drop(identity, "a large message from an unregistered peer")
-                continue
-            try:
-                msg = protocol.decode(frames[1:])
-            except ProtocolError as exc:
-                self._drop(identity, str(exc))
-                continue
-            if pool is None:
-                self._from_anyone(identity, msg)
-                continue
-            pool.last_heard = time.monotonic()
-            if isinstance(msg, protocol.Results):
-                self._results(pool, msg, frames[1:])
-            elif isinstance(msg, protocol.Withdrawn) and msg.req >= stealing.FIRST_REQ:
-                self._stolen_back(pool, msg)
-            elif isinstance(msg, protocol.Withdrawn):
-                self._withdrawn(pool, msg)
-            elif isinstance(msg, protocol.Draining):
-                self._draining(pool)
-            elif isinstance(msg, (protocol.Probe, protocol.StatusRequest, protocol.Register)):
-                self._from_anyone(identity, msg)  # as from anyone (a second Register is dropped)
-
-    def _from_anyone(self, identity: bytes, msg: protocol.Message) -> None:
-        """What any peer may send (Probe, StatusRequest, Register); the rest, from a peer that has not registered
-        (or was declared lost), is dropped."""
-        if isinstance(msg, protocol.Probe):
-            self._to_pool(identity, protocol.ProbeReply())
-        elif isinstance(msg, protocol.StatusRequest):
-            self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
-        elif isinstance(msg, protocol.Register):
-            self._register(identity, msg)
-        else:
-            # A pool we declared lost (it may have been stopped and resumed): tell it to go.
-            self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
-            if isinstance(msg, protocol.Heartbeat):
-                self._to_pool(identity, protocol.Rejected(reason="unknown pool: it was declared lost"))
-
-    def _register(self, identity: bytes, reg: protocol.Register) -> None:
-        reason = _version_mismatch(reg)
-        if reason:
-            log.error("refusing manager %s from %s: %s", reg.manager_id, reg.hostname, reason)
-            self._to_pool(identity, protocol.Rejected(reason=reason))
-            self._to_client(protocol.PoolRejected(manager=reg.manager_id, reason=reason))
-            return
-        if reg.worker_count < 1 or reg.prefetch_capacity < prefetch.AUTO or identity in self.pools:
-            self._drop(identity, f"bad registration {reg}")
-            return
-        now = time.monotonic()
-        auto = prefetch.Auto(reg.worker_count) if reg.prefetch_capacity == prefetch.AUTO else None
-        pool = _Pool(identity, reg, reg.worker_count + max(0, reg.prefetch_capacity), now, last_busy=now, auto=auto)
-        self.pools[identity] = pool
-        self.with_room[identity] = pool
-        self.stealing.look = True
-        self._to_pool(identity, protocol.Registered())
-        log.info("registered %s with %d workers%s", pool.describe(), reg.worker_count,
-                 f", accelerators {' '.join(reg.accelerators)}" if reg.accelerators else "")
-        if self._monitor is not None:
-            self._monitor.registered(reg.manager_id, reg.block_id, reg.hostname, reg.worker_count)
-        self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
-
-    def _results(self, pool: _Pool, msg: protocol.Results, frames: Sequence[protocol.Blob]) -> None:
-        forward = pool.settle(msg, frames)
-        if self.sized.needs:
-            self.sized.done(msg.ids)
-        if forward:
-            self.results_out.append(forward)
-        if pool.auto is not None:
-            pool.capacity = pool.reg.worker_count + pool.auto.finished(len(msg.ids), pool.last_heard, bool(pool.tasks))
-        self.stealing.finished(pool)
-        self.counts.done += len(msg.ids)
-        self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
-        if pool.free > 0:
-            self.with_room[pool.identity] = pool
-        elif pool.draining and not pool.tasks:
-            self._drained(pool)
-
-    def _draining(self, pool: _Pool) -> None:
-        """The pool's drain time came: no new task for it; its block's replacement can start now."""
-        log.info("%s is draining (%d tasks to finish)", pool.describe(), len(pool.tasks))
-        pool.held = pool.draining = True
-        self.with_room.pop(pool.identity, None)
-        self._to_client(protocol.PoolDraining(manager=pool.reg.manager_id, block_id=pool.reg.block_id))
-        if not pool.tasks:
-            self._drained(pool)
-
-    def _drained(self, pool: _Pool) -> None:
-        self._to_pool(pool.identity, protocol.Shutdown(reason="drained: its block's walltime is near"))
-        self._lose_pool(pool, "it drained (drain_period) and holds no task", released=True)
-
-    def _forward_results(self) -> None:
-        if self.results_out:
-            for frames in self.results_out:
-                self.client.send_multipart(frames, copy=False)
-            self.results_out = []
-            self.client_last_sent = time.monotonic()
-
-    def _drop(self, identity: bytes, why: str) -> None:
-        self.dropped += 1
-        if self.dropped <= 100 or self.dropped % 1000 == 0:  # a flood must not fill the disk
-            log.warning("dropped a message from %r: %s (%d dropped so far)", identity[:32], why, self.dropped)
-
-    def _to_pool(self, identity: bytes, msg: protocol.Message) -> bool:
-        try:
-            self.pool_sock.send_multipart([identity, *msg.encode()], copy=False)
-            return True
-        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer disconnected
-            log.info("cannot send to %r: %s", identity[:32], exc)
-            return False
-
-    # -- step 3: dispatch -------------------------------------------------------
+class _Dispatching(_State):
+    """Step 3 of the loop: hand queued tasks to pools with room (the policy is dispatch.plan)."""
 
     def _dispatch(self) -> None:
         """Hand queued tasks, in queue order, to pools with room, as ``dispatch.plan`` says (its rules are there),
@@ -543,6 +357,259 @@ class Interchange:
         self.counts.dispatched += len(batch)
         return True
 
+
+class _Membership(_State):
+    """Pools joining and leaving: registration, draining, and a pool lost (its tasks fail with ManagerLost)."""
+
+    def _register(self, identity: bytes, reg: protocol.Register) -> None:
+        reason = _version_mismatch(reg)
+        if reason:
+            log.error("refusing manager %s from %s: %s", reg.manager_id, reg.hostname, reason)
+            self._to_pool(identity, protocol.Rejected(reason=reason))
+            self._to_client(protocol.PoolRejected(manager=reg.manager_id, reason=reason))
+            return
+        if reg.worker_count < 1 or reg.prefetch_capacity < prefetch.AUTO or identity in self.pools:
+            self._drop(identity, f"bad registration {reg}")
+            return
+        now = time.monotonic()
+        auto = prefetch.Auto(reg.worker_count) if reg.prefetch_capacity == prefetch.AUTO else None
+        pool = _Pool(identity, reg, reg.worker_count + max(0, reg.prefetch_capacity), now, last_busy=now, auto=auto)
+        self.pools[identity] = pool
+        self.with_room[identity] = pool
+        self.stealing.look = True
+        self._to_pool(identity, protocol.Registered())
+        log.info("registered %s with %d workers%s", pool.describe(), reg.worker_count,
+                 f", accelerators {' '.join(reg.accelerators)}" if reg.accelerators else "")
+        if self._monitor is not None:
+            self._monitor.registered(reg.manager_id, reg.block_id, reg.hostname, reg.worker_count)
+        self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
+
+    def _draining(self, pool: _Pool) -> None:
+        """The pool's drain time came: no new task for it; its block's replacement can start now."""
+        log.info("%s is draining (%d tasks to finish)", pool.describe(), len(pool.tasks))
+        pool.held = pool.draining = True
+        self.with_room.pop(pool.identity, None)
+        self._to_client(protocol.PoolDraining(manager=pool.reg.manager_id, block_id=pool.reg.block_id))
+        if not pool.tasks:
+            self._drained(pool)
+
+    def _drained(self, pool: _Pool) -> None:
+        self._to_pool(pool.identity, protocol.Shutdown(reason="drained: its block's walltime is near"))
+        self._lose_pool(pool, "it drained (drain_period) and holds no task", released=True)
+
+    def _lose_pool(self, pool: _Pool, why: str, released: bool = False) -> None:
+        del self.pools[pool.identity]
+        self.with_room.pop(pool.identity, None)
+        self.stealing.gone(pool.identity)
+        # Every task it held may have started (a pool cut off from us runs its prefetched tasks):
+        # none goes back to the queue.  The executor resends them only within lost_task_retries.
+        held = list(pool.tasks)
+        message = f"{pool.describe()} was {'released' if released else 'lost'}: {why}"
+        log.error("%s; the %d tasks it held fail", message, len(held))
+        self.counts.lost += len(held)
+        for answer in self.withdrawals.pool_gone(pool.identity):
+            self._to_client(answer)
+        if held:
+            self._to_client(protocol.TasksFailed(ids=held, error=protocol.LostReason.MANAGER_LOST, message=message))
+        r = pool.reg
+        if self._monitor is not None:
+            self._monitor.pool_state(r.manager_id, "gone" if released else "lost", why)
+        self._to_client(protocol.PoolGone(manager=r.manager_id, block_id=r.block_id, message=message, released=released))
+
+
+class Interchange(_Requests, _Dispatching, _Membership):
+    def __init__(self, cfg: InterchangeConfig) -> None:
+        self.cfg = cfg
+        self.ctx = zmq.Context()
+        self.queue: dispatch.TaskQueue[_Task] = dispatch.TaskQueue()
+        self.next_liveness_check = 0.0
+        self.results_out: list[Sequence[protocol.Blob]] = []  # results read this turn, sent to the client after dispatch
+        self.functions: dict[int, protocol.Blob] = {}
+        self.pools: dict[bytes, _Pool] = {}
+        self.with_room: OrderedDict[bytes, _Pool] = OrderedDict()  # pools with free capacity, in turn order
+        self.stopping = False
+        self.client_last_heard = time.monotonic()
+        self.client_last_sent = self.pools_last_sent = 0.0  # a heartbeat is due a period after the last message
+        self.parent = os.getppid()
+        self.started = time.monotonic()
+        self.dropped = 0
+        self.counts = _Counts()
+        self.withdrawals = cancel.Withdrawals()  # CancelTasks waiting for pools' Withdrawn
+        self.sized = resources.SizedTasks()  # tasks with cores/memory/gpus: placed apart from the plain queue
+        self.reserved: set[bytes] = set()  # pools kept free for a task with needs: no plain task goes there
+        self.stealing = stealing.Stealing()
+        self.selector = None  # the order pools are offered tasks in (selectors.py); None: they take turns
+        if cfg.manager_selector is not None:
+            from .selectors import unpack  # only then: cloudpickle is not needed otherwise
+
+            self.selector = unpack(cfg.manager_selector)
+        self._monitor = _monitor(cfg)  # monitoring.reporters.InterchangeReporter, or None
+
+        socks = _open_sockets(self.ctx, cfg)
+        self.client, self.pool_sock, self.port, self.auth = socks.client, socks.pools, socks.port, socks.auth
+        self.poller = zmq.Poller()
+        for sock in (self.client, self.pool_sock):
+            self.poller.register(sock, zmq.POLLIN)
+        self.descriptors = fdlimit.Probe()  # out of descriptors: say so
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        # One port serves both of Parsl's names (the module's docstring says why).
+        self._to_client(protocol.Ready(task_port=self.port, result_port=self.port, pid=os.getpid()))
+        log.info("interchange ready: pools connect to port %d (0: UNIX sockets only)", self.port)
+        try:
+            while not self.stopping:
+                events = dict(self.poller.poll(self._timeout_ms()))
+                if self.client in events:
+                    self._read_client()
+                if self.pool_sock in events:
+                    self._read_pools()
+                self._dispatch()
+                if not self.queue and self.stealing.victims:
+                    self._steal()
+                self._forward_results()  # after dispatch: a freed worker gets its next task first
+                self._keep_time()
+        finally:
+            self._shutdown()
+
+    def _timeout_ms(self) -> int:
+        now = time.monotonic()
+        due = min(
+            self.client_last_sent + self.cfg.heartbeat_period,
+            self.pools_last_sent + self.cfg.heartbeat_period,
+            now + 1.0,  # look at the parent process once a second: if it is gone, so are we
+        )
+        return max(0, int((due - now) * 1000) + 1)
+
+    # -- step 1: the client (its requests: _Requests) --------------------------
+
+    def _read_client(self) -> None:
+        for _ in range(_DRAIN):
+            try:
+                frames = self.client.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.client_last_heard = time.monotonic()
+            try:
+                msg = protocol.decode(frames)
+            except ProtocolError as exc:
+                log.error("bad message from the client: %s", exc)
+                continue
+            if isinstance(msg, protocol.Tasks):
+                self.functions.update(msg.functions)
+                tasks = zip(msg.ids, msg.fn_keys, msg.payloads, strict=False)
+                priorities = msg.priorities
+                if self.sized.needs:  # a TaskNeeds came: set its tasks apart (plain batches never look)
+                    tasks, priorities = self.sized.split(list(tasks), priorities)  # type: ignore[assignment]
+                if priorities is None:  # the common case: no heap, no per-task test
+                    self.queue.extend(tasks)
+                else:
+                    self.queue.extend_ranked(tasks, priorities)
+                self.counts.received += len(msg.ids)
+            elif isinstance(msg, protocol.TaskNeeds):
+                self.sized.expect(msg)
+            elif isinstance(msg, protocol.CancelTasks):
+                self._cancel(msg)
+            elif isinstance(msg, protocol.Request):
+                self._to_client(self._answer(msg))
+            elif isinstance(msg, protocol.Shutdown):
+                log.info("client asked for shutdown")
+                self.stopping = True
+                return
+
+    def _to_client(self, msg: protocol.Message) -> None:
+        self.client.send_multipart(msg.encode(), copy=False)
+        self.client_last_sent = time.monotonic()
+
+    # -- step 2: the pools (joining and leaving: _Membership) ---------------------
+
+    def _read_pools(self) -> None:
+        for _ in range(_POOL_DRAIN):
+            try:
+                # Frames, not copies: a result's payloads are forwarded to the client as they came.
+                frames = self.pool_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = frames[0].bytes
+            pool = self.pools.get(identity)
+            if pool is None and sum(len(f) for f in frames) > MAX_CONTROL_BYTES:
+                # A peer that has not registered only sends small control messages: decode nothing more.
+                self._drop(identity, "a large message from an unregistered peer")
+                continue
+            try:
+                msg = protocol.decode(frames[1:])
+            except ProtocolError as exc:
+                self._drop(identity, str(exc))
+                continue
+            if pool is None:
+                self._from_anyone(identity, msg)
+                continue
+            pool.last_heard = time.monotonic()
+            if isinstance(msg, protocol.Results):
+                self._results(pool, msg, frames[1:])
+            elif isinstance(msg, protocol.Withdrawn) and msg.req >= stealing.FIRST_REQ:
+                self._stolen_back(pool, msg)
+            elif isinstance(msg, protocol.Withdrawn):
+                self._withdrawn(pool, msg)
+            elif isinstance(msg, protocol.Draining):
+                self._draining(pool)
+            elif isinstance(msg, (protocol.Probe, protocol.StatusRequest, protocol.Register)):
+                self._from_anyone(identity, msg)  # as from anyone (a second Register is dropped)
+
+    def _from_anyone(self, identity: bytes, msg: protocol.Message) -> None:
+        """What any peer may send (Probe, StatusRequest, Register); the rest, from a peer that has not registered
+        (or was declared lost), is dropped."""
+        if isinstance(msg, protocol.Probe):
+            self._to_pool(identity, protocol.ProbeReply())
+        elif isinstance(msg, protocol.StatusRequest):
+            self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
+        elif isinstance(msg, protocol.Register):
+            self._register(identity, msg)
+        else:
+            # A pool we declared lost (it may have been stopped and resumed): tell it to go.
+            self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
+            if isinstance(msg, protocol.Heartbeat):
+                self._to_pool(identity, protocol.Rejected(reason="unknown pool: it was declared lost"))
+
+    def _results(self, pool: _Pool, msg: protocol.Results, frames: Sequence[protocol.Blob]) -> None:
+        forward = pool.settle(msg, frames)
+        if self.sized.needs:
+            self.sized.done(msg.ids)
+        if forward:
+            self.results_out.append(forward)
+        if pool.auto is not None:
+            pool.capacity = pool.reg.worker_count + pool.auto.finished(len(msg.ids), pool.last_heard, bool(pool.tasks))
+        self.stealing.finished(pool)
+        self.counts.done += len(msg.ids)
+        self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
+        if pool.free > 0:
+            self.with_room[pool.identity] = pool
+        elif pool.draining and not pool.tasks:
+            self._drained(pool)
+
+    def _forward_results(self) -> None:
+        if self.results_out:
+            for frames in self.results_out:
+                self.client.send_multipart(frames, copy=False)
+            self.results_out = []
+            self.client_last_sent = time.monotonic()
+
+    def _drop(self, identity: bytes, why: str) -> None:
+        self.dropped += 1
+        if self.dropped <= 100 or self.dropped % 1000 == 0:  # a flood must not fill the disk
+            log.warning("dropped a message from %r: %s (%d dropped so far)", identity[:32], why, self.dropped)
+
+    def _to_pool(self, identity: bytes, msg: protocol.Message) -> bool:
+        try:
+            self.pool_sock.send_multipart([identity, *msg.encode()], copy=False)
+            return True
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer disconnected
+            log.info("cannot send to %r: %s", identity[:32], exc)
+            return False
+
+    # -- step 3: dispatch (_Dispatching), then stealing --------------------------
+
     def _steal(self) -> None:
         """Workers idle and nothing queued: ask a pool that queues tasks for some back (stealing.py)."""
         steal = self.stealing.plan(self.with_room.values())
@@ -597,25 +664,6 @@ class Interchange:
                 return
             for pool in [p for p in self.pools.values() if now - p.last_heard > self.cfg.heartbeat_threshold]:
                 self._lose_pool(pool, f"it sent nothing for {now - pool.last_heard:.0f} s (heartbeat_threshold)")
-
-    def _lose_pool(self, pool: _Pool, why: str, released: bool = False) -> None:
-        del self.pools[pool.identity]
-        self.with_room.pop(pool.identity, None)
-        self.stealing.gone(pool.identity)
-        # Every task it held may have started (a pool cut off from us runs its prefetched tasks):
-        # none goes back to the queue.  The executor resends them only within lost_task_retries.
-        held = list(pool.tasks)
-        message = f"{pool.describe()} was {'released' if released else 'lost'}: {why}"
-        log.error("%s; the %d tasks it held fail", message, len(held))
-        self.counts.lost += len(held)
-        for answer in self.withdrawals.pool_gone(pool.identity):
-            self._to_client(answer)
-        if held:
-            self._to_client(protocol.TasksFailed(ids=held, error=protocol.LostReason.MANAGER_LOST, message=message))
-        r = pool.reg
-        if self._monitor is not None:
-            self._monitor.pool_state(r.manager_id, "gone" if released else "lost", why)
-        self._to_client(protocol.PoolGone(manager=r.manager_id, block_id=r.block_id, message=message, released=released))
 
     # -- shutdown -------------------------------------------------------------------
 
