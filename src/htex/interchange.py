@@ -21,8 +21,8 @@ the client as typed events (PoolRegistered, PoolGone, PoolRejected, PoolDraining
 It never unpickles a task, function or result: those are opaque bytes that
 it queues and forwards (it reads only a result's first byte, to count tasks
 that raised).  Anything from a peer that has not
-registered is decoded only as far as the header and a small JSON body, and
-dropped (with a log line) unless it is a Probe, a Register or a StatusRequest.
+registered is decoded only if it is small (MAX_CONTROL_BYTES), and dropped
+(with a log line) unless it is a Probe, a Register or a StatusRequest.
 Requests that change pools (HoldPools, DropBlocks) are read on the client
 link only: a holder of the pool key may look, not act.
 
@@ -694,13 +694,13 @@ def _open_sockets(ctx: zmq.Context[zmq.Socket[Any]], cfg: InterchangeConfig) -> 
     # No MAXMSGSIZE: results come in here, and a result is as large as the task made it.  What keeps
     # strangers' messages out is who may connect at all: on UNIX sockets, the private directory; on
     # TCP, CURVE's ZAP check (only the run's pool key) when encrypted.  A peer let in that has not
-    # registered has what it sends beyond MAX_CONTROL_BYTES dropped unread (_read_pools).  (Before
+    # registered has a message above MAX_CONTROL_BYTES dropped undecoded (_read_pools).  (Before
     # one connection per pool, the task socket had MAXMSGSIZE, but the result socket, open to the
     # same peers, did not: a limit on half the ways in kept nobody out.)
     # UNIX sockets first, as plain ZeroMQ (their directory keeps strangers out); then TCP, with
     # CURVE when encrypted.  libzmq takes the security options at bind time, per endpoint.
     if cfg.ipc_name:
-        pools.bind(f"ipc://{cfg.ipc_name}-tasks")  # "-tasks": the name `htex status` and older pools know
+        pools.bind(f"ipc://{cfg.ipc_name}-tasks")  # its name from when pools had a -results socket too
     port, auth = 0, None
     if cfg.tcp:
         if cfg.cert_dir:
