@@ -198,7 +198,251 @@ class _Counts:
         )
 
 
-class Interchange:
+class _State:
+    """What the Interchange's parts below share: its state and the sends they use (all set in Interchange).
+
+    The Interchange is split by what its methods do, not by the state they touch: each part is a
+    base class of it, and reads and writes the same attributes.
+    """
+
+    cfg: InterchangeConfig
+    queue: dispatch.TaskQueue[_Task]
+    functions: dict[int, protocol.Blob]
+    pools: dict[bytes, _Pool]
+    with_room: OrderedDict[bytes, _Pool]  # pools with free capacity, in turn order
+    started: float
+    dropped: int
+    counts: _Counts
+    withdrawals: cancel.Withdrawals
+    sized: resources.SizedTasks
+    reserved: set[bytes]
+    stealing: stealing.Stealing
+    selector: Any
+    _monitor: Any
+
+    def _to_client(self, msg: protocol.Message) -> None:
+        raise NotImplementedError
+
+    def _to_pool(self, identity: bytes, msg: protocol.Message) -> bool:
+        raise NotImplementedError
+
+    def _drop(self, identity: bytes, why: str) -> None:
+        raise NotImplementedError
+
+    def _lose_pool(self, pool: _Pool, why: str, released: bool = False) -> None:
+        raise NotImplementedError
+
+
+class _Requests(_State):
+    """The client's requests that look at or act on pools (status, hold, drop blocks, cancel), and the pools'
+    Withdrawn that answer a cancel: each request is answered by one message (see the module's docstring)."""
+
+    def _answer(self, msg: protocol.Request) -> protocol.Answer:
+        """Carry out a request of the client: what goes wrong is its answer (Failed), not our end."""
+        try:
+            if isinstance(msg, protocol.StatusRequest):
+                return self._status(msg.req, msg.pools)
+            if isinstance(msg, protocol.HoldPools):
+                return protocol.Done(req=msg.req, count=self._hold(msg.managers))
+            return protocol.Done(req=msg.req, count=self._drop_blocks(msg.blocks, msg.reason, msg.released))
+        except Exception as exc:
+            log.exception("could not carry out %s", type(msg).__name__)
+            return protocol.Failed(req=msg.req, reason=f"{type(exc).__name__}: {exc}")
+
+    def _status(self, req: int, with_pools: bool = True) -> protocol.StatusReply:
+        now = time.monotonic()
+        queued = len(self.queue) + len(self.sized.waiting)
+        stats = self.counts.stats(queued, list(self.pools.values()), self.dropped, now - self.started)
+        return protocol.StatusReply(req=req, stats=stats, pools=[p.info(now) for p in self.pools.values()] if with_pools else [])
+
+    def _hold(self, managers: list[str]) -> int:
+        wanted = set(managers)
+        held = [p for p in self.pools.values() if p.reg.manager_id in wanted]
+        for pool in held:
+            pool.held = True
+            self.with_room.pop(pool.identity, None)
+            log.info("holding %s: no new tasks go to it", pool.describe())
+            if self._monitor is not None:
+                self._monitor.pool_state(pool.reg.manager_id, "draining", "held: no new task goes to it")
+        return len(held)
+
+    def _drop_blocks(self, blocks: list[str], why: str, released: bool) -> int:
+        # Their jobs ended, or they are being scaled in: forget their pools now (and tell them to stop).
+        wanted = set(blocks)
+        gone = [p for p in self.pools.values() if p.reg.block_id in wanted]
+        for pool in gone:
+            self._to_pool(pool.identity, protocol.Shutdown(reason=why))
+            self._lose_pool(pool, why, released)
+        return len(gone)
+
+    def _cancel(self, msg: protocol.CancelTasks) -> None:
+        """Drop the queued ones; ask each pool holding some to withdraw them (see cancel.py); answer when all did."""
+        wanted = set(msg.ids)
+        dropped = [t[0] for t in self.queue.remove_if(lambda t: t[0] in wanted)] if self.queue else []
+        dropped += self.sized.remove(wanted)
+        held = {p.identity: sorted(wanted.intersection(p.tasks)) for p in self.pools.values()}
+        sends, answer = self.withdrawals.begin(msg.req, dropped, {k: v for k, v in held.items() if v}, msg.kill)
+        for identity, withdraw in sends:
+            if not self._to_pool(identity, withdraw):
+                unreachable = protocol.Withdrawn(req=withdraw.req, withdrawn=[], started=withdraw.ids)
+                _, answer = self.withdrawals.answered(identity, unreachable)
+        if answer is not None:
+            self._to_client(answer)
+
+    def _withdrawn(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
+        """A pool gave tasks back (those it was asked for): it holds them no more (never lost with it)."""
+        withdrawn, answer = self.withdrawals.answered(pool.identity, msg)
+        pool.forget(withdrawn)
+        self.sized.done(withdrawn)
+        if pool.free > 0:
+            self.with_room[pool.identity] = pool
+        if answer is not None:
+            self._to_client(answer)
+
+
+class _Dispatching(_State):
+    """Step 3 of the loop: hand queued tasks to pools with room (the policy is dispatch.plan)."""
+
+    def _dispatch(self) -> None:
+        """Hand queued tasks, in queue order, to pools with room, as ``dispatch.plan`` says (its rules are there),
+        offering them to pools in turn order, or in the order the ``manager_selector`` gives (selectors.py)."""
+        if self.sized.waiting or self.reserved:
+            self._place_sized()
+        room = self.with_room
+        while self.queue and room:
+            pools = room.values() if self.selector is None else self.selector.order(list(room.values()))
+            rooms = ((p, p.idle, p.free) for p in pools)
+            if self.reserved:
+                rooms = ((p, i, f) for p, i, f in rooms if p.identity not in self.reserved)
+            if self._take_turns(dispatch.plan(len(self.queue), rooms)):
+                return
+
+            # A pool was unreachable: its tasks are back at the front of the queue, and it left the
+            # turn order.  Plan again without it (rare: a pool that vanished without a word).
+
+    def _take_turns(self, turns: list[tuple[_Pool, int]]) -> bool:
+        """Apply a plan; False if a pool was unreachable (then the turns after it are not taken)."""
+        room = self.with_room
+        for pool, n in turns:
+            if n and not self._send_tasks(pool, n):
+                return False
+            room.pop(pool.identity, None)  # its turn is over: to the back, if it has room left
+            if pool.free > 0:
+                room[pool.identity] = pool
+        return True
+
+    def _place_sized(self) -> None:
+        """Send the tasks with needs that fit a pool now, one message each (resources.SizedTasks.place)."""
+        pools = [(p.identity, resources.Offer.of(p.reg), p.reg.worker_count - len(p.tasks) - p.extra)
+                 for p in self.pools.values() if not p.held]
+        placed, self.reserved = self.sized.place(pools)
+        for identity, task, slots in placed:
+            pool = self.pools[identity]
+            needs = self.sized.needs[task[0]]
+            if needs.gpus > 1:  # the pool runs it on a worker that sees all its devices (process_worker_pool.Wide)
+                self._to_pool(identity, protocol.TaskNeeds(ids=[task[0]], needs=[(needs.cores, needs.memory, needs.gpus)]))
+            if self._send_batch(pool, [task]):
+                pool.sized[task[0]] = slots
+                pool.extra += slots - 1
+                if pool.free <= 0:
+                    self.with_room.pop(pool.identity, None)
+            else:
+                self.sized.waiting.insert(0, (-math.inf, -1, task))  # unreachable pool: first in line again
+
+    def _send_tasks(self, pool: _Pool, n: int) -> bool:
+        """Send the next n queued tasks to the pool; False (the tasks back in the queue) if it is unreachable."""
+        batch, ranks = self.queue.take(n)
+        if not self._send_batch(pool, batch):
+            self.queue.put_back(batch, ranks)  # never left: back where they were
+            return False
+        if ranks:  # the prioritized ones come first in the batch
+            pool.ranks.update(zip((t[0] for t in batch), ranks, strict=False))  # ranks: a prefix
+        return True
+
+    def _send_batch(self, pool: _Pool, batch: list[tuple[int, int, protocol.Blob]]) -> bool:
+        known, ours = pool.functions, self.functions  # each function goes to a pool once, with its first task
+        functions = {key: ours[key] for _, key, _ in batch if key not in known and key in ours}
+        ids, keys = protocol.u64_array(t[0] for t in batch), protocol.u64_array(t[1] for t in batch)
+        if self._monitor is not None:  # before the send: the pool may start them before we look at the clock
+            self._monitor.dispatched(ids, pool.reg.manager_id)
+        if not self._to_pool(pool.identity, protocol.Tasks(ids, keys, [t[2] for t in batch], functions)):
+            self.with_room.pop(pool.identity, None)
+            return False
+        pool.functions.update(functions)
+        self.counts.functions_sent += len(functions)
+        if pool.auto is not None:
+            pool.auto.sent(time.monotonic(), not pool.tasks)
+        tasks = pool.tasks  # the whole task stays with its pool, to go elsewhere if it is stolen back
+        for task in batch:
+            tasks[task[0]] = task
+        self.stealing.sent(pool)
+        self.counts.dispatched += len(batch)
+        return True
+
+
+class _Membership(_State):
+    """Pools joining and leaving: registration, draining, and a pool lost (its tasks fail with ManagerLost)."""
+
+    def _register(self, identity: bytes, reg: protocol.Register) -> None:
+        reason = _version_mismatch(reg)
+        if reason:
+            log.error("refusing manager %s from %s: %s", reg.manager_id, reg.hostname, reason)
+            self._to_pool(identity, protocol.Rejected(reason=reason))
+            self._to_client(protocol.PoolRejected(manager=reg.manager_id, reason=reason))
+            return
+        if reg.worker_count < 1 or reg.prefetch_capacity < prefetch.AUTO or identity in self.pools:
+            self._drop(identity, f"bad registration {reg}")
+            return
+        now = time.monotonic()
+        auto = prefetch.Auto(reg.worker_count) if reg.prefetch_capacity == prefetch.AUTO else None
+        pool = _Pool(identity, reg, reg.worker_count + max(0, reg.prefetch_capacity), now, last_busy=now, auto=auto)
+        self.pools[identity] = pool
+        self.with_room[identity] = pool
+        self.stealing.look = True
+        self._to_pool(identity, protocol.Registered())
+        log.info("registered %s with %d workers%s", pool.describe(), reg.worker_count,
+                 f", accelerators {' '.join(reg.accelerators)}" if reg.accelerators else "")
+        if self._monitor is not None:
+            self._monitor.registered(reg.manager_id, reg.block_id, reg.hostname, reg.worker_count)
+        self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
+
+    def _draining(self, pool: _Pool) -> None:
+        """The pool's drain time came: no new task for it; its block's replacement can start now."""
+        log.info("%s is draining (%d tasks to finish)", pool.describe(), len(pool.tasks))
+        pool.held = pool.draining = True
+        self.with_room.pop(pool.identity, None)
+        self._to_client(protocol.PoolDraining(manager=pool.reg.manager_id, block_id=pool.reg.block_id))
+        if not pool.tasks:
+            self._drained(pool)
+
+    def _drained(self, pool: _Pool) -> None:
+        self._to_pool(pool.identity, protocol.Shutdown(reason="drained: its block's walltime is near"))
+        self._lose_pool(pool, "it drained (drain_period) and holds no task", released=True)
+
+    def _lose_pool(self, pool: _Pool, why: str, released: bool = False) -> None:
+        del self.pools[pool.identity]
+        self.with_room.pop(pool.identity, None)
+        self.stealing.gone(pool.identity)
+        # Every task it held may have started (a pool cut off from us runs its prefetched tasks):
+        # none goes back to the queue.  The executor resends them only within lost_task_retries.
+        held = list(pool.tasks)
+        message = f"{pool.describe()} was {'released' if released else 'lost'}: {why}"
+        log.error("%s; the %d tasks it held fail", message, len(held))
+        self.counts.lost += len(held)
+        for answer in self.withdrawals.pool_gone(pool.identity):
+            self._to_client(answer)
+        if held:
+            self._to_client(protocol.TasksFailed(ids=held, error=protocol.LostReason.MANAGER_LOST, message=message))
+        r = pool.reg
+        if self._monitor is not None:
+            self._monitor.pool_state(r.manager_id, "gone" if released else "lost", why)
+        self._to_client(protocol.PoolGone(manager=r.manager_id, block_id=r.block_id, message=message, released=released))
+
+
+class Interchange(_Requests, _Dispatching, _Membership):
+    """The loop and its sockets: step 1 reads the client (requests go to _Requests), step 2 the pools
+    (registering and losing them is _Membership's), step 3 is _Dispatching's, step 4 keeps time."""
+
     def __init__(self, cfg: InterchangeConfig) -> None:
         self.cfg = cfg
         self.ctx = zmq.Context()
@@ -320,68 +564,6 @@ class Interchange:
             log.info("client asked for shutdown")
             self.stopping = True
 
-    def _answer(self, msg: protocol.Request) -> protocol.Answer:
-        """Carry out a request of the client: what goes wrong is its answer (Failed), not our end."""
-        try:
-            if isinstance(msg, protocol.StatusRequest):
-                return self._status(msg.req, msg.pools)
-            if isinstance(msg, protocol.HoldPools):
-                return protocol.Done(req=msg.req, count=self._hold(msg.managers))
-            return protocol.Done(req=msg.req, count=self._drop_blocks(msg.blocks, msg.reason, msg.released))
-        except Exception as exc:
-            log.exception("could not carry out %s", type(msg).__name__)
-            return protocol.Failed(req=msg.req, reason=f"{type(exc).__name__}: {exc}")
-
-    def _status(self, req: int, with_pools: bool = True) -> protocol.StatusReply:
-        now = time.monotonic()
-        queued = len(self.queue) + len(self.sized.waiting)
-        stats = self.counts.stats(queued, list(self.pools.values()), self.dropped, now - self.started)
-        return protocol.StatusReply(req=req, stats=stats, pools=[p.info(now) for p in self.pools.values()] if with_pools else [])
-
-    def _hold(self, managers: list[str]) -> int:
-        wanted = set(managers)
-        held = [p for p in self.pools.values() if p.reg.manager_id in wanted]
-        for pool in held:
-            pool.held = True
-            self.with_room.pop(pool.identity, None)
-            log.info("holding %s: no new tasks go to it", pool.describe())
-            if self._monitor is not None:
-                self._monitor.pool_state(pool.reg.manager_id, "draining", "held: no new task goes to it")
-        return len(held)
-
-    def _drop_blocks(self, blocks: list[str], why: str, released: bool) -> int:
-        # Their jobs ended, or they are being scaled in: forget their pools now (and tell them to stop).
-        wanted = set(blocks)
-        gone = [p for p in self.pools.values() if p.reg.block_id in wanted]
-        for pool in gone:
-            self._to_pool(pool.identity, protocol.Shutdown(reason=why))
-            self._lose_pool(pool, why, released)
-        return len(gone)
-
-    def _cancel(self, msg: protocol.CancelTasks) -> None:
-        """Drop the queued ones; ask each pool holding some to withdraw them (see cancel.py); answer when all did."""
-        wanted = set(msg.ids)
-        dropped = [t[0] for t in self.queue.remove_if(lambda t: t[0] in wanted)] if self.queue else []
-        dropped += self.sized.remove(wanted)
-        held = {p.identity: sorted(wanted.intersection(p.tasks)) for p in self.pools.values()}
-        sends, answer = self.withdrawals.begin(msg.req, dropped, {k: v for k, v in held.items() if v}, msg.kill)
-        for identity, withdraw in sends:
-            if not self._to_pool(identity, withdraw):
-                unreachable = protocol.Withdrawn(req=withdraw.req, withdrawn=[], started=withdraw.ids)
-                _, answer = self.withdrawals.answered(identity, unreachable)
-        if answer is not None:
-            self._to_client(answer)
-
-    def _withdrawn(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
-        """A pool gave tasks back (those it was asked for): it holds them no more (never lost with it)."""
-        withdrawn, answer = self.withdrawals.answered(pool.identity, msg)
-        pool.forget(withdrawn)
-        self.sized.done(withdrawn)
-        if pool.free > 0:
-            self.with_room[pool.identity] = pool
-        if answer is not None:
-            self._to_client(answer)
-
     def _to_client(self, msg: protocol.Message) -> None:
         frames = msg.encode()
         self._client_io(lambda: self.client.send(frames))
@@ -436,29 +618,6 @@ class Interchange:
             if isinstance(msg, protocol.Heartbeat):
                 self._to_pool(identity, protocol.Rejected(reason="unknown pool: it was declared lost"))
 
-    def _register(self, identity: bytes, reg: protocol.Register) -> None:
-        reason = _version_mismatch(reg)
-        if reason:
-            log.error("refusing manager %s from %s: %s", reg.manager_id, reg.hostname, reason)
-            self._to_pool(identity, protocol.Rejected(reason=reason))
-            self._to_client(protocol.PoolRejected(manager=reg.manager_id, reason=reason))
-            return
-        if reg.worker_count < 1 or reg.prefetch_capacity < prefetch.AUTO or identity in self.pools:
-            self._drop(identity, f"bad registration {reg}")
-            return
-        now = time.monotonic()
-        auto = prefetch.Auto(reg.worker_count) if reg.prefetch_capacity == prefetch.AUTO else None
-        pool = _Pool(identity, reg, reg.worker_count + max(0, reg.prefetch_capacity), now, last_busy=now, auto=auto)
-        self.pools[identity] = pool
-        self.with_room[identity] = pool
-        self.stealing.look = True
-        self._to_pool(identity, protocol.Registered())
-        log.info("registered %s with %d workers%s", pool.describe(), reg.worker_count,
-                 f", accelerators {' '.join(reg.accelerators)}" if reg.accelerators else "")
-        if self._monitor is not None:
-            self._monitor.registered(reg.manager_id, reg.block_id, reg.hostname, reg.worker_count)
-        self._to_client(protocol.PoolRegistered(pool=pool.info(now)))
-
     def _results(self, pool: _Pool, msg: protocol.Results, frames: Sequence[protocol.Blob]) -> None:
         forward = pool.settle(msg, frames)
         if self.sized.needs:
@@ -474,19 +633,6 @@ class Interchange:
             self.with_room[pool.identity] = pool
         elif pool.draining and not pool.tasks:
             self._drained(pool)
-
-    def _draining(self, pool: _Pool) -> None:
-        """The pool's drain time came: no new task for it; its block's replacement can start now."""
-        log.info("%s is draining (%d tasks to finish)", pool.describe(), len(pool.tasks))
-        pool.held = pool.draining = True
-        self.with_room.pop(pool.identity, None)
-        self._to_client(protocol.PoolDraining(manager=pool.reg.manager_id, block_id=pool.reg.block_id))
-        if not pool.tasks:
-            self._drained(pool)
-
-    def _drained(self, pool: _Pool) -> None:
-        self._to_pool(pool.identity, protocol.Shutdown(reason="drained: its block's walltime is near"))
-        self._lose_pool(pool, "it drained (drain_period) and holds no task", released=True)
 
     def _forward_results(self) -> None:
         if self.results_out:
@@ -510,82 +656,7 @@ class Interchange:
             log.info("cannot send to %r: %s", identity[:32], exc)
             return False
 
-    # -- step 3: dispatch -------------------------------------------------------
-
-    def _dispatch(self) -> None:
-        """Hand queued tasks, in queue order, to pools with room, as ``dispatch.plan`` says (its rules are there),
-        offering them to pools in turn order, or in the order the ``manager_selector`` gives (selectors.py)."""
-        if self.sized.waiting or self.reserved:
-            self._place_sized()
-        room = self.with_room
-        while self.queue and room:
-            pools = room.values() if self.selector is None else self.selector.order(list(room.values()))
-            rooms = ((p, p.idle, p.free) for p in pools)
-            if self.reserved:
-                rooms = ((p, i, f) for p, i, f in rooms if p.identity not in self.reserved)
-            if self._take_turns(dispatch.plan(len(self.queue), rooms)):
-                return
-            # A pool was unreachable: its tasks are back at the front of the queue, and it left the
-            # turn order.  Plan again without it (rare: a pool that vanished without a word).
-
-    def _take_turns(self, turns: list[tuple[_Pool, int]]) -> bool:
-        """Apply a plan; False if a pool was unreachable (then the turns after it are not taken)."""
-        room = self.with_room
-        for pool, n in turns:
-            if n and not self._send_tasks(pool, n):
-                return False
-            room.pop(pool.identity, None)  # its turn is over: to the back, if it has room left
-            if pool.free > 0:
-                room[pool.identity] = pool
-        return True
-
-    def _place_sized(self) -> None:
-        """Send the tasks with needs that fit a pool now, one message each (resources.SizedTasks.place)."""
-        pools = [(p.identity, resources.Offer.of(p.reg), p.reg.worker_count - len(p.tasks) - p.extra)
-                 for p in self.pools.values() if not p.held]
-        placed, self.reserved = self.sized.place(pools)
-        for identity, task, slots in placed:
-            pool = self.pools[identity]
-            needs = self.sized.needs[task[0]]
-            if needs.gpus > 1:  # the pool runs it on a worker that sees all its devices (process_worker_pool.Wide)
-                self._to_pool(identity, protocol.TaskNeeds(ids=[task[0]], needs=[(needs.cores, needs.memory, needs.gpus)]))
-            if self._send_batch(pool, [task]):
-                pool.sized[task[0]] = slots
-                pool.extra += slots - 1
-                if pool.free <= 0:
-                    self.with_room.pop(pool.identity, None)
-            else:
-                self.sized.waiting.insert(0, (-math.inf, -1, task))  # unreachable pool: first in line again
-
-    def _send_tasks(self, pool: _Pool, n: int) -> bool:
-        """Send the next n queued tasks to the pool; False (the tasks back in the queue) if it is unreachable."""
-        batch, ranks = self.queue.take(n)
-        if not self._send_batch(pool, batch):
-            self.queue.put_back(batch, ranks)  # never left: back where they were
-            return False
-        if ranks:  # the prioritized ones come first in the batch
-            pool.ranks.update(zip((t[0] for t in batch), ranks, strict=False))  # ranks: a prefix
-        return True
-
-    def _send_batch(self, pool: _Pool, batch: list[tuple[int, int, protocol.Blob]]) -> bool:
-        known, ours = pool.functions, self.functions  # each function goes to a pool once, with its first task
-        functions = {key: ours[key] for _, key, _ in batch if key not in known and key in ours}
-        ids, keys = protocol.u64_array(t[0] for t in batch), protocol.u64_array(t[1] for t in batch)
-        if self._monitor is not None:  # before the send: the pool may start them before we look at the clock
-            self._monitor.dispatched(ids, pool.reg.manager_id)
-        if not self._to_pool(pool.identity, protocol.Tasks(ids, keys, [t[2] for t in batch], functions)):
-            self.with_room.pop(pool.identity, None)
-            return False
-        pool.functions.update(functions)
-        self.counts.functions_sent += len(functions)
-        if pool.auto is not None:
-            pool.auto.sent(time.monotonic(), not pool.tasks)
-        tasks = pool.tasks  # the whole task stays with its pool, to go elsewhere if it is stolen back
-        for task in batch:
-            tasks[task[0]] = task
-        self.stealing.sent(pool)
-        self.counts.dispatched += len(batch)
-        return True
+    # -- step 3: dispatch (_Dispatching, above), and stealing ---------------------
 
     def _steal(self) -> None:
         """Workers idle and nothing queued: ask a pool that queues tasks for some back (stealing.py)."""
@@ -645,25 +716,6 @@ class Interchange:
                 return
             for pool in [p for p in self.pools.values() if now - p.last_heard > self.cfg.heartbeat_threshold]:
                 self._lose_pool(pool, f"it sent nothing for {now - pool.last_heard:.0f} s (heartbeat_threshold)")
-
-    def _lose_pool(self, pool: _Pool, why: str, released: bool = False) -> None:
-        del self.pools[pool.identity]
-        self.with_room.pop(pool.identity, None)
-        self.stealing.gone(pool.identity)
-        # Every task it held may have started (a pool cut off from us runs its prefetched tasks):
-        # none goes back to the queue.  The executor resends them only within lost_task_retries.
-        held = list(pool.tasks)
-        message = f"{pool.describe()} was {'released' if released else 'lost'}: {why}"
-        log.error("%s; the %d tasks it held fail", message, len(held))
-        self.counts.lost += len(held)
-        for answer in self.withdrawals.pool_gone(pool.identity):
-            self._to_client(answer)
-        if held:
-            self._to_client(protocol.TasksFailed(ids=held, error=protocol.LostReason.MANAGER_LOST, message=message))
-        r = pool.reg
-        if self._monitor is not None:
-            self._monitor.pool_state(r.manager_id, "gone" if released else "lost", why)
-        self._to_client(protocol.PoolGone(manager=r.manager_id, block_id=r.block_id, message=message, released=released))
 
     # -- shutdown -------------------------------------------------------------------
 
