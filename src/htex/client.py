@@ -368,25 +368,10 @@ class ClientThread(threading.Thread):
         if self._link.outgoing:  # left by a task sent from a user's thread (Outbox.put)
             self._link_io(self._link.flush)
         try:
-            self._send_taken(*self.outbox.take())
+            for msg in _messages(*self.outbox.take()):
+                self._to_interchange(msg)
         finally:
             self.outbox.sent()
-
-    def _send_taken(self, tasks: list[Task], ranked: bool, functions: dict[int, protocol.Blob],
-                    control: list[protocol.Message]) -> None:
-        if control and isinstance(control[0], protocol.TaskNeeds):
-            self._to_interchange(control.pop(0))
-        for chunk in _batches(tasks):
-            ids = protocol.u64_array(t[0] for t in chunk)
-            # Priorities only when some task has one: plain batches stay as small and cheap as before.
-            priorities = array("d", [t[3] for t in chunk]) if ranked else None
-            self._to_interchange(protocol.Tasks(ids, protocol.u64_array(t[1] for t in chunk), [t[2] for t in chunk],
-                                                functions, priorities))
-            functions = {}
-        if functions:  # functions of tasks already failed at submit: harmless to send
-            self._to_interchange(protocol.Tasks(protocol.u64_array(), protocol.u64_array(), [], functions))
-        for msg in control:
-            self._to_interchange(msg)
 
     def _to_interchange(self, msg: protocol.Message) -> None:
         frames = msg.encode()
@@ -514,6 +499,23 @@ class ClientThread(threading.Thread):
         if self._pidfd >= 0:
             os.close(self._pidfd)
         self.ready.set()
+
+
+def _messages(tasks: list[Task], ranked: bool, functions: dict[int, protocol.Blob],
+              control: list[protocol.Message]) -> Iterator[protocol.Message]:
+    """What the Outbox held, as messages in the order they must go: a TaskNeeds before the tasks it
+    speaks of, each function with the first batch that needs it, then the control messages."""
+    if control and isinstance(control[0], protocol.TaskNeeds):
+        yield control.pop(0)
+    for chunk in _batches(tasks):
+        ids = protocol.u64_array(t[0] for t in chunk)
+        # Priorities only when some task has one: plain batches stay as small and cheap as before.
+        priorities = array("d", [t[3] for t in chunk]) if ranked else None
+        yield protocol.Tasks(ids, protocol.u64_array(t[1] for t in chunk), [t[2] for t in chunk], functions, priorities)
+        functions = {}
+    if functions:  # functions of tasks already failed at submit: harmless to send
+        yield protocol.Tasks(protocol.u64_array(), protocol.u64_array(), [], functions)
+    yield from control
 
 
 def _batches(tasks: list[Task]) -> Iterator[list[Task]]:
