@@ -159,6 +159,6 @@ def test_an_encrypted_launch_cmd_without_cert_dir_still_connects(make_executor: 
     """A launch_cmd written before encryption (Parsl 1.0's) gets the keys through $HTEX_CERT_DIR."""
     ex = make_executor(encrypted=True,
                        launch_cmd="{python} -m htex.process_worker_pool --task_url={task_url} --result_url={result_url} "
-                               "--logdir={logdir}")
+                       "--logdir={logdir}")
     assert "HTEX_CERT_DIR" in ex.launch_command("0")
     assert ex.submit(tasks.add, {}, 1, 2).result(timeout=30) == 3
