@@ -369,7 +369,6 @@ _HTEX_PARAMS = frozenset(inspect.signature(_HtexExecutor.__init__).parameters) -
 _NOT_USED_YET: dict[str, Any] = {
     "interchange_launch_cmd": None,
     "loopback_address": "127.0.0.1",
-    "worker_port": None,
     "block_error_handler": True,
 }
 
@@ -437,8 +436,12 @@ class HighThroughputExecutor(ParslExecutor):
         # As Parsl's HTEX: a default radio, so MonitoringHub works with no radio given.
         self.remote_monitoring_radio = remote_monitoring_radio if remote_monitoring_radio is not None else ResultRadio()
         self._reporter: Reporter | None = None
+        self.worker_port = worker_port
+        if worker_port is not None and kwargs.get("worker_ports") is None:
+            # Today's Parsl has one port for its pools; so has htex (a pool holds one connection).
+            kwargs["worker_ports"] = (worker_port, worker_port)
         given = dict(interchange_launch_cmd=interchange_launch_cmd, loopback_address=loopback_address,
-                     worker_port=worker_port, block_error_handler=block_error_handler)
+                     block_error_handler=block_error_handler)
         for name, value in given.items():
             setattr(self, name, value)
         unused = [f"{n}={v!r}" for n, v in sorted(given.items()) if v != _NOT_USED_YET[n]]

@@ -65,8 +65,10 @@ def parse(spec: dict[str, Any] | None) -> Spec:
     """The checked specification; InvalidResourceSpecification for an unknown key or a bad value."""
     if not spec:
         return PLAIN
-    if len(spec) == 1 and type(priority := spec.get("priority")) in (int, float) and priority == priority:
-        return Spec(float(priority), None)  # the common prioritized task (NaN != NaN: checked below)
+    if len(spec) == 1:  # the common prioritized task: a plain int or float, not NaN (NaN != NaN)
+        priority = spec.get("priority")
+        if (type(priority) is int or type(priority) is float) and priority == priority:
+            return Spec(float(priority), None)
     unknown = sorted(str(k) for k in spec if k not in KEYS)
     if unknown:
         raise InvalidResourceSpecification(

@@ -94,11 +94,12 @@ def test_todays_site_config_runs_and_says_what_it_ignores(load_dfk: Any, caplog:
                             block_error_handler=False, max_workers_per_node=2, encrypted=True))
     said = [r.getMessage() for r in caplog.records if "accepted, not used yet" in r.getMessage()]
     assert len(said) == 1
-    for name in ("worker_port", "block_error_handler"):
-        assert name in said[0]
-    for name in ("loopback_address", "available_accelerators", "cpu_affinity", "manager_selector", "drain_period"):
+    assert "block_error_handler" in said[0]
+    for name in ("worker_port", "loopback_address", "available_accelerators", "cpu_affinity", "manager_selector",
+                 "drain_period"):
         assert name not in said[0]
     ex = dfk.executors["HighThroughputExecutor"]
+    assert ex.worker_port == 54999 and ex.htex.worker_ports == (54999, 54999)  # the pools' one port
     assert ex.available_accelerators == ["0", "1"] and ex.cpu_affinity == "alternating"
     assert [f.result() for f in [add(i, 1) for i in range(10)]] == list(range(1, 11))
 
