@@ -85,9 +85,7 @@ def cancel(client: ClientThread, inflight: Inflight, futures: Sequence[Future[An
     ids = {fut.parsl_executor_task_id: fut for fut in futures  # type: ignore[attr-defined]
            if not fut.done() and getattr(fut, "cancel_many", None) is owner}
     for tid in client.outbox.withdraw(set(ids)):
-        fut = inflight.finish(tid)
-        if fut is not None:
-            mark_cancelled(fut)
+        finish_cancelled(inflight, tid, client.monitor)
     rest = sorted(tid for tid, fut in ids.items() if not fut.done())
     if rest and not client.is_current():  # the I/O thread cannot wait for its own answer
         inflight.no_retries(rest)
@@ -102,12 +100,17 @@ def cancel(client: ClientThread, inflight: Inflight, futures: Sequence[Future[An
             for fut in futures]
 
 
-def apply(inflight: Inflight, answer: protocol.Cancelled) -> None:
+def apply(inflight: Inflight, answer: protocol.Cancelled, monitor: Any) -> None:
     """On the I/O thread, as the answer comes: the withdrawn tasks' futures are cancelled."""
     for tid in answer.withdrawn:
-        fut = inflight.finish(tid)
-        if fut is not None:
-            mark_cancelled(fut)
+        finish_cancelled(inflight, tid, monitor)
+
+
+def finish_cancelled(inflight: Inflight, tid: int, monitor: Any) -> None:
+    """A task that will never run: its future is cancelled, and monitoring (a ClientReporter, or None) is told."""
+    fut = inflight.finish(tid)
+    if fut is not None and mark_cancelled(fut) and monitor is not None:
+        monitor.cancelled(tid)
 
 
 # ---------------------------------------------------------------------------

@@ -215,7 +215,7 @@ class ClientThread(threading.Thread):
         self.arena = arena
         self.on_event = on_event
         self.on_broken = on_broken
-        self._monitor = monitor  # monitoring.reporters.ClientReporter, or None
+        self.monitor = monitor  # monitoring.reporters.ClientReporter, or None
         # Made here, before the interchange is spawned (it inherits the other end); from now on only
         # run() reads the link, and every thread that writes to it holds outbox.lock.
         ours, self._peer = socket.socketpair()
@@ -411,7 +411,7 @@ class ClientThread(threading.Thread):
                 self._lost(tid, cls(msg.message))
         elif isinstance(msg, protocol.StatusReply | protocol.Done | protocol.Failed | protocol.Cancelled):
             if isinstance(msg, protocol.Cancelled):  # applied here, whether or not someone still waits for it
-                cancel.apply(self.inflight, msg)
+                cancel.apply(self.inflight, msg, self.monitor)
             with self.outbox.lock:  # request() adds replies from other threads
                 reply = self._replies.pop(msg.req, None)
             if reply is not None and isinstance(msg, protocol.Failed):
@@ -431,21 +431,21 @@ class ClientThread(threading.Thread):
                 continue
             fut = self.inflight.finish(tid)
             if fut is not None:
-                if self._monitor is not None:
-                    self._monitor.ended(tid, ok, value, len(protocol.as_buffer(blob)))
+                if self.monitor is not None:
+                    self.monitor.ended(tid, ok, value, len(protocol.as_buffer(blob)))
                 settle(fut, ok, value)
 
     def _lost(self, tid: int, exc: TaskLost) -> None:
         again = self.inflight.resend(tid, exc)
         if again is not None:
-            if self._monitor is not None:
-                self._monitor.resent(tid)
+            if self.monitor is not None:
+                self.monitor.resent(tid)
             self.outbox.put(task=(tid, *again))
             return
         fut = self.inflight.finish(tid, lost=True)
         if fut is not None:
-            if self._monitor is not None:
-                self._monitor.ended(tid, False, exc, None)
+            if self.monitor is not None:
+                self.monitor.ended(tid, False, exc, None)
             settle(fut, False, exc)
 
     def _interchange_died(self) -> None:
@@ -484,8 +484,8 @@ class ClientThread(threading.Thread):
     def _close(self, reason: BaseException) -> None:
         """The thread's last act: fail what still waits, close what it owns."""
         self._send_outbox()  # a Shutdown queued last
-        if self._monitor is not None:
-            self._monitor.ended_all(list(self.inflight.futures), reason)
+        if self.monitor is not None:
+            self.monitor.ended_all(list(self.inflight.futures), reason)
         self.inflight.fail_all(reason)
         with self.outbox.lock:
             replies, self._replies = self._replies, {}

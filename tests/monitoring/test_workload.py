@@ -138,3 +138,18 @@ def test_a_killed_pool_is_lost_with_its_task(make_executor: Any) -> None:
     assert pool["pool_id"] == manager["manager"] and pool["state"] == "lost" and pool["reason"] and pool["ended"]
     (task,) = rows(run_dir, schema.tasks)
     assert (task["outcome"], task["exc_type"]) == ("lost", "ManagerLost")
+
+
+def test_a_task_cancelled_before_it_ran_is_cancelled_in_the_store(make_executor: Any) -> None:
+    """future.cancel() of a task still queued (one worker, busy, prefetch 0): its row says cancelled."""
+    ex = make_executor(max_workers=1, prefetch_capacity=0, monitoring=True)
+    busy = ex.submit(tasks.sleep_then, {}, 60)
+    wait_for(lambda: sum(m["tasks"] for m in ex.connected_managers) == 1, 30, what="the worker busy")
+    queued = ex.submit(tasks.add, {}, 1, 2)
+    assert queued.cancel() and queued.cancelled()
+    run_dir = ex.run_dir
+    ex.shutdown(wait=False, cancel_futures=True)
+    assert busy.done()
+    by_id = {r["task_id"]: r for r in rows(run_dir, schema.tasks)}
+    assert by_id[queued.parsl_executor_task_id]["outcome"] == "cancelled"
+    assert by_id[queued.parsl_executor_task_id]["started"] is None  # it never ran
