@@ -436,9 +436,8 @@ class HighThroughputExecutor(ParslExecutor):
         # As Parsl's HTEX: a default radio, so MonitoringHub works with no radio given.
         self.remote_monitoring_radio = remote_monitoring_radio if remote_monitoring_radio is not None else ResultRadio()
         self._reporter: Reporter | None = None
-        self.worker_port = worker_port
+        self.worker_port = worker_port  # today's Parsl has one port for its pools; so has htex (one connection each)
         if worker_port is not None and kwargs.get("worker_ports") is None:
-            # Today's Parsl has one port for its pools; so has htex (a pool holds one connection).
             kwargs["worker_ports"] = (worker_port, worker_port)
         given = dict(interchange_launch_cmd=interchange_launch_cmd, loopback_address=loopback_address,
                      block_error_handler=block_error_handler)
