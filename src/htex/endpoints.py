@@ -29,7 +29,7 @@ import random
 import socket
 from dataclasses import dataclass, field
 
-from . import rundir, security
+from . import poollink, rundir, security
 from .errors import ConfigurationError
 from .providers.base import ExecutionProvider
 
@@ -45,6 +45,8 @@ class Endpoints:
     ipc_dir: str = ""
     task_port: int = 0  # 0: no TCP port
     _listeners: list[socket.socket] = field(default_factory=list)
+    _unix: socket.socket | None = None  # until handed over
+    _unix_path: str = ""
 
     @property
     def result_port(self) -> int:
@@ -57,9 +59,17 @@ class Endpoints:
         return None if self.provider.remote else f"{self.ipc_dir}/pools"
 
     @property
-    def pool_ipc_prefix(self) -> str | None:
-        """What a local pool connects to; with an address given, pools may be in another namespace: TCP."""
-        return self.ipc_name if not self.address else None
+    def pool_local_url(self) -> str | None:
+        """What a pool on this host connects to (poollink.py); with an address given, pools may be in another
+        network namespace, so TCP."""
+        if not self._unix_path or self.address:
+            return None
+        return poollink.SCHEME + self._unix_path
+
+    @property
+    def unix_fd(self) -> int | None:
+        """The UNIX stream listener for pools on this host, handed to the interchange; None when pools are remote."""
+        return self._unix.fileno() if self._unix is not None else None
 
     def addresses(self) -> list[str]:
         if self.address:
@@ -72,8 +82,14 @@ class Endpoints:
         return "127.0.0.1" if all(a.startswith("127.") or a == "localhost" for a in self.addresses()) else "*"
 
     def open(self, tcp: bool, worker_ports: tuple[int, int] | None, port_range: tuple[int, int]) -> None:
-        """Make the private directory, and bind the pools' port if ``tcp`` (worker_ports' first: see above)."""
+        """Make the private directory and the UNIX listener for local pools; bind the pools' port if ``tcp``
+        (worker_ports' first: see above)."""
         self.ipc_dir = security.private_dir()
+        if self.ipc_name:
+            self._unix_path = f"{self.ipc_name}-unix"
+            self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._unix.bind(self._unix_path)
+            self._unix.listen(4096)
         if not tcp:
             return
         host = "0.0.0.0" if self.bind_address() == "*" else "127.0.0.1"
@@ -89,13 +105,21 @@ class Endpoints:
         self.task_port = sock.getsockname()[1]
 
     def listening_fds(self) -> list[int]:
+        """The TCP listeners (the interchange's USE_FD)."""
         return [s.fileno() for s in self._listeners]
+
+    def inherited_fds(self) -> list[int]:
+        """Every listener the interchange inherits."""
+        return [*self.listening_fds(), *([self._unix.fileno()] if self._unix is not None else [])]
 
     def handed_over(self) -> None:
         """The interchange holds the listening sockets now (or start failed): close our copies."""
         for sock in self._listeners:
             sock.close()
         self._listeners = []
+        if self._unix is not None:
+            self._unix.close()  # the name stays: pools connect to the interchange's copy
+            self._unix = None
 
     def write_connection_file(self, logdir: str, label: str, heartbeat_period: float, heartbeat_threshold: float,
                               interchange_pid: int) -> None:

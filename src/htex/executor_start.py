@@ -122,7 +122,7 @@ class StartSteps:
         ends = self._endpoints
         self._monitoring = MonitoringSession.start(
             self.monitoring, run_dir=self.run_dir, logdir=self.logdir, ipc_dir=ends.ipc_dir, cert_dir=self.cert_dir,
-            tcp=bool(ends.task_port), bind_address=ends.bind_address(), local_pools=ends.pool_ipc_prefix is not None)
+            tcp=bool(ends.task_port), bind_address=ends.bind_address(), local_pools=ends.pool_local_url is not None)
         self.hub_address, self.hub_port = self._monitoring.hub_address, self._monitoring.hub_port
         self._monitor = self._blocks.monitor = self._monitoring.reporter
         self._monitor.provider = type(self.provider).__name__
@@ -144,13 +144,13 @@ class StartSteps:
             worker_ports=(ends.task_port, ends.result_port) if ends.task_port else None,
             listen_fds=ends.listening_fds(), heartbeat_period=float(self.heartbeat_period),
             heartbeat_threshold=float(self.heartbeat_threshold), logdir=self.logdir, debug=self.worker_debug,
-            cert_dir=self.cert_dir, ipc_name=ends.ipc_name, manager_selector=self._packed_selector,
+            cert_dir=self.cert_dir, ipc_name=ends.ipc_name, unix_fd=ends.unix_fd, manager_selector=self._packed_selector,
             monitor_url=self._monitoring.interchange_url if self._monitoring else None,
             monitor_run=self._monitoring.run_id if self._monitoring else None,
             monitor_cert_dir=self._monitoring.cert_dir if self._monitoring else None,
         )
         try:
-            self._interchange = self._client.spawn_interchange(config, ends.listening_fds(), self.logdir)
+            self._interchange = self._client.spawn_interchange(config, ends.inherited_fds(), self.logdir)
         finally:
             ends.handed_over()  # the interchange holds the listening sockets now
 
@@ -173,7 +173,7 @@ class StartSteps:
         return poolcmd.PoolLaunch(
             python=sys.executable, debug=self.worker_debug, max_workers=self.max_workers,
             addresses=self._endpoints.addresses(), task_port=self._endpoints.task_port,
-            ipc_prefix=self._endpoints.pool_ipc_prefix,
+            local_url=self._endpoints.pool_local_url,
             prefetch_capacity=self.prefetch_capacity, cores_per_worker=self.cores_per_worker,
             mem_per_worker=self.mem_per_worker, poll_period=self.poll_period,
             logdir=os.path.join(self.worker_logdir_root, self.label) if self.worker_logdir_root else self.logdir,

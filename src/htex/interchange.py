@@ -73,7 +73,7 @@ from typing import Any
 
 import zmq
 
-from . import __version__, cancel, dispatch, fdlimit, framing, prefetch, protocol, resources, security, stealing
+from . import __version__, cancel, dispatch, fdlimit, framing, poollink, prefetch, protocol, resources, security, stealing
 from .errors import ProtocolError
 from .protocol import InterchangeConfig
 
@@ -475,6 +475,8 @@ class Interchange(_Requests, _Dispatching, _Membership):
         self.poller = zmq.Poller()
         self.poller.register(self.pool_sock, zmq.POLLIN)
         self.client = framing.StreamLink(socket.socket(fileno=cfg.client_fd), self.poller)
+        # Pools on this host: framed UNIX streams (poollink.py), if the executor bound the listener.
+        self.unix = poollink.UnixPools(cfg.unix_fd, self.poller) if cfg.unix_fd is not None else None
         self.descriptors = fdlimit.Probe()  # out of descriptors: say so
 
     # -- the loop -------------------------------------------------------------
@@ -490,10 +492,14 @@ class Interchange(_Requests, _Dispatching, _Membership):
                     self._client_ready(events[self.client.fd])
                 if self.pool_sock in events:
                     self._read_pools()
+                if self.unix is not None:
+                    self._read_unix(self.unix, events)
                 self._dispatch()
                 if not self.queue and self.stealing.victims:
                     self._steal()
                 self._forward_results()  # after dispatch: a freed worker gets its next task first
+                if self.unix is not None and self.unix.ended:
+                    self._unix_ended(self.unix)
                 self._keep_time()
         finally:
             self._shutdown()
@@ -571,37 +577,60 @@ class Interchange(_Requests, _Dispatching, _Membership):
     # -- step 2: the pools --------------------------------------------------------
 
     def _read_pools(self) -> None:
+        sock = self.pool_sock
         for _ in range(_POOL_DRAIN):
-            try:
-                # Frames, not copies: a result's payloads are forwarded to the client as they came.
-                frames = self.pool_sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not int(sock.getsockopt(zmq.EVENTS)) & framing.POLLIN:  # cheaper than the zmq.Again of a NOBLOCK recv
                 return
-            identity = frames[0].bytes
-            pool = self.pools.get(identity)
-            if pool is None and sum(len(f) for f in frames) > MAX_CONTROL_BYTES:
-                # A peer that has not registered only sends small control messages: decode nothing more.
-                self._drop(identity, "a large message from an unregistered peer")
+            # Frames, not copies: a result's payloads are forwarded to the client as they came.
+            frames = sock.recv_multipart(copy=False)
+            self._from_pool(frames[0].bytes, frames[1:])
+
+    def _read_unix(self, unix: poollink.UnixPools, events: dict[Any, int]) -> None:
+        """The UNIX links to pools on this host that the poller reported (poollink.py)."""
+        for fd, ev in events.items():
+            identity = unix.fds.get(fd) if type(fd) is int else None
+            if identity is None:
                 continue
             try:
-                msg = protocol.decode(frames[1:])
-            except ProtocolError as exc:
+                for peer, frames in unix.ready(fd, ev):
+                    self._from_pool(peer, frames)
+            except ProtocolError as exc:  # a corrupt stream cannot be resynchronised: close it
                 self._drop(identity, str(exc))
-                continue
-            if pool is None:
-                self._from_anyone(identity, msg)
-                continue
-            pool.last_heard = time.monotonic()
-            if isinstance(msg, protocol.Results):
-                self._results(pool, msg, frames[1:])
-            elif isinstance(msg, protocol.Withdrawn) and msg.req >= stealing.FIRST_REQ:
-                self._stolen_back(pool, msg)
-            elif isinstance(msg, protocol.Withdrawn):
-                self._withdrawn(pool, msg)
-            elif isinstance(msg, protocol.Draining):
-                self._draining(pool)
-            elif isinstance(msg, (protocol.Probe, protocol.StatusRequest, protocol.Register)):
-                self._from_anyone(identity, msg)  # as from anyone (a second Register is dropped)
+                unix.drop(identity)
+
+    def _unix_ended(self, unix: poollink.UnixPools) -> None:
+        """UNIX links that ended: the pool's process exited or died, so it is lost now, not at the heartbeat threshold."""
+        ended, unix.ended = unix.ended, []
+        for identity in ended:
+            pool = self.pools.get(identity)
+            if pool is not None:
+                self._lose_pool(pool, "its connection closed: the pool's process exited or died")
+
+    def _from_pool(self, identity: bytes, frames: Sequence[protocol.Blob]) -> None:
+        pool = self.pools.get(identity)
+        if pool is None and sum(len(f) for f in frames) > MAX_CONTROL_BYTES:
+            # A peer that has not registered only sends small control messages: decode nothing more.
+            self._drop(identity, "a large message from an unregistered peer")
+            return
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as exc:
+            self._drop(identity, str(exc))
+            return
+        if pool is None:
+            self._from_anyone(identity, msg)
+            return
+        pool.last_heard = time.monotonic()
+        if isinstance(msg, protocol.Results):
+            self._results(pool, msg, frames)
+        elif isinstance(msg, protocol.Withdrawn) and msg.req >= stealing.FIRST_REQ:
+            self._stolen_back(pool, msg)
+        elif isinstance(msg, protocol.Withdrawn):
+            self._withdrawn(pool, msg)
+        elif isinstance(msg, protocol.Draining):
+            self._draining(pool)
+        elif isinstance(msg, (protocol.Probe, protocol.StatusRequest, protocol.Register)):
+            self._from_anyone(identity, msg)  # as from anyone (a second Register is dropped)
 
     def _from_anyone(self, identity: bytes, msg: protocol.Message) -> None:
         """What any peer may send (Probe, StatusRequest, Register); the rest, from a peer that has not registered
@@ -649,6 +678,8 @@ class Interchange(_Requests, _Dispatching, _Membership):
             log.warning("dropped a message from %r: %s (%d dropped so far)", identity[:32], why, self.dropped)
 
     def _to_pool(self, identity: bytes, msg: protocol.Message) -> bool:
+        if self.unix is not None and identity in self.unix.links:
+            return self.unix.send(identity, msg.encode())
         try:
             self.pool_sock.send_multipart([identity, *msg.encode()], copy=False)
             return True
@@ -710,6 +741,8 @@ class Interchange(_Requests, _Dispatching, _Membership):
             # getppid system call) would cost more than the messages.  A second late is nothing.
             self.next_liveness_check = now + min(1.0, self.cfg.heartbeat_threshold / 10)
             self.descriptors.check(now, len(self.pools))
+            if self.unix is not None:
+                self.unix.resume()
             if os.getppid() != self.parent:
                 log.error("the client process is gone (parent changed); stopping")
                 self.stopping = True
@@ -723,6 +756,8 @@ class Interchange(_Requests, _Dispatching, _Membership):
         """Tell every pool to stop, then close the sockets (pools not told exit on heartbeat)."""
         for identity in list(self.pools):
             self._to_pool(identity, protocol.Shutdown(reason="the executor is shutting down"))
+        if self.unix is not None:
+            self.unix.close()  # what waits goes first (up to poollink.LINGER_SECONDS)
         self.pool_sock.setsockopt(zmq.LINGER, 1000)
         self.pool_sock.close()
         if self.auth is not None:

@@ -79,7 +79,7 @@ class PoolLaunch:
     max_workers: float
     addresses: list[str]
     task_port: int  # 0: the interchange listens on no TCP port (an unencrypted run on this host)
-    ipc_prefix: str | None  # ".../pools": ipc://.../pools-tasks ({pool_urls}); None: TCP only
+    local_url: str | None  # unix://.../pools-unix for pools on this host ({pool_urls}); None: TCP only
     prefetch_capacity: int | str  # "auto" or a number
     cores_per_worker: float
     mem_per_worker: float | None
@@ -128,8 +128,8 @@ class PoolLaunch:
             "result_port": self.task_port,
             "task_url": f"tcp://{self.addresses[0]}:{self.task_port}",
             "result_url": f"tcp://{self.addresses[0]}:{self.task_port}",  # one connection: see the docstring
-            # The default launch_cmd's way in: ipc:// for pools on this host, else the addresses to probe.
-            "pool_urls": f"--task_url={shlex.quote(f'ipc://{self.ipc_prefix}-tasks')}" if self.ipc_prefix else "",
+            # The default launch_cmd's way in: a UNIX stream for pools on this host, else the addresses to probe.
+            "pool_urls": f"--task_url={shlex.quote(self.local_url)}" if self.local_url else "",
             "prefetch_capacity": self.prefetch_capacity,
             "cores_per_worker": self.cores_per_worker,
             "mem_per_worker": self.mem_per_worker,

@@ -72,13 +72,14 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import zmq
 
-from . import __version__, framing, placement, poolcmd, prefetch, procs, protocol, security, serialize, worker
+from . import __version__, framing, placement, poolcmd, poollink, prefetch, procs, protocol, serialize, worker
 from .errors import PlacementError, ProtocolError, TaskCancelled, WorkerLost
 
 log = logging.getLogger("htex.pool")
@@ -604,9 +605,8 @@ class Manager:
         # drain_period: when to stop taking tasks (the interchange stops us once we hold none).
         self.drain_at = self.last_heard + cfg.drain_period if cfg.drain_period is not None else math.inf
 
-        self.sock = self._dealer(cfg.task_url)
         self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
+        self.link = poollink.connect(cfg.task_url, self.ctx, self.identity, cfg.cert_dir, self.poller)
         self.workers = Workers(cfg, self.count, self.poller, seats)
         self.wide = Wide(self.workers)
         if cfg.mpi_launcher:
@@ -615,17 +615,6 @@ class Manager:
             self.workers.extra_env = mpi.pool_environment(cfg.mpi_launcher, os.path.join(cfg.logdir, "mpi-nodes"))
             log.info("MPI mode (%s): the block's nodes are %s", cfg.mpi_launcher, self.workers.extra_env[mpi.NODES_ENV])
         self._monitor = _monitor(cfg, self.count, self.workers)  # monitoring.reporters.PoolReporter, or None
-
-    def _dealer(self, url: str) -> zmq.Socket[Any]:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.identity)
-        sock.setsockopt(zmq.LINGER, 2000)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        if self.cfg.cert_dir and url.startswith("tcp://"):  # UNIX sockets: their directory guards them
-            security.connect_as(sock, self.cfg.cert_dir, "pool")
-        sock.connect(url)
-        return sock
 
     # -- the loop ---------------------------------------------------------
 
@@ -643,8 +632,8 @@ class Manager:
             while not self.stopping:
                 events = dict(self.poller.poll(self._timeout_ms()))
                 readable, writable, dead = self.workers.lookup(events)
-                if self.sock in events:
-                    self._read_interchange()
+                if self.link.key in events:
+                    self._read_interchange(events[self.link.key])
                 for slot in readable:
                     for msg in self.workers.read(slot):
                         self._on_worker_message(slot, msg)
@@ -691,33 +680,40 @@ class Manager:
 
     # -- step 1: the interchange -------------------------------------------
 
-    def _read_interchange(self) -> None:
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.last_heard = time.monotonic()
-            msg = protocol.decode(frames)  # the interchange is trusted once connected
-            if isinstance(msg, protocol.Tasks):
-                self.functions.update(msg.functions)
-                self.queue.extend(zip(msg.ids, msg.fn_keys, msg.payloads, strict=False))
-            elif isinstance(msg, protocol.Withdraw):
-                self.cancels.withdraw(msg)
-            elif isinstance(msg, protocol.TaskNeeds):
-                self.wide.expect(msg)
-            elif isinstance(msg, protocol.Shutdown):
-                log.info("interchange asked us to stop: %s", msg.reason)
-                self._stop()
-                return
-            elif isinstance(msg, protocol.Rejected):
-                log.error("interchange refused this pool: %s", msg.reason)
-                print(f"htex pool: the interchange refused this pool: {msg.reason}", file=sys.stderr)
-                self._stop(EXIT_REJECTED)
-                return
-            elif isinstance(msg, protocol.Registered):
-                self.registered = True
-                log.info("registered with the interchange")
+    def _read_interchange(self, events: int) -> None:
+        try:
+            for frames in self.link.messages(events):
+                self._from_interchange(frames)
+                if self.stopping:
+                    return
+        except poollink.Closed as exc:
+            self._interchange_gone(str(exc))
+
+    def _from_interchange(self, frames: Sequence[protocol.Blob]) -> None:
+        self.last_heard = time.monotonic()
+        msg = protocol.decode(frames)  # the interchange is trusted once connected
+        if isinstance(msg, protocol.Tasks):
+            self.functions.update(msg.functions)
+            self.queue.extend(zip(msg.ids, msg.fn_keys, msg.payloads, strict=False))
+        elif isinstance(msg, protocol.Withdraw):
+            self.cancels.withdraw(msg)
+        elif isinstance(msg, protocol.TaskNeeds):
+            self.wide.expect(msg)
+        elif isinstance(msg, protocol.Shutdown):
+            log.info("interchange asked us to stop: %s", msg.reason)
+            self._stop()
+        elif isinstance(msg, protocol.Rejected):
+            log.error("interchange refused this pool: %s", msg.reason)
+            print(f"htex pool: the interchange refused this pool: {msg.reason}", file=sys.stderr)
+            self._stop(EXIT_REJECTED)
+        elif isinstance(msg, protocol.Registered):
+            self.registered = True
+            log.info("registered with the interchange")
+
+    def _interchange_gone(self, why: str) -> None:
+        log.error("%s: it stopped or died; stopping", why)
+        print(f"htex pool: {why} at {self.cfg.task_url}; stopping", file=sys.stderr)
+        self._stop(EXIT_INTERCHANGE_LOST)
 
     # -- step 2: the workers -------------------------------------------------
 
@@ -848,8 +844,13 @@ class Manager:
         print(f"htex pool: {text}", file=sys.stderr)
 
     def _send(self, msg: protocol.Message) -> None:
-        self.sock.send_multipart(msg.encode(), copy=False)
         self.last_sent = time.monotonic()
+        if self.stopping and self.exit_code == EXIT_INTERCHANGE_LOST:
+            return
+        try:
+            self.link.send(msg.encode())
+        except poollink.Closed as exc:
+            self._interchange_gone(str(exc))
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -864,7 +865,7 @@ class Manager:
         """Stop workers (TERM, then KILL after a grace period) and what tasks left running, close sockets."""
         self._stop(self.exit_code)
         self.workers.stop()
-        self.sock.setsockopt(zmq.LINGER, 500)
+        self.link.close()
         if self._monitor is not None:
             self._monitor.stopped(f"the pool stopped (exit code {self.exit_code})")
         self.ctx.destroy(linger=500)
@@ -935,6 +936,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         print(f"htex pool: {exc}", file=sys.stderr)
         return EXIT_BAD_PLACEMENT
+    except poollink.Closed as exc:  # a unix:// interchange that is gone already
+        log.error("%s", exc)
+        print(f"htex pool: {exc}", file=sys.stderr)
+        return EXIT_INTERCHANGE_LOST
     except _Stop:
         return 0
 

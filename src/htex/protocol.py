@@ -779,6 +779,7 @@ class InterchangeConfig:
     cert_dir: str | None = None  # CurveZMQ keys of the run; None = plain TCP
     listen_fds: list[int] | None = None  # listening sockets the executor bound for us (task, result)
     ipc_name: str | None = None  # also listen on ipc://NAME-tasks (in a private directory)
+    unix_fd: int | None = None  # the UNIX stream listener the executor bound for pools on this host (poollink.py)
     manager_selector: str | None = None  # selectors.pack'ed; None: pools take turns
     monitor_url: str | None = None  # the monitoring hub, if monitoring is on
     monitor_run: str | None = None  # the run's id in the monitoring store

@@ -250,7 +250,7 @@ def test_the_user_data_carries_the_pool_keys_only(tmp_path: Any) -> None:
     security.make_keys(certs)
     launch = poolcmd.PoolLaunch(
         python="python3", debug=False, max_workers=1, addresses=["198.18.0.1"], task_port=1,
-        ipc_prefix=None, prefetch_capacity=0, cores_per_worker=1, mem_per_worker=None, poll_period=10,
+        local_url=None, prefetch_capacity=0, cores_per_worker=1, mem_per_worker=None, poll_period=10,
         logdir="/l", heartbeat_period=1, heartbeat_threshold=5, address_probe_timeout=5, nodes_per_block=1,
         cert_dir=certs, working_dir=None, client_dir="/somewhere",
     )

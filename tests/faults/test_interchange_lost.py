@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import time
 from typing import Any
 
+import psutil
 import pytest
 
 from htex import InterchangeLost
@@ -41,3 +43,16 @@ def test_a_hung_interchange_is_noticed_by_heartbeat(make_executor: Any) -> None:
     with pytest.raises(InterchangeLost, match="sent nothing for"):
         running.result(timeout=ex.heartbeat_threshold + 10)
     ex.shutdown()  # kills the stopped interchange
+
+
+def test_a_pool_on_this_host_stops_at_once_when_the_interchange_dies(make_executor: Any) -> None:
+    ex = make_executor(heartbeat_period=30, heartbeat_threshold=120)
+    assert ex.submit(tasks.add, {}, 1, 2).result(timeout=30) == 3
+    (pool,) = wait_for(lambda: pool_pids(ex), what="the pool")
+    os.kill(interchange_pid(ex), signal.SIGKILL)
+    # Its UNIX stream ends (poollink.py): no waiting for heartbeat_threshold (120 s).
+    wait_for(lambda: not psutil.pid_exists(pool), timeout=30, what="the pool to stop")
+    (log,) = glob.glob(os.path.join(ex.logdir, "block-0", "*", "manager.log"))
+    with open(log) as f:
+        assert "the interchange closed the connection: it stopped or died; stopping" in f.read()
+    ex.shutdown()

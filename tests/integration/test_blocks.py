@@ -47,7 +47,9 @@ def test_min_blocks_are_kept(make_executor: Any) -> None:
 
 
 def test_a_job_ended_from_outside_is_noticed_and_replaced(make_executor: Any) -> None:
-    ex = make_executor(max_workers=1, heartbeat_period=5, heartbeat_threshold=30,
+    # address=: pools connect over TCP, whose end the interchange does not see (the network may be
+    # between): the provider's status tells.  (Over UNIX: test_manager_lost.py.)
+    ex = make_executor(max_workers=1, heartbeat_period=5, heartbeat_threshold=30, address="127.0.0.1",
                        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
     fut = ex.submit(tasks.sleep_then, {}, 60)
     wait_for(lambda: sum(m["tasks"] for m in ex.connected_managers) == 1, what="the task to start")

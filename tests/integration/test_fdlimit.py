@@ -68,11 +68,15 @@ def test_each_pool_holds_one_connection(make_executor: Any, over: str) -> None:
         served = [c for c in interchange.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED]
         assert len(served) == len(pools), served
     else:
-        # An accepted UNIX connection carries the listening socket's path: every pools' socket of the
-        # interchange (ipc_name-...) is the listener, or a pool's one connection.
-        prefix = ex._endpoints.ipc_name
-        served = [c for c in interchange.net_connections("unix") if c.laddr.startswith(prefix)]
-        assert len(served) == 1 + len(pools), served
+        # An accepted UNIX connection carries the listening socket's path: the pools' stream socket
+        # (poollink.py) is the listener and one connection a pool; the ZeroMQ one (ipc_name-tasks, for
+        # `htex status` and pools started by hand) has its listener only.
+        unix_path = ex._endpoints.pool_local_url[len("unix://"):]
+        conns = interchange.net_connections("unix")
+        assert len([c for c in conns if c.laddr == unix_path]) == 1 + len(pools), conns
+        assert len([c for c in conns if c.laddr == f"{ex._endpoints.ipc_name}-tasks"]) == 1, conns
+        for pool in pools:  # a pool's UNIX sockets: its worker's socketpair, and that one connection
+            assert len(psutil.Process(pool["pid"]).net_connections("unix")) == 1 + 1, pool
 
 
 def test_out_of_descriptors_is_an_error_in_the_log(tmp_path: Any) -> None:

@@ -38,7 +38,7 @@ Notify = Callable[[str, Any], None]
 
 WINDOW = 3.0  # seconds an attacker waits for an answer: a connection that works answers in milliseconds
 _READ_MAX = 256 * 1024  # bytes read of each file found under the run directory
-_URL = re.compile(rb"(?:ipc|tcp)://[^\x00\s'\"\],}\\]+")
+_URL = re.compile(rb"(?:ipc|tcp|unix)://[^\x00\s'\"\],}\\]+")
 _IDENTITY = re.compile(rb'"([A-Za-z_]*identity[A-Za-z_]*)"\s*:\s*"([^"]+)"')
 
 
@@ -81,7 +81,7 @@ class Survey:
             yield f"the listing of {path}", "\n".join(_listdir(path)).encode(errors="surrogateescape")
 
     def urls(self) -> list[str]:
-        """ipc:// and tcp:// URLs named in anything it read."""
+        """ipc://, unix:// (poollink.py) and tcp:// URLs named in anything it read."""
         found: dict[str, None] = {}
         for _, data in self.texts():
             for m in _URL.findall(data):
@@ -104,15 +104,17 @@ class Survey:
         for host, port, _ in self.tcp:
             found[f"tcp://{host}:{port}"] = None
         for url in self.urls():
-            found[url] = None
+            if not url.startswith("unix://"):  # not ZeroMQ: unix_names() has it
+                found[url] = None
         return list(found)
 
     def unix_names(self) -> list[str]:
-        """UNIX socket names seen: listening ones, and ipc:// URLs read anywhere."""
+        """UNIX socket names seen: listening ones, and ipc:// and unix:// URLs read anywhere."""
         names = {name: None for name, _ in self.unix}
         for url in self.urls():
-            if url.startswith("ipc://"):
-                names[url[len("ipc://") :]] = None
+            scheme, _, name = url.partition("://")
+            if scheme in ("ipc", "unix"):
+                names[name] = None
         return list(names)
 
 

@@ -148,8 +148,8 @@ def test_command_lines_and_environments_give_nothing_away(target: Target, strang
             if needle in data:
                 leaks.append(f"{where} contains {what}")
         for url in attacks._URL.findall(data):
-            name = url.decode(errors="replace")[len("ipc://") :]
-            if url.startswith(b"ipc://") and sv.unix_connect.get(name) == "connected":
+            scheme, _, name = url.decode(errors="replace").partition("://")
+            if scheme in ("ipc", "unix") and sv.unix_connect.get(name) == "connected":
                 leaks.append(f"{where} names the UNIX socket {name!r}, and the stranger can connect to it")
     _leaks("a local stranger learns secrets from /proc/<pid>/cmdline and environ", leaks,
            f"environ unreadable for {sorted(sv.environ_errors)}")
@@ -261,3 +261,50 @@ def test_executor_directory_is_private(target: Target, stranger: User) -> None:
     tried: dict[str, str] = run_as(stranger, attacks.try_paths, [logdir], files)
     leaks = [f"{path}: {result}" for path, result in tried.items() if result.startswith(("listed", "read"))]
     _leaks(f"the stranger can list or read run_dir/<label> ({logdir})", leaks)
+
+
+def _register_over_unix(notify: Any, path: str) -> str:
+    """As the stranger: connect to the pools' stream socket and register a pool; what happened."""
+    import platform
+    import socket
+
+    from htex import __version__, framing, protocol
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect(path)
+    except OSError as exc:
+        return f"connect refused: {exc}"
+    reg = protocol.Register(manager_id="stranger", block_id="0", hostname="x", pid=os.getpid(), worker_count=1,
+                            prefetch_capacity=0, htex_version=__version__, python_version=platform.python_version(),
+                            cores=1, memory_mb=1000, accelerators=[])
+    try:
+        framing.send(s, reg.encode())
+        data = s.recv(65536)
+    except OSError:
+        return "closed"
+    finally:
+        s.close()
+    return "closed" if not data else f"answered with {len(data)} bytes"
+
+
+def test_the_pools_unix_socket_checks_the_peer_even_when_its_directory_is_opened(
+        target: Target, stranger: User) -> None:
+    """Defence in depth: the private directory keeps the stranger out; were it opened by mistake, the
+    interchange still closes a connection from another uid (SO_PEERCRED, poollink.py) unread."""
+    url = target.ex._endpoints.pool_local_url
+    if url is None:
+        pytest.skip("pools connect over TCP in this configuration (an address was given)")
+    path = url[len("unix://"):]
+    directory = os.path.dirname(path)
+    os.chmod(directory, 0o711)
+    os.chmod(path, 0o777)
+    try:
+        outcome = run_as(stranger, _register_over_unix, path)
+    finally:
+        os.chmod(directory, 0o700)
+    assert outcome == "closed", outcome
+    assert all(m["manager"] != "stranger" for m in target.ex.connected_managers)
+    with open(os.path.join(target.ex.logdir, "interchange.log")) as f:
+        assert "refused a UNIX connection from pid" in f.read()

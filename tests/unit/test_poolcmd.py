@@ -32,7 +32,7 @@ PLACEHOLDERS = {
 def launch(**kw: Any) -> poolcmd.PoolLaunch:
     values: dict[str, Any] = dict(
         python="/opt/py thon/bin/python3", debug=True, max_workers=math.inf, addresses=["10.0.0.5", "192.168.1.2"],
-        task_port=54001, ipc_prefix=None, prefetch_capacity=7, cores_per_worker=0.5,
+        task_port=54001, local_url=None, prefetch_capacity=7, cores_per_worker=0.5,
         mem_per_worker=2.5, poll_period=10, logdir="/runs/my run/000/htex", heartbeat_period=3.0,
         heartbeat_threshold=12.0, address_probe_timeout=45.0, nodes_per_block=2, cert_dir=None, working_dir=None,
     )
@@ -64,10 +64,10 @@ def test_every_placeholder_has_a_value() -> None:
 
 
 def test_values_follow_the_launch() -> None:
-    values = launch(debug=False, max_workers=8, ipc_prefix="/run/h x/pools", cert_dir="/k d",
+    values = launch(debug=False, max_workers=8, local_url="unix:///run/h x/pools-unix", cert_dir="/k d",
                     address_probe_timeout=0).values("0")
     assert values["debug"] == "" and values["max_workers"] == "--max_workers=8" and values["cert_dir"] == "'/k d'"
-    assert shlex.split(values["pool_urls"]) == ["--task_url=ipc:///run/h x/pools-tasks"]
+    assert shlex.split(values["pool_urls"]) == ["--task_url=unix:///run/h x/pools-unix"]
     assert values["address_probe_timeout"] == poolcmd.DEFAULT_PROBE_TIMEOUT  # 0 means unset, as in Parsl
     # Parsl filled these with whole flags (1.0: {max_workers}; today: {max_workers_per_node}).
     assert values["max_workers_per_node"] == "--max_workers_per_node=8"
@@ -134,17 +134,17 @@ def test_both_ends_agree() -> None:
     args = parse_back(poolcmd.launch_command(None, lx, "7"))
     assert args.debug is True and args.max_workers == math.inf
     assert args.addresses.split(",") == lx.addresses and (args.task_port, args.result_port) == (54001, None)
-    assert args.task_url is None and args.result_url is None  # no ipc_prefix: the pool probes the addresses
+    assert args.task_url is None and args.result_url is None  # no local_url: the pool probes the addresses
     assert (args.prefetch_capacity, args.cores_per_worker, args.mem_per_worker) == (7, 0.5, 2.5)
     assert (args.poll, args.nodes_per_block, args.block_id) == (10, 2, "7")
     assert (args.hb_period, args.hb_threshold, args.address_probe_timeout) == (3.0, 12.0, 45.0)
     assert args.logdir == lx.logdir and args.cert_dir == lx.cert_dir
 
-    local = launch(debug=False, max_workers=3, mem_per_worker=None, ipc_prefix="/run/h x/pools")
+    local = launch(debug=False, max_workers=3, mem_per_worker=None, local_url="unix:///run/h x/pools-unix")
     args = parse_back(poolcmd.launch_command(None, local, "0"))
     assert args.debug is False and args.max_workers == 3 and args.mem_per_worker is None
     assert not args.cert_dir  # unencrypted: the pool looks at $HTEX_CERT_DIR, then goes without
-    assert poolcmd.resolve_url(args) == "ipc:///run/h x/pools-tasks"
+    assert poolcmd.resolve_url(args) == "unix:///run/h x/pools-unix"
 
 
 def test_join_argv_is_read_back() -> None:
