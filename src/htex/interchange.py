@@ -2,9 +2,10 @@
 
 ::
 
-    executor                                          pools (DEALER, connect: one each)
+    executor                                          pools (one connection each)
         |                                                 |
-        +-- client socketpair --- Interchange --- pool ROUTER  (tasks out; registration, heartbeats, results in)
+        +-- client socketpair --- Interchange --+-- UNIX streams (pools on this host: poollink.UnixPools)
+                                                +-- pool ROUTER  (ZeroMQ: TCP, and ipc:// for `htex status`)
 
 Started by the executor as ``python -m htex.interchange``, its configuration
 (JSON) on stdin: a command line is readable by every local user.  Its
@@ -37,9 +38,10 @@ overtake what it sent before them (a Withdrawn, a Draining).  Parsl's second
 port (``worker_ports=(task, result)``) is kept as a name only: the result port
 is the task port (``endpoints.py`` says why).
 
-Who may connect: pools on this host reach us over UNIX sockets in the
-executor's private directory (0700: the kernel keeps other users out); pools
-elsewhere over TCP, with CURVE when the run is encrypted (the default): a ZAP
+Who may connect: pools on this host reach us over UNIX stream sockets in the
+executor's private directory (0700: the kernel keeps other users out; we
+check the peer's uid too), each a framed link of its own (``poollink.py``),
+whose end loses the pool at once; pools elsewhere over TCP, with CURVE when the run is encrypted (the default): a ZAP
 handler lets in only the run's pool key.  A peer's identity is its own: with
 ROUTER_HANDOVER off, a second connection that claims a live pool's identity
 cannot take its place.
