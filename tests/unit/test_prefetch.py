@@ -48,6 +48,29 @@ def test_a_change_to_long_tasks_shows_within_a_second() -> None:
     assert auto.cap == 0
 
 
+def test_short_tasks_after_a_long_one_get_their_prefetch_back_within_a_few_rounds() -> None:
+    """W6: a 2 s task among 1 ms ones.  The long silence makes the pool's cap 0; once each worker has finished
+    a few short tasks since, it is back (by busy time alone it took 0.3 s, a round trip per task meanwhile)."""
+    auto = prefetch.Auto(2)
+    before = _run(auto, task_s=0.001, rtt=0.0005)
+    t = 1000.0 + 10.0
+    assert auto.finished(1, t, still_busy=True) == 0  # 2 s and more of silence: a long task
+    for _ in range(20 * prefetch.TASK_ROUNDS * auto.workers):  # 160 tasks of 1 ms on 2 workers: 80 ms
+        t += 0.0005
+        auto.finished(1, t, still_busy=True)
+    assert auto.cap >= before // 2
+
+
+def test_a_wave_of_long_tasks_on_many_workers_stays_long() -> None:
+    """Forgetting counts tasks per worker: 64 workers finishing their 2 s tasks in a burst is one round."""
+    auto = prefetch.Auto(64)
+    assert _run(auto, task_s=2.0, rtt=0.001, rounds=64) == 0
+    t = 1000.0 + 0.001 + 64 * 2.0 / 64 + 2.0  # then all 64 at once, after 2 s of silence, one message each
+    for _ in range(64):
+        t += 0.000_01
+        assert auto.finished(1, t, still_busy=True) == 0
+
+
 @pytest.mark.parametrize(("value", "wire"), [("auto", prefetch.AUTO), (0, 0), (256, 256)])
 def test_parse(value: object, wire: int) -> None:
     assert prefetch.parse(value) == wire  # type: ignore[arg-type]
