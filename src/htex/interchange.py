@@ -221,6 +221,7 @@ class _State:
     stealing: stealing.Stealing
     selector: Any
     _monitor: Any
+    results_out: list[Sequence[protocol.Blob]]  # results read this turn, sent to the client after dispatch
 
     def _to_client(self, msg: protocol.Message) -> None:
         raise NotImplementedError
@@ -441,9 +442,105 @@ class _Membership(_State):
         self._to_client(protocol.PoolGone(manager=r.manager_id, block_id=r.block_id, message=message, released=released))
 
 
-class Interchange(_Requests, _Dispatching, _Membership):
+class _FromPools(_Requests, _Membership):
+    """Step 2 of the loop, past the sockets: what a pool sent (results, Withdrawn, Draining), what anyone may
+    send (Probe, StatusRequest, Register), and a UNIX link's end (the pool is lost at once)."""
+
+    def _unix_ended(self, unix: poollink.UnixPools) -> None:
+        """UNIX links that ended: the pool's process exited or died, so it is lost now, not at the heartbeat threshold."""
+        ended, unix.ended = unix.ended, []
+        for identity in ended:
+            pool = self.pools.get(identity)
+            if pool is not None:
+                self._lose_pool(pool, "its connection closed: the pool's process exited or died")
+
+    def _from_pool(self, identity: bytes, frames: Sequence[protocol.Blob]) -> None:
+        pool = self.pools.get(identity)
+        if pool is None and sum(len(f) for f in frames) > MAX_CONTROL_BYTES:
+            # A peer that has not registered only sends small control messages: decode nothing more.
+            self._drop(identity, "a large message from an unregistered peer")
+            return
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as exc:
+            self._drop(identity, str(exc))
+            return
+        if pool is None:
+            self._from_anyone(identity, msg)
+            return
+        pool.last_heard = time.monotonic()
+        if isinstance(msg, protocol.Results):
+            self._results(pool, msg, frames)
+        elif isinstance(msg, protocol.Withdrawn) and msg.req >= stealing.FIRST_REQ:
+            self._stolen_back(pool, msg)
+        elif isinstance(msg, protocol.Withdrawn):
+            self._withdrawn(pool, msg)
+        elif isinstance(msg, protocol.Draining):
+            self._draining(pool)
+        elif isinstance(msg, (protocol.Probe, protocol.StatusRequest, protocol.Register)):
+            self._from_anyone(identity, msg)  # as from anyone (a second Register is dropped)
+
+    def _from_anyone(self, identity: bytes, msg: protocol.Message) -> None:
+        """What any peer may send (Probe, StatusRequest, Register); the rest, from a peer that has not registered
+        (or was declared lost), is dropped."""
+        if isinstance(msg, protocol.Probe):
+            self._to_pool(identity, protocol.ProbeReply())
+        elif isinstance(msg, protocol.StatusRequest):
+            self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
+        elif isinstance(msg, protocol.Register):
+            self._register(identity, msg)
+        else:
+            # A pool we declared lost (it may have been stopped and resumed): tell it to go.
+            self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
+            if isinstance(msg, protocol.Heartbeat):
+                self._to_pool(identity, protocol.Rejected(reason="unknown pool: it was declared lost"))
+
+    def _results(self, pool: _Pool, msg: protocol.Results, frames: Sequence[protocol.Blob]) -> None:
+        forward = pool.settle(msg, frames)
+        if self.sized.needs:
+            self.sized.done(msg.ids)
+        if forward:
+            self.results_out.append(forward)
+        if pool.auto is not None:
+            pool.capacity = pool.reg.worker_count + pool.auto.finished(len(msg.ids), pool.last_heard, bool(pool.tasks))
+        self.stealing.finished(pool)
+        self.counts.done += len(msg.ids)
+        self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
+        if pool.free > 0:
+            self.with_room[pool.identity] = pool
+        elif pool.draining and not pool.tasks:
+            self._drained(pool)
+
+    def _stolen_back(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
+        """A pool gave tasks back: those we asked for and it still holds for us go back to the queue, to go
+        elsewhere, where they were: a task with a priority keeps its priority and arrival number (ahead
+        of equals queued since), the others go to the front of the plain tasks, in their order (ids grow
+        with submission)."""
+        asked = self.stealing.answered(msg.req, pool.identity)
+        if asked is None:
+            log.warning("%s answered a withdraw we did not ask for (req %d)", pool.describe(), msg.req)
+            return
+        cancelled = self.withdrawals.taken_back(msg.withdrawn)  # a cancel waits for these: they stop here
+        back = sorted((task for tid in msg.withdrawn
+                       if tid in asked and (task := pool.tasks.pop(tid, None)) and tid not in cancelled),
+                      key=lambda t: t[0])
+        pool.forget(sorted(cancelled))
+        self.stealing.moved(pool.identity, len(back))
+        if back:
+            ranked = [t for t in back if t[0] in pool.ranks]
+            if ranked:
+                back = ranked + [t for t in back if t[0] not in pool.ranks]
+            self.queue.put_back(back, [pool.ranks.pop(t[0]) for t in ranked])
+            self.stealing.finished(pool)
+            if pool.free > 0:
+                self.with_room[pool.identity] = pool
+            log.debug("took back %d tasks from %s", len(back), pool.describe())
+
+
+class Interchange(_FromPools, _Dispatching):
     """The loop and its sockets: step 1 reads the client (requests go to _Requests), step 2 the pools
-    (registering and losing them is _Membership's), step 3 is _Dispatching's, step 4 keeps time."""
+    (what they send is _FromPools', registering and losing them _Membership's), step 3 is _Dispatching's,
+    step 4 keeps time."""
 
     def __init__(self, cfg: InterchangeConfig) -> None:
         self.cfg = cfg
@@ -608,71 +705,6 @@ class Interchange(_Requests, _Dispatching, _Membership):
                 self._drop(identity, str(exc))
                 unix.drop(identity)
 
-    def _unix_ended(self, unix: poollink.UnixPools) -> None:
-        """UNIX links that ended: the pool's process exited or died, so it is lost now, not at the heartbeat threshold."""
-        ended, unix.ended = unix.ended, []
-        for identity in ended:
-            pool = self.pools.get(identity)
-            if pool is not None:
-                self._lose_pool(pool, "its connection closed: the pool's process exited or died")
-
-    def _from_pool(self, identity: bytes, frames: Sequence[protocol.Blob]) -> None:
-        pool = self.pools.get(identity)
-        if pool is None and sum(len(f) for f in frames) > MAX_CONTROL_BYTES:
-            # A peer that has not registered only sends small control messages: decode nothing more.
-            self._drop(identity, "a large message from an unregistered peer")
-            return
-        try:
-            msg = protocol.decode(frames)
-        except ProtocolError as exc:
-            self._drop(identity, str(exc))
-            return
-        if pool is None:
-            self._from_anyone(identity, msg)
-            return
-        pool.last_heard = time.monotonic()
-        if isinstance(msg, protocol.Results):
-            self._results(pool, msg, frames)
-        elif isinstance(msg, protocol.Withdrawn) and msg.req >= stealing.FIRST_REQ:
-            self._stolen_back(pool, msg)
-        elif isinstance(msg, protocol.Withdrawn):
-            self._withdrawn(pool, msg)
-        elif isinstance(msg, protocol.Draining):
-            self._draining(pool)
-        elif isinstance(msg, (protocol.Probe, protocol.StatusRequest, protocol.Register)):
-            self._from_anyone(identity, msg)  # as from anyone (a second Register is dropped)
-
-    def _from_anyone(self, identity: bytes, msg: protocol.Message) -> None:
-        """What any peer may send (Probe, StatusRequest, Register); the rest, from a peer that has not registered
-        (or was declared lost), is dropped."""
-        if isinstance(msg, protocol.Probe):
-            self._to_pool(identity, protocol.ProbeReply())
-        elif isinstance(msg, protocol.StatusRequest):
-            self._to_pool(identity, self._status(msg.req, msg.pools))  # `htex status` (req 0)
-        elif isinstance(msg, protocol.Register):
-            self._register(identity, msg)
-        else:
-            # A pool we declared lost (it may have been stopped and resumed): tell it to go.
-            self._drop(identity, f"{type(msg).__name__} from an unregistered peer")
-            if isinstance(msg, protocol.Heartbeat):
-                self._to_pool(identity, protocol.Rejected(reason="unknown pool: it was declared lost"))
-
-    def _results(self, pool: _Pool, msg: protocol.Results, frames: Sequence[protocol.Blob]) -> None:
-        forward = pool.settle(msg, frames)
-        if self.sized.needs:
-            self.sized.done(msg.ids)
-        if forward:
-            self.results_out.append(forward)
-        if pool.auto is not None:
-            pool.capacity = pool.reg.worker_count + pool.auto.finished(len(msg.ids), pool.last_heard, bool(pool.tasks))
-        self.stealing.finished(pool)
-        self.counts.done += len(msg.ids)
-        self.counts.raised += sum(1 for p in msg.payloads if _raised(p))
-        if pool.free > 0:
-            self.with_room[pool.identity] = pool
-        elif pool.draining and not pool.tasks:
-            self._drained(pool)
-
     def _forward_results(self) -> None:
         if self.results_out:
             out, self.results_out = self.results_out, []
@@ -716,31 +748,6 @@ class Interchange(_Requests, _Dispatching, _Membership):
             req, victim, ids = steal
             if not self._to_pool(victim.identity, protocol.Withdraw(req=req, ids=ids)):
                 self.stealing.gone(victim.identity)  # unreachable: its silence will be noticed
-
-    def _stolen_back(self, pool: _Pool, msg: protocol.Withdrawn) -> None:
-        """A pool gave tasks back: those we asked for and it still holds for us go back to the queue, to go
-        elsewhere, where they were: a task with a priority keeps its priority and arrival number (ahead
-        of equals queued since), the others go to the front of the plain tasks, in their order (ids grow
-        with submission)."""
-        asked = self.stealing.answered(msg.req, pool.identity)
-        if asked is None:
-            log.warning("%s answered a withdraw we did not ask for (req %d)", pool.describe(), msg.req)
-            return
-        cancelled = self.withdrawals.taken_back(msg.withdrawn)  # a cancel waits for these: they stop here
-        back = sorted((task for tid in msg.withdrawn
-                       if tid in asked and (task := pool.tasks.pop(tid, None)) and tid not in cancelled),
-                      key=lambda t: t[0])
-        pool.forget(sorted(cancelled))
-        self.stealing.moved(pool.identity, len(back))
-        if back:
-            ranked = [t for t in back if t[0] in pool.ranks]
-            if ranked:
-                back = ranked + [t for t in back if t[0] not in pool.ranks]
-            self.queue.put_back(back, [pool.ranks.pop(t[0]) for t in ranked])
-            self.stealing.finished(pool)
-            if pool.free > 0:
-                self.with_room[pool.identity] = pool
-            log.debug("took back %d tasks from %s", len(back), pool.describe())
 
     # -- step 4: time -------------------------------------------------------------
 
