@@ -289,13 +289,14 @@ def _register_over_unix(notify: Any, path: str) -> str:
     return "closed" if not data else f"answered with {len(data)} bytes"
 
 
+# The configurations whose pools use the UNIX stream (with an address, pools come over TCP).
+@pytest.mark.parametrize("target", ["plain", "encrypted"], indirect=True)
 def test_the_pools_unix_socket_checks_the_peer_even_when_its_directory_is_opened(
         target: Target, stranger: User) -> None:
     """Defence in depth: the private directory keeps the stranger out; were it opened by mistake, the
     interchange still closes a connection from another uid (SO_PEERCRED, poollink.py) unread."""
     url = target.ex._endpoints.pool_local_url
-    if url is None:
-        pytest.skip("pools connect over TCP in this configuration (an address was given)")
+    assert url is not None, "this configuration's pools do not use the UNIX stream"
     path = url[len("unix://"):]
     directory = os.path.dirname(path)
     os.chmod(directory, 0o711)
