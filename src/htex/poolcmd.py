@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--task_port", type=int, default=None, help="the interchange's port")
     p.add_argument("-r", "--result_port", type=int, default=None,
                    help="accepted for Parsl compatibility; not used (one connection carries tasks and results)")
-    p.add_argument("--task_url", default=None, help="the interchange's URL (tcp://host:port, ipc://path); overrides -a/-t")
+    p.add_argument("--task_url", default=None,
+                   help="the interchange's URL (tcp://host:port, ipc://path, unix://path); overrides -a/-t")
     p.add_argument("--result_url", default=None, help="accepted for older launch commands; not used")
     p.add_argument("-u", "--uid", default=None, help="manager id (default: random)")
     p.add_argument("-b", "--block_id", default="-1", help="the block this pool belongs to")
