@@ -96,6 +96,11 @@ WORKER_BATCH = 32
 BATCH_SECONDS = 0.002
 # While a task to cancel waits in a worker's batch, how often to look whether the worker has reached it.
 DOOMED_CHECK_SECONDS = 0.005
+# Lookahead: a busy worker is handed its next task while tasks take less than LOOKAHEAD_TASK s; one that
+# waits LOOKAHEAD_PATIENCE times a task's usual time (and at least LOOKAHEAD_MIN_WAIT s) is taken back.
+LOOKAHEAD_TASK = 0.1
+LOOKAHEAD_PATIENCE = 4.0
+LOOKAHEAD_MIN_WAIT = 0.005
 # Seconds without an answer to our registration before we say so (the interchange may be out of descriptors).
 REGISTER_PATIENCE = 10.0
 # At shutdown: how long workers, and then what tasks left behind, get between SIGTERM and SIGKILL.
@@ -160,6 +165,8 @@ class _WorkerSlot:
     borrowed: list[int] = field(default_factory=list)
     lent: bool = False  # its worker waits, idle, while another slot's wide task uses its device
     restart: bool = False  # we stopped its (idle) worker to start it on another seat: not a failure
+    claim: tuple[int, int] = (-1, -1)  # the pipe of its tasks' bytes: (read end, also the worker's; write end)
+    taken_back: int | None = None  # a task we took back from it: nothing new for it until it says it saw that
 
     def started_task(self) -> int:
         return protocol.STARTED.unpack_from(self.started)[0] if self.started is not None else 0
@@ -207,13 +214,16 @@ class Workers:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         started_fd = os.memfd_create(f"htex-started-{slot.rank}")
         os.ftruncate(started_fd, worker.SHARED_SIZE)
+        self._close_claim(slot)
+        slot.claim = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # a new worker, new bytes: none left from the last
+        slot.taken_back = None
         try:
             if slot.started is not None:
                 slot.started.close()
             slot.started = mmap.mmap(started_fd, worker.SHARED_SIZE)
             slot.proc = subprocess.Popen(
                 self._command(slot, theirs.fileno(), started_fd), env=self._environment(slot),
-                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), started_fd),
+                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), started_fd, slot.claim[0]),
             )
         except BaseException:
             ours.close()
@@ -233,7 +243,7 @@ class Workers:
 
     def _command(self, slot: _WorkerSlot, link_fd: int, started_fd: int) -> list[str]:
         cmd = [sys.executable, "-m", "htex.worker", "--fd", str(link_fd), "--rank", str(slot.rank),
-               "--started-fd", str(started_fd)]
+               "--started-fd", str(started_fd), "--claim-fd", str(slot.claim[0])]
         seat = slot.seat or (self.seats[slot.rank] if self.seats else None)
         if seat and seat.cores:
             cmd += ["--cores", ",".join(map(str, seat.cores))]
@@ -298,6 +308,25 @@ class Workers:
                 slot.link.flush()
             except OSError as exc:
                 self._gone(slot, exc)
+
+    def send_tasks(self, slot: _WorkerSlot, n: int, frames: list[protocol.Blob]) -> None:
+        """Hand a worker n tasks: their bytes first (the worker reads one before each task starts)."""
+        os.write(slot.claim[1], bytes(n))
+        self.send(slot, frames)
+
+    def take_back(self, slot: _WorkerSlot) -> bool:
+        """Take back the last task handed to the worker, if it has not claimed it (read its byte) yet."""
+        try:
+            return len(os.read(slot.claim[0], 1)) == 1
+        except BlockingIOError:
+            return False
+
+    @staticmethod
+    def _close_claim(slot: _WorkerSlot) -> None:
+        for fd in slot.claim:
+            if fd >= 0:
+                os.close(fd)
+        slot.claim = (-1, -1)
 
     def _gone(self, slot: _WorkerSlot, exc: OSError) -> None:
         # It died (EPIPE, ECONNRESET): its pidfd says so too, and _reap fails or requeues the batch.
@@ -385,6 +414,7 @@ class Workers:
         self.by_pidfd.clear()
         for slot in self.slots:
             self.drop_link(slot)
+            self._close_claim(slot)
             if slot.started is not None:
                 slot.started.close()
                 slot.started = None
@@ -580,6 +610,80 @@ class Cancels:
                     slot.rank, how, started, len(unstarted))
 
 
+class Lookahead:
+    """Hands a busy worker its next task ahead of time, and takes it back if the task before it runs long.
+
+    Why: a worker that finishes a task otherwise waits for its result to reach us and its next
+    task to come back, about 0.7 ms on a 2-core VM (ProcessPoolExecutor's workers find theirs in
+    a shared pipe: 0.3 ms), and every short task paid it (W4, W6).  A task given ahead costs
+    balance only while it waits behind a long one, so: at most one waits at a worker, only while
+    tasks are short (LOOKAHEAD_TASK), and one that waits LOOKAHEAD_PATIENCE tasks' time goes back
+    to the front of our queue, for the next worker free.
+
+    Taking back is exact.  For each task it hands, the pool writes a byte into the worker's claim
+    pipe; the worker reads one before it starts each task (before it writes the shared word), and
+    the pool takes back the last task handed by reading a byte itself: the kernel gives each byte
+    to one reader, so either the worker has the task or we do.  A worker that finds no byte skips
+    the task and says so (a Withdrawn); until then it is handed nothing, or a new byte could
+    stand in for the one taken.  A task to cancel (Cancels.doomed) is never taken back.
+    """
+
+    def __init__(self, manager: Manager) -> None:
+        self.m = manager
+
+    def give(self) -> None:
+        """To each busy worker running its last task, its next one (while tasks are short)."""
+        m = self.m
+        if not m.queue or not 0 < m.task_seconds < LOOKAHEAD_TASK or m.wide.gpus:
+            return
+        for slot in m.workers.slots:
+            if not m.queue:
+                return
+            if (len(slot.tasks) == 1 and slot.taken_back is None and slot.wide is None and not slot.lent
+                    and slot.ready and slot.link is not None):
+                m._hand(slot, [m.queue.popleft()], ahead=True)
+
+    def _patience(self) -> float:
+        return max(LOOKAHEAD_PATIENCE * self.m.task_seconds, LOOKAHEAD_MIN_WAIT)
+
+    def due(self) -> float:
+        """When the soonest task waiting at a worker is to be looked at (inf: none waits)."""
+        waits = [s.sent_at for s in self.m.workers.slots if len(s.tasks) > 1 and s.taken_back is None]
+        return min(waits) + self._patience() if waits else math.inf
+
+    def check(self, now: float) -> None:
+        """Take back the task waiting at each worker whose current one has run long: to the front of our queue."""
+        patience = self._patience()
+        if self._take_back([s for s in self.m.workers.slots if now - s.sent_at > patience]):
+            self.m._dispatch()  # now: nothing else may wake the loop soon
+
+    def reclaim(self, idle: int) -> None:
+        """Workers are idle: the tasks waiting at busy ones come back first (up to one each), so that no task
+        queued after them starts before them (they were handed in queue order)."""
+        waiting = sorted((s for s in self.m.workers.slots if len(s.tasks) > 1), key=lambda s: s.tasks[-1])
+        self._take_back(waiting[:idle])
+
+    def _take_back(self, slots: list[_WorkerSlot]) -> bool:
+        """Take back the last task of each slot that has one waiting and unclaimed; back to the queue's front,
+        in their order (ids grow with submission).  True if any came back."""
+        m = self.m
+        back = []
+        for slot in slots:
+            if (len(slot.tasks) > 1 and slot.taken_back is None and slot.tasks[-1] not in m.cancels.doomed
+                    and m.workers.take_back(slot)):
+                slot.taken_back = slot.tasks.pop()
+                back.append(m.handed.pop(slot.taken_back))
+                log.debug("took back task %d from worker %d", slot.taken_back, slot.rank)
+        m.queue.extendleft(sorted(back, key=lambda t: t[0], reverse=True))
+        return bool(back)
+
+    def seen(self, slot: _WorkerSlot) -> None:
+        """The worker skipped what we took back: it may be handed tasks again."""
+        slot.taken_back = None
+        if not slot.tasks and slot.wide is None and not slot.lent and slot.ready and slot.link is not None:
+            self.m.workers.idle.append(slot.rank)
+
+
 class Manager:
     """The pool's loop (``run``: the four steps of the module's docstring) and its tasks: the queue, the
     batch each worker holds, the results going back, and what a dead worker's batch becomes."""
@@ -596,6 +700,7 @@ class Manager:
         self.done_ids: list[int] = []
         self.done_payloads: list[protocol.Blob] = []
         self.cancels = Cancels(self)
+        self.lookahead = Lookahead(self)
         self.task_seconds = 0.0  # moving average; 0 = not known yet, so batches start at one task
         self.stopping = False
         self.exit_code = 0
@@ -674,6 +779,7 @@ class Manager:
                   self.drain_at)
         if self.cancels.doomed:
             due = min(due, now + DOOMED_CHECK_SECONDS)
+        due = min(due, self.lookahead.due())
         if not self.unanswered_told:
             due = min(due, self.started + REGISTER_PATIENCE)  # to say so on time if nobody answers
         return max(0, int((due - now) * 1000) + 1)
@@ -725,14 +831,16 @@ class Manager:
             del slot.tasks[: len(msg.ids)]  # results come back in the order tasks went out
             for tid in msg.ids:
                 self.handed.pop(tid, None)
-            if slot.tasks:
-                pass
+            if slot.tasks or slot.taken_back is not None:
+                pass  # busy, or to be handed nothing before it says it saw a task taken back
             elif slot.wide is not None:
                 self.wide.finished(slot)
             else:
                 self.workers.idle.append(slot.rank)
             self.done_ids.extend(msg.ids)
             self.done_payloads.extend(msg.payloads)
+        elif isinstance(msg, protocol.Withdrawn):
+            self.lookahead.seen(slot)
         elif isinstance(msg, protocol.WorkerReady):
             self.workers.ready(slot, msg.pid)
             if slot.wide is not None:
@@ -782,29 +890,33 @@ class Manager:
             self.queue = self.wide.divert(self.queue)
             self.wide.seat()
         idle = self.workers.idle
+        if idle:
+            self.lookahead.reclaim(len(idle))
         batches = []
         while idle and self.queue:
             slot = self.workers.slots[idle.popleft()]
             batches.append((slot, [self.queue.popleft() for _ in range(self._batch_size())]))
         for slot, batch in batches:
             self._hand(slot, batch)
+        self.lookahead.give()
 
-    def _hand(self, slot: _WorkerSlot, batch: list[Task]) -> None:
-        """Send a worker its batch (with the functions it has not seen)."""
-        slot.tasks = [t[0] for t in batch]
+    def _hand(self, slot: _WorkerSlot, batch: list[Task], ahead: bool = False) -> None:
+        """Send a worker its batch (with the functions it has not seen); ``ahead``: behind what it runs (Lookahead)."""
+        ids = [t[0] for t in batch]
+        if ahead:
+            slot.tasks += ids
+        else:
+            slot.tasks, slot.sent_at = ids, time.monotonic()
         functions = {}
         for task in batch:
             self.handed[task[0]] = task
             if task[1] not in slot.functions:
                 functions[task[1]] = self.functions[task[1]]
                 slot.functions.add(task[1])
-        msg = protocol.Tasks(
-            protocol.u64_array(slot.tasks), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions
-        )
-        slot.sent_at = time.monotonic()
-        self.workers.send(slot, msg.encode())
+        msg = protocol.Tasks(protocol.u64_array(ids), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions)
+        self.workers.send_tasks(slot, len(ids), msg.encode())
         if self._monitor is not None:
-            self._monitor.started(slot.tasks, slot.rank)
+            self._monitor.started(ids, slot.rank)
 
     def _flush_results(self) -> None:
         if self.done_ids:
@@ -827,6 +939,7 @@ class Manager:
             self.workers.reap_orphans()
         if self.cancels.doomed:
             self.cancels.kill_doomed()
+        self.lookahead.check(now)
         if not self.unanswered_told and now - self.started >= REGISTER_PATIENCE:
             self.unanswered_told = True
             if not self.registered:  # not silent: the likely cause, once, then go on waiting

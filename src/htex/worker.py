@@ -107,8 +107,14 @@ def read_held(mem: mmap.mmap) -> list[tuple[int, bytes]]:
 
 
 class Worker:
-    def __init__(self, fd: int, rank: int, started_fd: int | None = None) -> None:
+    def __init__(self, fd: int, rank: int, started_fd: int | None = None, claim_fd: int | None = None) -> None:
         self.rank = rank
+        # One byte a task, written by the pool as it hands the task: a task may start only once its byte
+        # is read here.  The pool reads the same pipe to take back a task given ahead (see process_worker_pool's
+        # Lookahead): whoever reads the byte has the task, and the kernel lets only one of us read it.
+        self.claim = claim_fd
+        if claim_fd is not None:
+            os.set_inheritable(claim_fd, False)
         # Without a pool's memfd (a worker started by hand), memory of its own: the same code runs.
         self.held = Held(mmap.mmap(started_fd if started_fd is not None else -1, SHARED_SIZE))
         if started_fd is not None:
@@ -158,12 +164,32 @@ class Worker:
         last = len(batch.ids) - 1
         start, hold = self.held.start, self.held.add
         for i, (task_id, key, payload) in enumerate(zip(batch.ids, batch.fn_keys, batch.payloads, strict=True)):
+            if not self._claimed():
+                self._given_back(list(batch.ids[i:]))
+                return
             start(task_id)  # before anything of the task runs
             result = self.run_one(key, protocol.as_buffer(payload))
             if i != last and time.monotonic() - last_sent <= FLUSH_SECONDS and hold(task_id, result):
                 continue  # held until the batch ends or runs long
             self._send(task_id, result)
             last_sent = time.monotonic()
+
+    def _claimed(self) -> bool:
+        """Read this task's byte; False if the pool took it back (then this task and the rest of the batch)."""
+        if self.claim is None:
+            return True
+        try:
+            return len(os.read(self.claim, 1)) == 1
+        except BlockingIOError:
+            return False
+
+    def _given_back(self, ids: list[int]) -> None:
+        """Tell the pool we saw that it took these back: until then it gives us nothing new.  Held results first."""
+        held = self.held
+        if held.ids:
+            framing.send(self.sock, protocol.Results(protocol.u64_array(held.ids), list(held.blobs)).encode())
+            held.sent()
+        framing.send(self.sock, protocol.Withdrawn(req=0, withdrawn=ids, started=[]).encode())
 
     def _send(self, task_id: int, result: bytes) -> None:
         """Send the held results and this one (held ones first: results go back in the order tasks came)."""
@@ -196,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="this worker's end of the socketpair to the pool")
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--started-fd", type=int, default=None, help="a memfd shared with the pool (see above)")
+    parser.add_argument("--claim-fd", type=int, default=None, help="the pipe of the tasks' bytes (see Worker)")
     parser.add_argument("--logfile", default=None, help="debug log file (only with --debug)")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--cores", default=None, help="pin this worker to these cores (cpu_affinity), e.g. 0,1")
@@ -212,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
         )
         log.debug("worker rank %d started, pid %d", args.rank, os.getpid())
-    Worker(args.fd, args.rank, args.started_fd).run()
+    Worker(args.fd, args.rank, args.started_fd, args.claim_fd).run()
     return 0
 
 

@@ -149,19 +149,22 @@ def test_withdraw_with_kill_stops_the_running_task_and_spares_its_batch(fake: An
     ic = fake(workers=1, prefetch=8)
     _warm_up(ic)
     log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
-    # One batch of two for the one worker: X runs (and waits), Y waits behind it in the batch.
+    # X runs (and waits); Y waits behind it at the worker (in its batch, or handed ahead), or is back
+    # in the pool's queue: the pool takes back a task waiting behind one that runs long (Lookahead).
     ic.submit([(1, tasks.record_then_wait_for, (log, "X", gate)), (2, tasks.record, (log, "Y"))])
     wait_for(lambda: read_lines(log) == ["X"], timeout=30, what="X to start")
     ic.send(protocol.Withdraw(req=1, ids=[1, 2], kill=True))
     answer = ic.receive(protocol.Withdrawn)
-    assert answer.withdrawn == [] and sorted(answer.started) == [1, 2]  # both handed to the worker
-    results = ic.results_for(2)
+    assert answer.started[:1] == [1] and sorted(answer.withdrawn + answer.started) == [1, 2]
+    results = ic.results_for(len(answer.started))
     ok, exc = results[1]
     assert not ok and isinstance(exc, TaskCancelled) and not isinstance(exc, WorkerLost)
-    # Y never started: asked for too, it ends cancelled (the interchange was told it may have started,
-    # so a result comes for it), and never runs.
-    ok, exc = results[2]
-    assert not ok and isinstance(exc, TaskCancelled) and "before it started" in str(exc)
+    if 2 in answer.started:
+        # Y was at the worker and never started: it ends cancelled (the interchange was told it may
+        # have started, so a result comes for it), and never runs.
+        ok, exc = results[2]
+        assert not ok and isinstance(exc, TaskCancelled) and "before it started" in str(exc)
+    # Either way Y never runs (below: the log holds X, then the next task only).
     ic.submit([(3, tasks.record, (log, "after"))])
     assert ic.results_for(1)[3][0]
     assert read_lines(log) == ["X", "after"]

@@ -188,9 +188,11 @@ class PoolReporter:
                 proc = self._procs.get(pid)
                 if proc is None:
                     proc = self._procs[pid] = psutil.Process(pid)
-                out.append(ev.ResourceSample(self.pool_id, rank, now, proc.cpu_percent(), proc.memory_info().rss))
+                rss = proc.memory_info().rss
             except psutil.Error:
                 continue
+            if rss:  # 0: a worker that is exiting (its memory is gone, the pool has not reaped it): no sample
+                out.append(ev.ResourceSample(self.pool_id, rank, now, proc.cpu_percent(), rss))
         for pid in set(self._procs) - seen:
             del self._procs[pid]
         return out

@@ -1,0 +1,105 @@
+"""A busy worker is handed its next task ahead, and the pool takes it back if the task before it runs long.
+
+process_worker_pool.Lookahead: the hop from a worker's result to its next task is gone for short
+tasks, and no task waits behind a long one, or runs twice.  Each task records its start in a
+file (one O_APPEND write), so "ran exactly once" is read there, not inferred.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from htex import WorkerLost
+
+import tasks
+from support import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _starts(log: Path) -> collections.Counter[str]:
+    return collections.Counter(log.read_text().split()) if log.exists() else collections.Counter()
+
+
+def _manager_log(ex: Any) -> str:
+    (path,) = glob.glob(os.path.join(ex.logdir, "block-0", "*", "manager.log"))
+    with open(path) as f:
+        return f.read()
+
+
+def _warm(ex: Any, tmp: Path) -> None:
+    """Short tasks first: the pool learns that tasks are short, and gives ahead."""
+    futs = [ex.submit(tasks.append_then_sleep, {}, str(tmp / "warm"), i, 0.002) for i in range(40)]
+    assert [f.result(timeout=60) for f in futs] == list(range(40))
+
+
+def _held_then_short(ex: Any, tmp: Path, n: int) -> tuple[Any, list[Any], Path, Path]:
+    log, gate = tmp / "starts", tmp / "gate"
+    held = ex.submit(tasks.record_then_wait_for, {}, str(log), "L", str(gate))
+    wait_for(lambda: _starts(log)["L"] == 1, what="the long task to start")
+    shorts = [ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.002) for i in range(n)]
+    return held, shorts, log, gate
+
+
+def test_a_task_given_ahead_of_a_long_one_is_taken_back_and_waits_its_turn(make_executor: Any, tmp_path: Path) -> None:
+    """One worker: the task handed behind the held one is taken back (not run ahead of its turn), and
+    every task runs once after the held one."""
+    ex = make_executor(max_workers=1, worker_debug=True)
+    _warm(ex, tmp_path)
+    held, shorts, log, gate = _held_then_short(ex, tmp_path, 20)
+    wait_for(lambda: "took back task" in _manager_log(ex), timeout=30, what="the pool to take back the task given ahead")
+    assert _starts(log) == {"L": 1}  # nothing ran while the only worker was held
+    gate.touch()
+    assert held.result(timeout=30) is None
+    assert [f.result(timeout=30) for f in shorts] == list(range(20))
+    starts = _starts(log)
+    assert starts == {"L": 1, **{str(i): 1 for i in range(20)}}, starts
+
+
+def test_tasks_never_wait_behind_a_long_one_when_another_worker_is_free(make_executor: Any, tmp_path: Path) -> None:
+    ex = make_executor(max_workers=2, worker_debug=True)
+    _warm(ex, tmp_path)
+    held, shorts, log, gate = _held_then_short(ex, tmp_path, 60)
+    try:
+        # All of them finish while the long one is still held: none stayed behind it at its worker.
+        assert [f.result(timeout=30) for f in shorts] == list(range(60))
+        assert not held.done()
+    finally:
+        gate.touch()
+    assert held.result(timeout=30) is None
+    assert _starts(log) == {"L": 1, **{str(i): 1 for i in range(60)}}
+
+
+def test_a_worker_killed_after_a_task_was_taken_back_from_it(make_executor: Any, tmp_path: Path) -> None:
+    """The held task fails with WorkerLost; the one taken back runs once, on the new worker."""
+    ex = make_executor(max_workers=1, worker_debug=True)
+    _warm(ex, tmp_path)
+    held, shorts, log, gate = _held_then_short(ex, tmp_path, 10)
+    wait_for(lambda: "took back task" in _manager_log(ex), timeout=30, what="the pool to take back the task given ahead")
+    (pool,) = [m["pid"] for m in ex.connected_managers]
+    (worker,) = [p for p in psutil.Process(pool).children() if "htex.worker" in " ".join(p.cmdline())]
+    os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(WorkerLost):
+        held.result(timeout=30)
+    assert [f.result(timeout=30) for f in shorts] == list(range(10))
+    assert _starts(log) == {"L": 1, **{str(i): 1 for i in range(10)}}
+    gate.touch()
+
+
+def test_many_tasks_of_mixed_lengths_each_run_once(make_executor: Any, tmp_path: Path) -> None:
+    """Tasks given ahead and taken back as they come (some run long): each one runs exactly once."""
+    ex = make_executor(max_workers=2)
+    log = tmp_path / "starts"
+    lengths = [0.05 if i % 37 == 0 else 0.001 * (i % 4) for i in range(600)]
+    futs = [ex.submit(tasks.append_then_sleep, {}, str(log), i, s) for i, s in enumerate(lengths)]
+    assert [f.result(timeout=60) for f in futs] == list(range(600))
+    starts = _starts(log)
+    assert starts == {str(i): 1 for i in range(600)}, [k for k, v in starts.items() if v != 1]
