@@ -49,7 +49,8 @@ The classes: ``Manager`` runs the loop and keeps the tasks (the queue, the
 batches handed out, the results going back); ``Workers`` keeps the worker
 processes (start, link, notice a death, replace); ``Cancels`` answers a
 Withdraw, kills to cancel, and says what a dead worker's batch becomes;
-``Wide`` seats tasks that ask for more than one GPU.  Each worker's link is
+``Wide`` seats tasks that ask for more than one GPU; ``Lookahead`` hands a
+busy worker its next task early, and takes it back (a claim byte per task).  Each worker's link is
 a ``framing.WorkerLink``.
 
 Started by the provider as ``process_worker_pool`` (or ``python -m
