@@ -729,7 +729,7 @@ class Interchange(_FromPools, _Dispatching):
             self._send_frames(identity, frames)
 
     def _send_frames(self, identity: bytes, frames: Sequence[protocol.Blob]) -> bool:
-        if self.unix is not None and identity in self.unix.links:
+        if self.unix is not None and identity in self.unix:
             return self.unix.send(identity, frames)
         try:
             self.pool_sock.send_multipart([identity, *frames], copy=False)

@@ -135,8 +135,9 @@ class UnixPools:
     """The interchange's UNIX links: the listener the executor bound, and a StreamLink per connection.
 
     ``ready`` takes what the poller reported for one of ``fds`` and returns the
-    messages that came, each with the connection's identity, and the
-    identities of connections that ended.
+    messages that came, each with the connection's identity; connections that
+    ended (their peer closed, or a send failed) wait in ``ended`` for the
+    interchange to lose their pools.
     """
 
     def __init__(self, listener_fd: int, poller: zmq.Poller) -> None:
@@ -146,8 +147,8 @@ class UnixPools:
         poller.register(self.listener.fileno(), framing.POLLIN)
         self.fds: dict[int, bytes] = {self.listener.fileno(): b""}  # every fd we watch -> its identity
         self.links: dict[bytes, framing.StreamLink] = {}
-        self.ended: list[bytes] = []
-        self.paused = False  # not accepting for now: out of descriptors  # connections that ended (peer closed, or a send failed)
+        self.ended: list[bytes] = []  # connections that ended (peer closed, or a send failed)
+        self.paused = False  # not accepting for now: out of descriptors
         self._count = 0
         self._uid = os.getuid()
 

@@ -647,9 +647,14 @@ class Lookahead:
     def _patience(self) -> float:
         return max(LOOKAHEAD_PATIENCE * self.m.task_seconds, LOOKAHEAD_MIN_WAIT)
 
+    @staticmethod
+    def _waiting(slot: _WorkerSlot) -> bool:
+        """A task waits at this worker behind the one it runs, and none was taken back from it yet."""
+        return len(slot.tasks) > 1 and slot.taken_back is None
+
     def due(self) -> float:
         """When the soonest task waiting at a worker is to be looked at (inf: none waits)."""
-        waits = [s.sent_at for s in self.m.workers.slots if len(s.tasks) > 1 and s.taken_back is None]
+        waits = [s.sent_at for s in self.m.workers.slots if self._waiting(s)]
         return min(waits) + self._patience() if waits else math.inf
 
     def check(self, now: float) -> None:
@@ -661,7 +666,7 @@ class Lookahead:
     def reclaim(self, idle: int) -> None:
         """Workers are idle: the tasks waiting at busy ones come back first (up to one each), so that no task
         queued after them starts before them (they were handed in queue order)."""
-        waiting = sorted((s for s in self.m.workers.slots if len(s.tasks) > 1), key=lambda s: s.tasks[-1])
+        waiting = sorted((s for s in self.m.workers.slots if self._waiting(s)), key=lambda s: s.tasks[-1])
         self._take_back(waiting[:idle])
 
     def _take_back(self, slots: list[_WorkerSlot]) -> bool:
@@ -670,8 +675,7 @@ class Lookahead:
         m = self.m
         back = []
         for slot in slots:
-            if (len(slot.tasks) > 1 and slot.taken_back is None and slot.tasks[-1] not in m.cancels.doomed
-                    and m.workers.take_back(slot)):
+            if self._waiting(slot) and slot.tasks[-1] not in m.cancels.doomed and m.workers.take_back(slot):
                 slot.taken_back = slot.tasks.pop()
                 back.append(m.handed.pop(slot.taken_back))
                 log.debug("took back task %d from worker %d", slot.taken_back, slot.rank)

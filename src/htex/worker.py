@@ -185,16 +185,17 @@ class Worker:
 
     def _given_back(self, ids: list[int]) -> None:
         """Tell the pool we saw that it took these back: until then it gives us nothing new.  Held results first."""
-        held = self.held
-        if held.ids:
-            framing.send(self.sock, protocol.Results(protocol.u64_array(held.ids), list(held.blobs)).encode())
-            held.sent()
+        if self.held.ids:
+            self._send_results([], [])
         framing.send(self.sock, protocol.Withdrawn(req=0, withdrawn=ids, started=[]).encode())
 
     def _send(self, task_id: int, result: bytes) -> None:
-        """Send the held results and this one (held ones first: results go back in the order tasks came)."""
+        self._send_results([task_id], [result])
+
+    def _send_results(self, ids: list[int], results: list[bytes]) -> None:
+        """Send the held results and these (held ones first: results go back in the order tasks came)."""
         held = self.held
-        framing.send(self.sock, protocol.Results(protocol.u64_array([*held.ids, task_id]), [*held.blobs, result]).encode())
+        framing.send(self.sock, protocol.Results(protocol.u64_array([*held.ids, *ids]), [*held.blobs, *results]).encode())
         held.sent()
 
     def run_one(self, fn_key: int, payload: memoryview | bytes) -> bytes:
