@@ -50,7 +50,7 @@ batches handed out, the results going back); ``Workers`` keeps the worker
 processes (start, link, notice a death, replace); ``Cancels`` answers a
 Withdraw, kills to cancel, and says what a dead worker's batch becomes;
 ``Wide`` seats tasks that ask for more than one GPU; ``Lookahead`` hands a
-busy worker its next task early, and takes it back (a claim byte per task).  Each worker's link is
+busy worker its next task early, and takes it back (a claim byte per such task).  Each worker's link is
 a ``framing.WorkerLink``.
 
 Started by the provider as ``process_worker_pool`` (or ``python -m
@@ -311,8 +311,10 @@ class Workers:
                 self._gone(slot, exc)
 
     def send_tasks(self, slot: _WorkerSlot, n: int, frames: list[protocol.Blob]) -> None:
-        """Hand a worker n tasks: their bytes first (the worker reads one before each task starts)."""
-        os.write(slot.claim[1], bytes(n))
+        """Send a worker a batch with ``n`` tasks to claim: their bytes first (the worker reads one before each
+        of those starts).  Not one a task: the system calls on both sides showed in W2's round trip."""
+        if n:
+            os.write(slot.claim[1], bytes(n))
         self.send(slot, frames)
 
     def take_back(self, slot: _WorkerSlot) -> bool:
@@ -621,16 +623,20 @@ class Lookahead:
     tasks are short (LOOKAHEAD_TASK), and one that waits LOOKAHEAD_PATIENCE tasks' time goes back
     to the front of our queue, for the next worker free.
 
-    Taking back is exact.  For each task it hands, the pool writes a byte into the worker's claim
-    pipe; the worker reads one before it starts each task (before it writes the shared word), and
-    the pool takes back the last task handed by reading a byte itself: the kernel gives each byte
-    to one reader, so either the worker has the task or we do.  A worker that finds no byte skips
+    Taking back is exact.  For each task it may take back (one handed ahead, and each but the first
+    of a batch: protocol.TasksAhead), the pool writes a byte into the worker's claim pipe; the worker
+    reads one before it starts such a task (before it writes the shared word), and the pool takes
+    back the last task handed by reading a byte itself: the kernel gives each byte to one reader,
+    so either the worker has the task or we do.  A worker that finds no byte skips
     the task and says so (a Withdrawn); until then it is handed nothing, or a new byte could
     stand in for the one taken.  A task to cancel (Cancels.doomed) is never taken back.
     """
 
     def __init__(self, manager: Manager) -> None:
         self.m = manager
+        # Some worker may have a task waiting (set by Manager._hand; cleared when a look finds none): the
+        # loop's every turn looks, and with one task at a time (W2) the looks showed in the round trip.
+        self.armed = False
 
     def give(self) -> None:
         """To each busy worker running its last task, its next one (while tasks are short)."""
@@ -654,11 +660,16 @@ class Lookahead:
 
     def due(self) -> float:
         """When the soonest task waiting at a worker is to be looked at (inf: none waits)."""
+        if not self.armed:
+            return math.inf
         waits = [s.sent_at for s in self.m.workers.slots if self._waiting(s)]
+        self.armed = bool(waits)
         return min(waits) + self._patience() if waits else math.inf
 
     def check(self, now: float) -> None:
         """Take back the task waiting at each worker whose current one has run long: to the front of our queue."""
+        if not self.armed:
+            return
         patience = self._patience()
         if self._take_back([s for s in self.m.workers.slots if now - s.sent_at > patience]):
             self.m._dispatch()  # now: nothing else may wake the loop soon
@@ -666,6 +677,8 @@ class Lookahead:
     def reclaim(self, idle: int) -> None:
         """Workers are idle: the tasks waiting at busy ones come back first (up to one each), so that no task
         queued after them starts before them (they were handed in queue order)."""
+        if not self.armed:
+            return
         waiting = sorted((s for s in self.m.workers.slots if self._waiting(s)), key=lambda s: s.tasks[-1])
         self._take_back(waiting[:idle])
 
@@ -912,14 +925,17 @@ class Manager:
             slot.tasks += ids
         else:
             slot.tasks, slot.sent_at = ids, time.monotonic()
+        if len(slot.tasks) > 1:
+            self.lookahead.armed = True  # a task waits at this worker: Lookahead looks again
         functions = {}
         for task in batch:
             self.handed[task[0]] = task
             if task[1] not in slot.functions:
                 functions[task[1]] = self.functions[task[1]]
                 slot.functions.add(task[1])
-        msg = protocol.Tasks(protocol.u64_array(ids), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions)
-        self.workers.send_tasks(slot, len(ids), msg.encode())
+        kind = protocol.TasksAhead if ahead else protocol.Tasks
+        msg = kind(protocol.u64_array(ids), protocol.u64_array(t[1] for t in batch), [t[2] for t in batch], functions)
+        self.workers.send_tasks(slot, len(ids) if ahead else len(ids) - 1, msg.encode())  # the claims: see TasksAhead
         if self._monitor is not None:
             self._monitor.started(ids, slot.rank)
 

@@ -234,6 +234,18 @@ class Tasks:
 
 
 @dataclass(slots=True)
+class TasksAhead(Tasks):
+    """Pool -> worker: tasks handed behind the one the worker runs (process_worker_pool.Lookahead).
+
+    The worker claims each one (reads its byte from the claim pipe) before it starts it, so the
+    pool can take the last one back.  In a plain ``Tasks`` batch to a worker, every task but the
+    first is claimed the same way: the first starts at once, and taking it back would gain nothing.
+    """
+
+    TYPE: ClassVar[int] = 3
+
+
+@dataclass(slots=True)
 class Results:
     """A batch of results: one blob per task id (see ``serialize.pack_result``)."""
 
@@ -722,7 +734,7 @@ Message = (
 _TYPES: dict[int, Any] = {
     cls.TYPE: cls
     for cls in (
-        Tasks, Results, Ready, Heartbeat, Shutdown, StatusRequest, StatusReply, HoldPools, DropBlocks, Done, Failed,
+        Tasks, TasksAhead, Results, Ready, Heartbeat, Shutdown, StatusRequest, StatusReply, HoldPools, DropBlocks, Done, Failed,
         CancelTasks, Cancelled, TaskNeeds,
         TasksFailed, PoolRegistered, PoolGone, PoolRejected,
         Probe, ProbeReply, Register, Registered, Rejected, WorkerReady, Withdraw, Withdrawn, Draining, PoolDraining,

@@ -109,9 +109,10 @@ def read_held(mem: mmap.mmap) -> list[tuple[int, bytes]]:
 class Worker:
     def __init__(self, fd: int, rank: int, started_fd: int | None = None, claim_fd: int | None = None) -> None:
         self.rank = rank
-        # One byte a task, written by the pool as it hands the task: a task may start only once its byte
-        # is read here.  The pool reads the same pipe to take back a task given ahead (see process_worker_pool's
-        # Lookahead): whoever reads the byte has the task, and the kernel lets only one of us read it.
+        # One byte for each task the pool may take back (protocol.TasksAhead), written as it hands the task:
+        # such a task may start only once its byte is read here.  The pool reads the same pipe to take a
+        # task back (process_worker_pool's Lookahead): whoever reads the byte has the task, and the kernel
+        # lets only one of us read it.
         self.claim = claim_fd
         if claim_fd is not None:
             os.set_inheritable(claim_fd, False)
@@ -162,9 +163,10 @@ class Worker:
                 self.functions[key] = exc  # every task of this function fails with it
         last_sent = time.monotonic()
         last = len(batch.ids) - 1
+        first_claimed = 0 if isinstance(batch, protocol.TasksAhead) else 1  # see protocol.TasksAhead
         start, hold = self.held.start, self.held.add
         for i, (task_id, key, payload) in enumerate(zip(batch.ids, batch.fn_keys, batch.payloads, strict=True)):
-            if not self._claimed():
+            if i >= first_claimed and not self._claimed():
                 self._given_back(list(batch.ids[i:]))
                 return
             start(task_id)  # before anything of the task runs

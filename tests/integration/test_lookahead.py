@@ -103,3 +103,29 @@ def test_many_tasks_of_mixed_lengths_each_run_once(make_executor: Any, tmp_path:
     assert [f.result(timeout=60) for f in futs] == list(range(600))
     starts = _starts(log)
     assert starts == {str(i): 1 for i in range(600)}, [k for k, v in starts.items() if v != 1]
+
+
+def test_the_last_task_of_a_batch_behind_a_long_one_is_taken_back_exactly(make_executor: Any, tmp_path: Path) -> None:
+    """One worker is handed a batch (short tasks: several a message) whose first task runs long: the pool
+    takes back the batch's last task, which the worker has not claimed, and every task runs once.
+
+    The tasks leave the client in one message (submitted from a done-callback), so the pool holds them
+    all when it hands the batch: a batch's tasks after its first are claimed as a TasksAhead's are."""
+    ex = make_executor(max_workers=1, worker_debug=True)
+    warm = [ex.submit(tasks.append_then_sleep, {}, str(tmp_path / "warm"), i, 0.0) for i in range(100)]
+    assert [f.result(timeout=60) for f in warm] == list(range(100))  # no-op tasks: the pool hands batches
+    log, gate = tmp_path / "starts", tmp_path / "gate"
+    submitted: list[Any] = []
+
+    def submit_all(_: Any) -> None:
+        submitted.append(ex.submit(tasks.record_then_wait_for, {}, str(log), "L", str(gate)))
+        submitted.extend(ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.0) for i in range(20))
+
+    ex.submit(tasks.append_then_sleep, {}, str(tmp_path / "warm"), -1, 0.0).add_done_callback(submit_all)
+    wait_for(lambda: "took back task" in _manager_log(ex), timeout=30, what="the pool to take back a task of the batch")
+    assert _starts(log) == {"L": 1}
+    gate.touch()
+    held, *shorts = submitted
+    assert held.result(timeout=30) is None
+    assert [f.result(timeout=30) for f in shorts] == list(range(20))
+    assert _starts(log) == {"L": 1, **{str(i): 1 for i in range(20)}}

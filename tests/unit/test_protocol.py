@@ -26,6 +26,16 @@ def test_tasks_round_trip() -> None:
     assert back.priorities is None  # none sent: the common case carries no array at all
 
 
+def test_tasks_ahead_come_back_as_tasks_ahead() -> None:
+    """A worker claims every task of a TasksAhead before it starts it: decoded as plain Tasks, the first
+    would start unclaimed, and a take-back of it would go unseen (the task would run twice)."""
+    msg = protocol.TasksAhead(protocol.u64_array([5]), protocol.u64_array([7]), [b"a"], {})
+    back = protocol.decode(msg.encode())
+    assert type(back) is protocol.TasksAhead and list(back.ids) == [5] and bytes(back.payloads[0]) == b"a"
+    plain = protocol.decode(protocol.Tasks(msg.ids, msg.fn_keys, msg.payloads).encode())
+    assert type(plain) is protocol.Tasks
+
+
 def test_tasks_round_trip_with_priorities() -> None:
     ranks = array("d", [3.0, protocol.NO_PRIORITY, -1.5, math.inf])
     msg = protocol.Tasks(protocol.u64_array([1, 2, 3, 4]), protocol.u64_array([7] * 4), [b"a", b"b", b"c", b"d"],
