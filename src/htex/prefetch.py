@@ -36,7 +36,12 @@ task's run).  Consequences:
 - Long tasks get none: a prefetched task of 2 s may wait 2 s in a busy pool
   while another pool idles, to save a round trip of a millisecond.  A pool is
   never sent prefetch before its first results say its tasks are short.
-- Tasks of 50 ms get one: each worker finds its next task waiting.
+- Tasks of 0.1-0.5 s get what covers the round trip: one.
+- Tasks under LOOKAHEAD_TASK (0.1 s) get at least one per worker, which the pool
+  hands to the worker ahead (process_worker_pool's Lookahead): each worker finds
+  its next task waiting.  W4 (tasks of 50 ms on 2 workers) got 1 for the pool
+  before, so one worker of the two waited a round trip for each task (its gap
+  from one task to the next 1.25 ms, against 0.4 with a task waiting).
 - Short tasks get what hides the round trip, and more on a slow link (50 ms
   of latency and tasks of 1 ms on 2 workers: 200).  The estimate feeds itself
   upwards from a starved start: more prefetch, more tasks a second, a shorter
@@ -62,6 +67,9 @@ AUTO_MAX = 256  # the most "auto" gives one pool: what a fixed prefetch of 256 d
 HEADROOM = 2.0  # round trips covered: one is the average, a second absorbs the jitter of a loaded host
 ROUND_TRIP_FLOOR = 0.005  # s: the least round trip assumed (see the docstring)
 LONG_TASK = 0.5  # s a worker spends on a task, from which a pool gets no prefetch
+# s a worker spends on a task, below which its pool hands it its next task ahead (process_worker_pool's
+# Lookahead): "auto" then gives a pool at least one task per worker, so that each has one to be handed.
+LOOKAHEAD_TASK = 0.1
 TAU = 0.1  # s of busy time: the time constant of the interval's moving average
 TASK_ROUNDS = 4  # ... or tasks per worker, whichever forgets faster (see the docstring)
 
@@ -116,8 +124,10 @@ class Auto:
         self.mark = now if still_busy else 0.0
         if self.done > 0 and self.busy > 0 and self.round_trip < math.inf:
             interval = self.busy / self.done
-            if interval * self.workers >= LONG_TASK:
+            task_time = interval * self.workers
+            if task_time >= LONG_TASK:
                 self.cap = 0
             else:
-                self.cap = min(AUTO_MAX, math.ceil(HEADROOM * max(self.round_trip, ROUND_TRIP_FLOOR) / interval))
+                cap = math.ceil(HEADROOM * max(self.round_trip, ROUND_TRIP_FLOOR) / interval)
+                self.cap = min(AUTO_MAX, max(cap, self.workers) if task_time < LOOKAHEAD_TASK else cap)
         return self.cap

@@ -97,9 +97,8 @@ WORKER_BATCH = 32
 BATCH_SECONDS = 0.002
 # While a task to cancel waits in a worker's batch, how often to look whether the worker has reached it.
 DOOMED_CHECK_SECONDS = 0.005
-# Lookahead: a busy worker is handed its next task while tasks take less than LOOKAHEAD_TASK s; one that
-# waits LOOKAHEAD_PATIENCE times a task's usual time (and at least LOOKAHEAD_MIN_WAIT s) is taken back.
-LOOKAHEAD_TASK = 0.1
+# Lookahead: a busy worker is handed its next task while tasks take less than prefetch.LOOKAHEAD_TASK s; one
+# that waits LOOKAHEAD_PATIENCE times a task's usual time (and at least LOOKAHEAD_MIN_WAIT s) is taken back.
 LOOKAHEAD_PATIENCE = 4.0
 LOOKAHEAD_MIN_WAIT = 0.005
 # Seconds without an answer to our registration before we say so (the interchange may be out of descriptors).
@@ -168,6 +167,7 @@ class _WorkerSlot:
     restart: bool = False  # we stopped its (idle) worker to start it on another seat: not a failure
     claim: tuple[int, int] = (-1, -1)  # the pipe of its tasks' bytes: (read end, also the worker's; write end)
     taken_back: int | None = None  # a task we took back from it: nothing new for it until it says it saw that
+    robbed: bool = False  # idle since we took a task back from it: it takes none back from others (Lookahead.reclaim)
 
     def started_task(self) -> int:
         return protocol.STARTED.unpack_from(self.started)[0] if self.started is not None else 0
@@ -620,7 +620,7 @@ class Lookahead:
     task to come back, about 0.7 ms on a 2-core VM (ProcessPoolExecutor's workers find theirs in
     a shared pipe: 0.3 ms), and every short task paid it (W4, W6).  A task given ahead costs
     balance only while it waits behind a long one, so: at most one waits at a worker, only while
-    tasks are short (LOOKAHEAD_TASK), and one that waits LOOKAHEAD_PATIENCE tasks' time goes back
+    tasks are short (prefetch.LOOKAHEAD_TASK), and one that waits LOOKAHEAD_PATIENCE tasks' time goes back
     to the front of our queue, for the next worker free.
 
     Taking back is exact.  For each task it may take back (one handed ahead, and each but the first
@@ -641,7 +641,7 @@ class Lookahead:
     def give(self) -> None:
         """To each busy worker running its last task, its next one (while tasks are short)."""
         m = self.m
-        if not m.queue or not 0 < m.task_seconds < LOOKAHEAD_TASK or m.wide.gpus:
+        if not m.queue or not 0 < m.task_seconds < prefetch.LOOKAHEAD_TASK or m.wide.gpus:
             return
         for slot in m.workers.slots:
             if not m.queue:
@@ -675,9 +675,14 @@ class Lookahead:
             self.m._dispatch()  # now: nothing else may wake the loop soon
 
     def reclaim(self, idle: int) -> None:
-        """Workers are idle: the tasks waiting at busy ones come back first (up to one each), so that no task
-        queued after them starts before them (they were handed in queue order)."""
-        if not self.armed:
+        """Workers are idle and our queue cannot keep them busy: the tasks waiting at busy ones come back
+        (up to one each, oldest first).  Not while the queue can: the worker a task was taken from waits a
+        hop for its next one, and is idle in turn when another worker has one waiting.  In W4 (tasks of
+        50 ms) every task given ahead was taken back that way, once it had started, and each worker waited
+        1.3 ms between tasks instead of 0.4.  For the same reason a worker idle because we took a task back
+        from it (``robbed``) waits for the next task to come rather than take one back in turn.  A task
+        waiting at a worker behind one that runs long is still taken back (``check``)."""
+        if not self.armed or idle <= 0:
             return
         waiting = sorted((s for s in self.m.workers.slots if self._waiting(s)), key=lambda s: s.tasks[-1])
         self._take_back(waiting[:idle])
@@ -699,6 +704,7 @@ class Lookahead:
         """The worker skipped what we took back: it may be handed tasks again."""
         slot.taken_back = None
         if not slot.tasks and slot.wide is None and not slot.lent and slot.ready and slot.link is not None:
+            slot.robbed = True
             self.m.workers.idle.append(slot.rank)
 
 
@@ -908,8 +914,9 @@ class Manager:
             self.queue = self.wide.divert(self.queue)
             self.wide.seat()
         idle = self.workers.idle
-        if idle:
-            self.lookahead.reclaim(len(idle))
+        if len(idle) > len(self.queue):  # some will get nothing from the queue
+            takers = sum(not self.workers.slots[r].robbed for r in idle)
+            self.lookahead.reclaim(min(takers, len(idle) - len(self.queue)))
         batches = []
         while idle and self.queue:
             slot = self.workers.slots[idle.popleft()]
@@ -925,6 +932,7 @@ class Manager:
             slot.tasks += ids
         else:
             slot.tasks, slot.sent_at = ids, time.monotonic()
+            slot.robbed = False
         if len(slot.tasks) > 1:
             self.lookahead.armed = True  # a task waits at this worker: Lookahead looks again
         functions = {}

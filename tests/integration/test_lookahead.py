@@ -129,3 +129,22 @@ def test_the_last_task_of_a_batch_behind_a_long_one_is_taken_back_exactly(make_e
     assert held.result(timeout=30) is None
     assert [f.result(timeout=30) for f in shorts] == list(range(20))
     assert _starts(log) == {"L": 1, **{str(i): 1 for i in range(20)}}
+
+
+def test_one_take_back_does_not_start_a_chain_of_them(make_executor: Any, tmp_path: Path) -> None:
+    """A worker we took a task back from idles a hop later, while the other worker has a task waiting:
+    taking that one back in turn goes on for ever (in W4 every task was taken back, and each worker
+    waited 1.3 ms between tasks instead of 0.4).  After one take-back (behind a long task), the tasks
+    of 20 ms that follow start where they were handed, but for a few at the end."""
+    ex = make_executor(max_workers=2, worker_debug=True)
+    _warm(ex, tmp_path)
+    held, _, log, gate = _held_then_short(ex, tmp_path, 0)
+    shorts = [ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.02) for i in range(80)]
+    wait_for(lambda: "took back task" in _manager_log(ex), timeout=30, what="the pool to take back the task given ahead")
+    before = _manager_log(ex).count("took back task")
+    gate.touch()
+    assert held.result(timeout=30) is None
+    assert [f.result(timeout=60) for f in shorts] == list(range(80))
+    assert _starts(log) == {"L": 1, **{str(i): 1 for i in range(80)}}
+    after = _manager_log(ex).count("took back task") - before
+    assert after <= 4, f"{after} tasks were taken back after the first, of 80"

@@ -33,8 +33,11 @@ def test_short_tasks_cover_two_round_trips_of_work() -> None:
     assert _run(prefetch.Auto(2), task_s=0.001, rtt=0.0005) == pytest.approx(20, abs=1)  # ceil of a float
     # The same on a link of 50 ms: 200 (about: the first, slow sample fades slowly).
     assert _run(prefetch.Auto(2), task_s=0.001, rtt=0.050, rounds=2000) == pytest.approx(200, rel=0.05)
-    # Tasks of 50 ms: one each (a worker finds its next task waiting).
-    assert _run(prefetch.Auto(2), task_s=0.05, rtt=0.0005) == 1
+    # Tasks of 50 ms: one per worker (each finds its next task waiting: the pool hands it ahead).
+    assert _run(prefetch.Auto(2), task_s=0.05, rtt=0.0005) == 2
+    assert _run(prefetch.Auto(8), task_s=0.05, rtt=0.0005) == 8
+    # Tasks of 0.2 s: the round trip's worth, one for the pool (the pool hands none ahead at that length).
+    assert _run(prefetch.Auto(2), task_s=0.2, rtt=0.0005) == 1
 
 
 def test_bounded() -> None:
