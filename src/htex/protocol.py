@@ -11,6 +11,7 @@ Bodies (integers little-endian)::
               this message carries; f64 priorities[p] (p is 0 or n; NaN: this task has
               none); u32 sizes[f + n] (EXTERNAL: the blob is the next frame); the packed
               blobs: the f functions, then the n tasks
+    TASKS_AHEAD  the same body as TASKS (pool -> worker: tasks the worker claims first)
     RESULTS   u32 n; u64 ids[n]; u32 sizes[n]; the packed result blobs
     HEARTBEAT nothing
     others    one JSON object: a control message, small, safe to parse from a peer
@@ -43,8 +44,8 @@ Who sends what::
     interchange -> pool        ProbeReply, Registered, Rejected, Tasks, Heartbeat, Shutdown;
                                  Withdraw(req, ids) -> Withdrawn(req, withdrawn, started)
     key holder -> interchange  StatusRequest (req 0, on the task port: `htex status`)
-    worker    -> pool          WorkerReady, Results
-    pool      -> worker        Tasks, Shutdown
+    worker    -> pool          WorkerReady, Results, Withdrawn (req 0: it skipped a task the pool took back)
+    pool      -> worker        Tasks, TasksAhead, Shutdown
 
 Withdraw takes tasks back from a pool if no worker may have started them:
 ``withdrawn`` are the ones it removed from its prefetch queue (they will never
