@@ -674,7 +674,14 @@ class Lookahead:
         if self._take_back([s for s in self.m.workers.slots if now - s.sent_at > patience]):
             self.m._dispatch()  # now: nothing else may wake the loop soon
 
-    def reclaim(self, idle: int) -> None:
+    def handed(self, slot: _WorkerSlot, ahead: bool) -> None:
+        """The manager handed ``slot`` tasks (``ahead``: behind the one it runs)."""
+        if not ahead:
+            slot.robbed = False
+        if len(slot.tasks) > 1:
+            self.armed = True  # a task waits at this worker: look again
+
+    def reclaim(self, idle: deque[int]) -> None:
         """Workers are idle and our queue cannot keep them busy: the tasks waiting at busy ones come back
         (up to one each, oldest first).  Not while the queue can: the worker a task was taken from waits a
         hop for its next one, and is idle in turn when another worker has one waiting.  In W4 (tasks of
@@ -682,10 +689,13 @@ class Lookahead:
         1.3 ms between tasks instead of 0.4.  For the same reason a worker idle because we took a task back
         from it (``robbed``) waits for the next task to come rather than take one back in turn.  A task
         waiting at a worker behind one that runs long is still taken back (``check``)."""
-        if not self.armed or idle <= 0:
+        m = self.m
+        surplus = len(idle) - len(m.queue)  # idle workers that will get nothing from the queue
+        if not self.armed or surplus <= 0:
             return
-        waiting = sorted((s for s in self.m.workers.slots if self._waiting(s)), key=lambda s: s.tasks[-1])
-        self._take_back(waiting[:idle])
+        takers = min(surplus, sum(not m.workers.slots[r].robbed for r in idle))
+        waiting = sorted((s for s in m.workers.slots if self._waiting(s)), key=lambda s: s.tasks[-1])
+        self._take_back(waiting[:takers])
 
     def _take_back(self, slots: list[_WorkerSlot]) -> bool:
         """Take back the last task of each slot that has one waiting and unclaimed; back to the queue's front,
@@ -914,9 +924,7 @@ class Manager:
             self.queue = self.wide.divert(self.queue)
             self.wide.seat()
         idle = self.workers.idle
-        if len(idle) > len(self.queue):  # some will get nothing from the queue
-            takers = sum(not self.workers.slots[r].robbed for r in idle)
-            self.lookahead.reclaim(min(takers, len(idle) - len(self.queue)))
+        self.lookahead.reclaim(idle)
         batches = []
         while idle and self.queue:
             slot = self.workers.slots[idle.popleft()]
@@ -932,9 +940,7 @@ class Manager:
             slot.tasks += ids
         else:
             slot.tasks, slot.sent_at = ids, time.monotonic()
-            slot.robbed = False
-        if len(slot.tasks) > 1:
-            self.lookahead.armed = True  # a task waits at this worker: Lookahead looks again
+        self.lookahead.handed(slot, ahead)
         functions = {}
         for task in batch:
             self.handed[task[0]] = task
