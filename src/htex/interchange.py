@@ -532,8 +532,10 @@ class _FromPools(_Requests, _Membership):
                 back = ranked + [t for t in back if t[0] not in pool.ranks]
             self.queue.put_back(back, [pool.ranks.pop(t[0]) for t in ranked])
             self.stealing.finished(pool)
-            if pool.free > 0:
-                self.with_room[pool.identity] = pool
+            # No room for the victim until its next results: its workers are busy, and the room the steal made
+            # would take back a share of what it gave (W6 at prefetch 256: the stolen tasks went back and forth
+            # while its last long task waited behind two others for 1.6 s, in 4 rounds of 5).
+            self.with_room.pop(pool.identity, None)
             log.debug("took back %d tasks from %s", len(back), pool.describe())
 
 

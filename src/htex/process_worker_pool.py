@@ -50,7 +50,7 @@ batches handed out, the results going back); ``Workers`` keeps the worker
 processes (start, link, notice a death, replace); ``Cancels`` answers a
 Withdraw, kills to cancel, and says what a dead worker's batch becomes;
 ``Wide`` seats tasks that ask for more than one GPU; ``Lookahead`` hands a
-busy worker its next task early, and takes it back (a claim byte per such task).  Each worker's link is
+busy worker its next batch early, and takes it back (a claim byte per such task).  Each worker's link is
 a ``framing.WorkerLink``.
 
 Started by the provider as ``process_worker_pool`` (or ``python -m
@@ -92,15 +92,17 @@ EXIT_BAD_PLACEMENT = 6  # cpu_affinity asks for cores this node does not give
 # A worker that dies this many times in a row before saying hello means workers cannot start here.
 MAX_START_FAILURES = 3
 # The most tasks one worker is handed at once, and how long a batch should take:
-# long enough to amortise a message, short enough that long tasks go one by one.
+# long enough to amortise a message, short enough that long tasks go one by one (W6's tasks of 1 ms go
+# four to a message: at 2 ms they went one by one, and each message costs every process a wake-up).
 WORKER_BATCH = 32
-BATCH_SECONDS = 0.002
+BATCH_SECONDS = 0.005
 # While a task to cancel waits in a worker's batch, how often to look whether the worker has reached it.
 DOOMED_CHECK_SECONDS = 0.005
-# Lookahead: a busy worker is handed its next task while tasks take less than prefetch.LOOKAHEAD_TASK s; one
-# that waits LOOKAHEAD_PATIENCE times a task's usual time (and at least LOOKAHEAD_MIN_WAIT s) is taken back.
+# Lookahead: a busy worker is handed its next batch while tasks take less than prefetch.LOOKAHEAD_TASK s; what
+# waits LOOKAHEAD_PATIENCE times a task's usual time (and at least LOOKAHEAD_MIN_WAIT s) is taken back.  The
+# least wait is above worker.FLUSH_SECONDS: a worker busy with short tasks says so (results) that often.
 LOOKAHEAD_PATIENCE = 4.0
-LOOKAHEAD_MIN_WAIT = 0.005
+LOOKAHEAD_MIN_WAIT = 0.01
 # Seconds without an answer to our registration before we say so (the interchange may be out of descriptors).
 REGISTER_PATIENCE = 10.0
 # At shutdown: how long workers, and then what tasks left behind, get between SIGTERM and SIGKILL.
@@ -166,7 +168,8 @@ class _WorkerSlot:
     lent: bool = False  # its worker waits, idle, while another slot's wide task uses its device
     restart: bool = False  # we stopped its (idle) worker to start it on another seat: not a failure
     claim: tuple[int, int] = (-1, -1)  # the pipe of its tasks' bytes: (read end, also the worker's; write end)
-    taken_back: int | None = None  # a task we took back from it: nothing new for it until it says it saw that
+    last_hand: int = 0  # how many tasks we handed it last: while it holds no more, nothing waits behind them
+    taken_back: set[int] = field(default_factory=set)  # we took these back: nothing new for it until it saw them
     robbed: bool = False  # idle since we took a task back from it: it takes none back from others (Lookahead.reclaim)
 
     def started_task(self) -> int:
@@ -217,7 +220,7 @@ class Workers:
         os.ftruncate(started_fd, worker.SHARED_SIZE)
         self._close_claim(slot)
         slot.claim = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # a new worker, new bytes: none left from the last
-        slot.taken_back = None
+        slot.taken_back = set()
         try:
             if slot.started is not None:
                 slot.started.close()
@@ -317,12 +320,13 @@ class Workers:
             os.write(slot.claim[1], bytes(n))
         self.send(slot, frames)
 
-    def take_back(self, slot: _WorkerSlot) -> bool:
-        """Take back the last task handed to the worker, if it has not claimed it (read its byte) yet."""
+    def take_back(self, slot: _WorkerSlot, n: int) -> int:
+        """Take back up to ``n`` of the last tasks handed to the worker, those it has not claimed (read the
+        byte of) yet: how many came back."""
         try:
-            return len(os.read(slot.claim[0], 1)) == 1
+            return len(os.read(slot.claim[0], n))
         except BlockingIOError:
-            return False
+            return 0
 
     @staticmethod
     def _close_claim(slot: _WorkerSlot) -> None:
@@ -531,7 +535,9 @@ class Cancels:
         self.killed: set[int] = set()  # the task each worker we killed to cancel was running
 
     def withdraw(self, msg: protocol.Withdraw) -> None:
-        """Give back the asked-for tasks still in our queue; those handed to a worker may have started: they stay.
+        """Give back the asked-for tasks still in our queue; those handed to a worker may have started: they stay,
+        but for those waiting there unclaimed, which come back first (Lookahead.give_back; not for a Withdraw
+        with kill, whose tasks at a worker are killed as it reaches them: kill_doomed).
 
         Exact because only this thread hands tasks to workers: a task in ``m.queue`` has not left
         this process (a dead worker's unstarted tasks come back here too, see account_for_dead_worker).
@@ -539,6 +545,8 @@ class Cancels:
         m = self.m
         wanted = set(msg.ids)
         withdrawn: list[int] = []
+        if not msg.kill:  # those waiting unclaimed at a worker come back to the queue first (to be stolen)
+            m.lookahead.give_back(wanted)
         if wanted and m.queue:
             kept: deque[Task] = deque()
             for task in m.queue:
@@ -614,22 +622,28 @@ class Cancels:
 
 
 class Lookahead:
-    """Hands a busy worker its next task ahead of time, and takes it back if the task before it runs long.
+    """Hands a busy worker its next batch ahead of time, and takes it back if the batch before it runs long.
 
-    Why: a worker that finishes a task otherwise waits for its result to reach us and its next
-    task to come back, about 0.7 ms on a 2-core VM (ProcessPoolExecutor's workers find theirs in
-    a shared pipe: 0.3 ms), and every short task paid it (W4, W6).  A task given ahead costs
-    balance only while it waits behind a long one, so: at most one waits at a worker, only while
-    tasks are short (prefetch.LOOKAHEAD_TASK), and one that waits LOOKAHEAD_PATIENCE tasks' time goes back
-    to the front of our queue, for the next worker free.
+    Why: a worker that finishes a batch otherwise waits for its results to reach us and its next
+    batch to come back, about 0.7 ms on a 2-core VM (ProcessPoolExecutor's workers find theirs in
+    a shared pipe: 0.3 ms), and every short task paid it (W4, W6).  A batch, not one task: each
+    message costs every process on the way a wake-up, and with tasks of 1 ms (W6) one message a
+    task kept two cores busy with little else (the client, the interchange, the pools and the
+    workers used 2.2 s of CPU for W6's 2,016 tasks, 1.2-1.3 s with batches handed ahead).  Tasks given ahead
+    cost balance only while they wait behind a long one, so: one batch waits at a worker at most
+    (``_batch_size``: about BATCH_SECONDS of work), only while tasks are short
+    (prefetch.LOOKAHEAD_TASK), and what waits LOOKAHEAD_PATIENCE tasks' time goes back to the
+    front of our queue, for the next worker free.
 
-    Taking back is exact.  For each task it may take back (one handed ahead, and each but the first
-    of a batch: protocol.TasksAhead), the pool writes a byte into the worker's claim pipe; the worker
-    reads one before it starts such a task (before it writes the shared word), and the pool takes
-    back the last task handed by reading a byte itself: the kernel gives each byte to one reader,
-    so either the worker has the task or we do.  A worker that finds no byte skips
-    the task and says so (a Withdrawn); until then it is handed nothing, or a new byte could
-    stand in for the one taken.  A task to cancel (Cancels.doomed) is never taken back.
+    Taking back is exact.  For each task it may take back (those handed ahead, and each but the
+    first of a batch: protocol.TasksAhead), the pool writes a byte into the worker's claim pipe;
+    the worker reads one before it starts such a task (before it writes the shared word), in the
+    order they were handed.  So the bytes in the pipe are as many as the last tasks not claimed,
+    and the pool takes back the last n by reading n bytes itself: the kernel gives each byte to one
+    reader, so either the worker has a task or we do.  A worker that finds no byte skips the rest of
+    that batch and says so (a Withdrawn: one a batch); until it said so for every task taken back it
+    is handed nothing, or a new byte could stand in for one taken.  A task to cancel
+    (Cancels.doomed) is never taken back, nor one handed before it.
     """
 
     def __init__(self, manager: Manager) -> None:
@@ -639,24 +653,25 @@ class Lookahead:
         self.armed = False
 
     def give(self) -> None:
-        """To each busy worker running its last task, its next one (while tasks are short)."""
+        """To each busy worker running its last batch, its next one (while tasks are short)."""
         m = self.m
         if not m.queue or not 0 < m.task_seconds < prefetch.LOOKAHEAD_TASK or m.wide.gpus:
             return
         for slot in m.workers.slots:
             if not m.queue:
                 return
-            if (len(slot.tasks) == 1 and slot.taken_back is None and slot.wide is None and not slot.lent
-                    and slot.ready and slot.link is not None):
-                m._hand(slot, [m.queue.popleft()], ahead=True)
+            if (0 < len(slot.tasks) <= slot.last_hand and not slot.taken_back and slot.wide is None
+                    and not slot.lent and slot.ready and slot.link is not None):
+                m._hand(slot, [m.queue.popleft() for _ in range(m._batch_size())], ahead=True)
 
     def _patience(self) -> float:
         return max(LOOKAHEAD_PATIENCE * self.m.task_seconds, LOOKAHEAD_MIN_WAIT)
 
     @staticmethod
     def _waiting(slot: _WorkerSlot) -> bool:
-        """A task waits at this worker behind the one it runs, and none was taken back from it yet."""
-        return len(slot.tasks) > 1 and slot.taken_back is None
+        """A task waits at this worker behind the one it runs.  Some taken back before may be unseen yet: we
+        may take more (the bytes still count the tasks not claimed), and hand it nothing until it saw them."""
+        return len(slot.tasks) > 1
 
     def due(self) -> float:
         """When the soonest task waiting at a worker is to be looked at (inf: none waits)."""
@@ -667,52 +682,78 @@ class Lookahead:
         return min(waits) + self._patience() if waits else math.inf
 
     def check(self, now: float) -> None:
-        """Take back the task waiting at each worker whose current one has run long: to the front of our queue."""
+        """Take back what waits at each worker whose current task has run long: to the front of our queue."""
         if not self.armed:
             return
         patience = self._patience()
-        if self._take_back([s for s in self.m.workers.slots if now - s.sent_at > patience]):
+        late = [(s, len(s.tasks) - 1) for s in self.m.workers.slots if now - s.sent_at > patience]
+        if self._take_back(late):
             self.m._dispatch()  # now: nothing else may wake the loop soon
 
-    def handed(self, slot: _WorkerSlot, ahead: bool) -> None:
-        """The manager handed ``slot`` tasks (``ahead``: behind the one it runs)."""
+    def handed(self, slot: _WorkerSlot, n: int, ahead: bool) -> None:
+        """The manager handed ``slot`` ``n`` tasks (``ahead``: behind the ones it runs)."""
+        slot.last_hand = n
         if not ahead:
             slot.robbed = False
         if len(slot.tasks) > 1:
             self.armed = True  # a task waits at this worker: look again
 
     def reclaim(self, idle: deque[int]) -> None:
-        """Workers are idle and our queue cannot keep them busy: the tasks waiting at busy ones come back
-        (up to one each, oldest first).  Not while the queue can: the worker a task was taken from waits a
-        hop for its next one, and is idle in turn when another worker has one waiting.  In W4 (tasks of
-        50 ms) every task given ahead was taken back that way, once it had started, and each worker waited
-        1.3 ms between tasks instead of 0.4.  For the same reason a worker idle because we took a task back
-        from it (``robbed``) waits for the next task to come rather than take one back in turn.  A task
-        waiting at a worker behind one that runs long is still taken back (``check``)."""
+        """Workers are idle and our queue cannot keep them busy: what waits at as many busy workers comes back
+        (the oldest first; all that waits there, for the idle ones to share).  Not while the queue can: the
+        worker tasks were taken from waits a hop for its next ones, and is idle in turn when another worker
+        has some waiting.  In W4 (tasks of 50 ms) every task given ahead was taken back that way, once it
+        had started, and each worker waited 1.3 ms between tasks instead of 0.4.  For the same reason a
+        worker idle because we took tasks back from it (``robbed``) waits for the next ones to come rather
+        than take some back in turn.  What waits at a worker behind one that runs long is still taken back
+        (``check``)."""
         m = self.m
         surplus = len(idle) - len(m.queue)  # idle workers that will get nothing from the queue
         if not self.armed or surplus <= 0:
             return
         takers = min(surplus, sum(not m.workers.slots[r].robbed for r in idle))
         waiting = sorted((s for s in m.workers.slots if self._waiting(s)), key=lambda s: s.tasks[-1])
-        self._take_back(waiting[:takers])
+        self._take_back([(s, len(s.tasks) - 1) for s in waiting[:takers]])
 
-    def _take_back(self, slots: list[_WorkerSlot]) -> bool:
-        """Take back the last task of each slot that has one waiting and unclaimed; back to the queue's front,
-        in their order (ids grow with submission).  True if any came back."""
+    def give_back(self, wanted: set[int]) -> None:
+        """Take back, to the front of our queue, each wanted task waiting at a worker that has not claimed it (and
+        what waits after it: bytes come back from the end), for a Withdraw to find it there.  Else a task handed
+        ahead was never stolen: the interchange does not ask a pool again whose answer moved nothing, and W6 at
+        prefetch 256 lost 1.6 s in 4 rounds of 5 (its last long task waited behind another long one)."""
+        asks = []
+        for slot in self.m.workers.slots:
+            first = next((i for i in range(1, len(slot.tasks)) if slot.tasks[i] in wanted), None)
+            if first is not None:
+                asks.append((slot, len(slot.tasks) - first))
+        self._take_back(asks)
+
+    def _take_back(self, wanted: list[tuple[_WorkerSlot, int]]) -> bool:
+        """Take back up to n of the last tasks of each (slot, n) that waits, none to cancel nor before one;
+        back to the queue's front, in their order (ids grow with submission).  True if any came back."""
         m = self.m
         back = []
-        for slot in slots:
-            if self._waiting(slot) and slot.tasks[-1] not in m.cancels.doomed and m.workers.take_back(slot):
-                slot.taken_back = slot.tasks.pop()
-                back.append(m.handed.pop(slot.taken_back))
-                log.debug("took back task %d from worker %d", slot.taken_back, slot.rank)
+        for slot, n in wanted:
+            if not self._waiting(slot):
+                continue
+            tail = slot.tasks[len(slot.tasks) - min(n, len(slot.tasks) - 1):]
+            while tail and not m.cancels.doomed.isdisjoint(tail):
+                tail = tail[1:]
+            got = m.workers.take_back(slot, len(tail)) if tail else 0
+            if got:
+                ids = slot.tasks[-got:]
+                del slot.tasks[-got:]
+                slot.last_hand = max(0, slot.last_hand - got)
+                slot.taken_back.update(ids)
+                back += [m.handed.pop(tid) for tid in ids]
+                log.debug("took back task %s from worker %d", ", ".join(map(str, ids)), slot.rank)
         m.queue.extendleft(sorted(back, key=lambda t: t[0], reverse=True))
         return bool(back)
 
-    def seen(self, slot: _WorkerSlot) -> None:
-        """The worker skipped what we took back: it may be handed tasks again."""
-        slot.taken_back = None
+    def seen(self, slot: _WorkerSlot, ids: Sequence[int]) -> None:
+        """The worker skipped these (we took them back): once it saw every one, it may be handed tasks again."""
+        slot.taken_back.difference_update(ids)
+        if slot.taken_back:
+            return
         if not slot.tasks and slot.wide is None and not slot.lent and slot.ready and slot.link is not None:
             slot.robbed = True
             self.m.workers.idle.append(slot.rank)
@@ -865,7 +906,7 @@ class Manager:
             del slot.tasks[: len(msg.ids)]  # results come back in the order tasks went out
             for tid in msg.ids:
                 self.handed.pop(tid, None)
-            if slot.tasks or slot.taken_back is not None:
+            if slot.tasks or slot.taken_back:
                 pass  # busy, or to be handed nothing before it says it saw a task taken back
             elif slot.wide is not None:
                 self.wide.finished(slot)
@@ -874,7 +915,7 @@ class Manager:
             self.done_ids.extend(msg.ids)
             self.done_payloads.extend(msg.payloads)
         elif isinstance(msg, protocol.Withdrawn):
-            self.lookahead.seen(slot)
+            self.lookahead.seen(slot, msg.withdrawn)
         elif isinstance(msg, protocol.WorkerReady):
             self.workers.ready(slot, msg.pid)
             if slot.wide is not None:
@@ -940,7 +981,7 @@ class Manager:
             slot.tasks += ids
         else:
             slot.tasks, slot.sent_at = ids, time.monotonic()
-        self.lookahead.handed(slot, ahead)
+        self.lookahead.handed(slot, len(ids), ahead)
         functions = {}
         for task in batch:
             self.handed[task[0]] = task

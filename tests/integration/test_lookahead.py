@@ -131,6 +131,35 @@ def test_the_last_task_of_a_batch_behind_a_long_one_is_taken_back_exactly(make_e
     assert _starts(log) == {"L": 1, **{str(i): 1 for i in range(20)}}
 
 
+def test_a_whole_batch_given_ahead_of_a_long_task_comes_back(make_executor: Any, tmp_path: Path) -> None:
+    """Short tasks go ahead in batches: behind a held task, a worker is handed several (one message), and
+    all of them come back, in one take-back, to run on the other worker while the first is still held.
+
+    The short tasks leave the client in one message (submitted from a done-callback), so the pool holds
+    them all when it hands the held task's worker its next batch (a fixed prefetch: "auto" would send
+    little to a pool whose task runs long)."""
+    ex = make_executor(max_workers=2, worker_debug=True, prefetch_capacity=64)
+    warm = [ex.submit(tasks.append_then_sleep, {}, str(tmp_path / "warm"), i, 0.0) for i in range(100)]
+    assert [f.result(timeout=60) for f in warm] == list(range(100))  # no-op tasks: the pool hands batches
+    log, gate = tmp_path / "starts", tmp_path / "gate"
+    held = ex.submit(tasks.record_then_wait_for, {}, str(log), "L", str(gate))
+    wait_for(lambda: _starts(log)["L"] == 1, what="the long task to start")
+    shorts: list[Any] = []
+    ex.submit(tasks.append_then_sleep, {}, str(tmp_path / "warm"), -1, 0.0).add_done_callback(
+        lambda _: shorts.extend(ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.001) for i in range(40)))
+    try:
+        wait_for(lambda: len(shorts) == 40, what="the short tasks to be submitted")
+        assert [f.result(timeout=30) for f in shorts] == list(range(40))
+        assert not held.done()
+    finally:
+        gate.touch()
+    assert held.result(timeout=30) is None
+    assert _starts(log) == {"L": 1, **{str(i): 1 for i in range(40)}}
+    took = [line.split("took back task ")[1].split(" from")[0] for line in _manager_log(ex).splitlines()
+            if "took back task" in line]
+    assert any("," in ids for ids in took), f"no batch was taken back whole: {took}"
+
+
 def test_one_take_back_does_not_start_a_chain_of_them(make_executor: Any, tmp_path: Path) -> None:
     """A worker we took a task back from idles a hop later, while the other worker has a task waiting:
     taking that one back in turn goes on for ever (in W4 every task was taken back, and each worker

@@ -187,11 +187,17 @@ def test_a_kill_spares_the_rest_of_the_batch(fake: Any, tmp_path: Any) -> None:
 
 
 def test_withdraw_with_kill_waits_for_the_worker_to_reach_the_task(fake: Any, tmp_path: Any) -> None:
-    """The task to cancel is behind another in its worker's batch: the pool kills the worker as it starts it."""
+    """The task to cancel waits at its worker behind another: the pool kills the worker as it starts it.
+
+    Tasks of 80 ms first: the pool then hands a busy worker its next task ahead (they are under
+    prefetch.LOOKAHEAD_TASK), and takes back what waits only after four times their length (0.3 s),
+    time enough for the cancel to come while X still waits at the worker."""
     from htex import TaskCancelled
 
     ic = fake(workers=1, prefetch=8)
     _warm_up(ic)
+    ic.submit([(2000 + i, tasks.sleep_then, (0.08,)) for i in range(12)])
+    ic.results_for(12)
     log, gate_z, gate_x = str(tmp_path / "started"), str(tmp_path / "z"), str(tmp_path / "x")
     ic.submit([(1, tasks.record_then_wait_for, (log, "Z", gate_z)), (2, tasks.record_then_wait_for, (log, "X", gate_x)),
                (3, tasks.record, (log, "after"))])
@@ -204,6 +210,29 @@ def test_withdraw_with_kill_waits_for_the_worker_to_reach_the_task(fake: Any, tm
     assert results[1][0] and results[3][0]  # Z finished; `after` ran on the new worker
     assert not results[2][0] and isinstance(results[2][1], TaskCancelled)
     assert read_lines(log) == ["Z", "X", "after"]
+
+
+def test_withdraw_gets_back_a_task_waiting_unclaimed_at_its_worker(fake: Any, tmp_path: Any) -> None:
+    """A task handed ahead to a busy worker has not started until the worker claims it: a Withdraw without
+    kill (a steal, or a cancel) takes it back from the worker and withdraws it (Lookahead.give_back); it used
+    to count as maybe started, stay, and run.  Tasks of 80 ms first, as above, so the cancel comes while A
+    still waits at the worker."""
+    ic = fake(workers=1, prefetch=8)
+    _warm_up(ic)
+    ic.submit([(2000 + i, tasks.sleep_then, (0.08,)) for i in range(12)])
+    ic.results_for(12)
+    log, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    ic.submit([(1, tasks.record_then_wait_for, (log, "Z", gate)), (2, tasks.record, (log, "A")),
+               (3, tasks.record, (log, "B"))])
+    wait_for(lambda: read_lines(log) == ["Z"], timeout=30, what="Z to start")
+    ic.send(protocol.Withdraw(req=1, ids=[2], kill=False))
+    answer = ic.receive(protocol.Withdrawn)
+    assert (list(answer.withdrawn), list(answer.started)) == ([2], [])
+    with open(gate, "w"):
+        pass
+    results = ic.results_for(2)
+    assert sorted(results) == [1, 3] and results[1][0] and results[3][0]  # no result for A: it never ran
+    assert read_lines(log) == ["Z", "B"]
 
 
 def test_a_kill_keeps_the_results_the_worker_had_not_sent_yet(fake: Any, tmp_path: Any) -> None:
