@@ -736,9 +736,9 @@ class Lookahead:
             if not self._waiting(slot):
                 continue
             tail = slot.tasks[len(slot.tasks) - min(n, len(slot.tasks) - 1):]
-            while tail and not m.cancels.doomed.isdisjoint(tail):
-                tail = tail[1:]
-            got = m.workers.take_back(slot, len(tail)) if tail else 0
+            doomed = [i for i, tid in enumerate(tail) if tid in m.cancels.doomed]
+            n = len(tail) - (doomed[-1] + 1 if doomed else 0)  # only those after the last task to cancel
+            got = m.workers.take_back(slot, n) if n else 0
             if got:
                 ids = slot.tasks[-got:]
                 del slot.tasks[-got:]

@@ -35,10 +35,10 @@ def _manager_log(ex: Any) -> str:
         return f.read()
 
 
-def _warm(ex: Any, tmp: Path) -> None:
-    """Short tasks first: the pool learns that tasks are short, and gives ahead."""
-    futs = [ex.submit(tasks.append_then_sleep, {}, str(tmp / "warm"), i, 0.002) for i in range(40)]
-    assert [f.result(timeout=60) for f in futs] == list(range(40))
+def _warm(ex: Any, tmp: Path, n: int = 40, seconds: float = 0.002) -> None:
+    """Short tasks first: the pool learns that tasks are short, and gives ahead (no-op tasks: in batches)."""
+    futs = [ex.submit(tasks.append_then_sleep, {}, str(tmp / "warm"), i, seconds) for i in range(n)]
+    assert [f.result(timeout=60) for f in futs] == list(range(n))
 
 
 def _held_then_short(ex: Any, tmp: Path, n: int) -> tuple[Any, list[Any], Path, Path]:
@@ -112,8 +112,7 @@ def test_the_last_task_of_a_batch_behind_a_long_one_is_taken_back_exactly(make_e
     The tasks leave the client in one message (submitted from a done-callback), so the pool holds them
     all when it hands the batch: a batch's tasks after its first are claimed as a TasksAhead's are."""
     ex = make_executor(max_workers=1, worker_debug=True)
-    warm = [ex.submit(tasks.append_then_sleep, {}, str(tmp_path / "warm"), i, 0.0) for i in range(100)]
-    assert [f.result(timeout=60) for f in warm] == list(range(100))  # no-op tasks: the pool hands batches
+    _warm(ex, tmp_path, 100, 0.0)
     log, gate = tmp_path / "starts", tmp_path / "gate"
     submitted: list[Any] = []
 
@@ -139,12 +138,8 @@ def test_a_whole_batch_given_ahead_of_a_long_task_comes_back(make_executor: Any,
     them all when it hands the held task's worker its next batch (a fixed prefetch: "auto" would send
     little to a pool whose task runs long)."""
     ex = make_executor(max_workers=2, worker_debug=True, prefetch_capacity=64)
-    warm = [ex.submit(tasks.append_then_sleep, {}, str(tmp_path / "warm"), i, 0.0) for i in range(100)]
-    assert [f.result(timeout=60) for f in warm] == list(range(100))  # no-op tasks: the pool hands batches
-    log, gate = tmp_path / "starts", tmp_path / "gate"
-    held = ex.submit(tasks.record_then_wait_for, {}, str(log), "L", str(gate))
-    wait_for(lambda: _starts(log)["L"] == 1, what="the long task to start")
-    shorts: list[Any] = []
+    _warm(ex, tmp_path, 100, 0.0)
+    held, shorts, log, gate = _held_then_short(ex, tmp_path, 0)
     ex.submit(tasks.append_then_sleep, {}, str(tmp_path / "warm"), -1, 0.0).add_done_callback(
         lambda _: shorts.extend(ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.001) for i in range(40)))
     try:
