@@ -50,7 +50,8 @@ batches handed out, the results going back); ``Workers`` keeps the worker
 processes (start, link, notice a death, replace); ``Cancels`` answers a
 Withdraw, kills to cancel, and says what a dead worker's batch becomes;
 ``Wide`` seats tasks that ask for more than one GPU; ``Lookahead`` hands a
-busy worker its next batch early, and takes it back (a claim byte per such task).  Each worker's link is
+busy worker its next batch early, takes it back (a claim byte per such task), and sends on the results a
+worker holds behind a task that runs long.  Each worker's link is
 a ``framing.WorkerLink``.
 
 Started by the provider as ``process_worker_pool`` (or ``python -m
@@ -67,6 +68,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -103,6 +105,13 @@ DOOMED_CHECK_SECONDS = 0.005
 # least wait is above worker.FLUSH_SECONDS: a worker busy with short tasks says so (results) that often.
 LOOKAHEAD_PATIENCE = 4.0
 LOOKAHEAD_MIN_WAIT = 0.01
+# A worker silent this long while it runs a task after others of its batch may hold their results (worker.Held):
+# we read them where it keeps them and send them on (Lookahead._collect).  Above worker.FLUSH_SECONDS likewise.
+HELD_WAIT = 0.01
+# Manager._measure: how long tasks take is the median of so many results (messages), and tasks of a new length
+# show after 5.  Not a moving average: one task of 2 s among tasks of 1 ms (W6) made it say 0.4 s, and the next 20
+# tasks went one at a time, none handed ahead, each worker waiting for each (0.15 ms between tasks, 0.06 in batches).
+TASK_SAMPLES = 9
 # Seconds without an answer to our registration before we say so (the interchange may be out of descriptors).
 REGISTER_PATIENCE = 10.0
 # At shutdown: how long workers, and then what tasks left behind, get between SIGTERM and SIGKILL.
@@ -168,6 +177,13 @@ class _WorkerSlot:
     lent: bool = False  # its worker waits, idle, while another slot's wide task uses its device
     restart: bool = False  # we stopped its (idle) worker to start it on another seat: not a failure
     claim: tuple[int, int] = (-1, -1)  # the pipe of its tasks' bytes: (read end, also the worker's; write end)
+    # At most this many bytes are left in that pipe: tasks we may still take back.  An upper bound (the worker
+    # reads them unseen); 0 once a read found fewer than it asked for.  Without it, a worker whose waiting tasks
+    # it had all claimed still looked as if some waited, and the loop spun, looking again at once, for as long
+    # as a long task ran: a core per pool in W6.
+    unclaimed: int = 0
+    peeked: bool = False  # since its last results, we read what it holds (Lookahead.collect): not again
+    early: set[int] = field(default_factory=set)  # results we read there and sent on: drop them when it sends them
     last_hand: int = 0  # how many tasks we handed it last: while it holds no more, nothing waits behind them
     taken_back: set[int] = field(default_factory=set)  # we took these back: nothing new for it until it saw them
     robbed: bool = False  # idle since we took a task back from it: it takes none back from others (Lookahead.reclaim)
@@ -220,7 +236,8 @@ class Workers:
         os.ftruncate(started_fd, worker.SHARED_SIZE)
         self._close_claim(slot)
         slot.claim = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # a new worker, new bytes: none left from the last
-        slot.taken_back = set()
+        slot.unclaimed = 0
+        slot.taken_back, slot.early = set(), set()
         try:
             if slot.started is not None:
                 slot.started.close()
@@ -318,15 +335,18 @@ class Workers:
         of those starts).  Not one a task: the system calls on both sides showed in W2's round trip."""
         if n:
             os.write(slot.claim[1], bytes(n))
+            slot.unclaimed += n
         self.send(slot, frames)
 
     def take_back(self, slot: _WorkerSlot, n: int) -> int:
         """Take back up to ``n`` of the last tasks handed to the worker, those it has not claimed (read the
         byte of) yet: how many came back."""
         try:
-            return len(os.read(slot.claim[0], n))
+            got = len(os.read(slot.claim[0], n))
         except BlockingIOError:
-            return 0
+            got = 0
+        slot.unclaimed = slot.unclaimed - got if got == n else 0  # fewer than asked: the pipe is empty
+        return got
 
     @staticmethod
     def _close_claim(slot: _WorkerSlot) -> None:
@@ -644,6 +664,10 @@ class Lookahead:
     that batch and says so (a Withdrawn: one a batch); until it said so for every task taken back it
     is handed nothing, or a new byte could stand in for one taken.  A task to cancel
     (Cancels.doomed) is never taken back, nor one handed before it.
+
+    The other way, results: a worker holds those of its batch's short tasks to send them with the next
+    (worker.Held); behind a task that runs long, we read them where it keeps them and send them on
+    (``_collect``), and drop them when the worker sends them itself (``fresh``).
     """
 
     def __init__(self, manager: Manager) -> None:
@@ -669,26 +693,71 @@ class Lookahead:
 
     @staticmethod
     def _waiting(slot: _WorkerSlot) -> bool:
-        """A task waits at this worker behind the one it runs.  Some taken back before may be unseen yet: we
-        may take more (the bytes still count the tasks not claimed), and hand it nothing until it saw them."""
-        return len(slot.tasks) > 1
+        """A task waits at this worker behind the one it runs, and may not be claimed yet.  Some taken back
+        before may be unseen yet: we may take more (the bytes still count the tasks not claimed), and hand it
+        nothing until it saw them."""
+        return len(slot.tasks) > 1 and slot.unclaimed > 0
+
+    @staticmethod
+    def _holding(slot: _WorkerSlot) -> bool:
+        """It may hold results of tasks before the one it runs (worker.Held), and we have not looked."""
+        return len(slot.tasks) > 1 and not slot.peeked
 
     def due(self) -> float:
-        """When the soonest task waiting at a worker is to be looked at (inf: none waits)."""
+        """When the soonest worker is to be looked at: tasks waiting there, results held (inf: neither)."""
         if not self.armed:
             return math.inf
-        waits = [s.sent_at for s in self.m.workers.slots if self._waiting(s)]
-        self.armed = bool(waits)
-        return min(waits) + self._patience() if waits else math.inf
+        patience = self._patience()
+        dues = [s.sent_at + (HELD_WAIT if self._holding(s) else patience)
+                for s in self.m.workers.slots if self._holding(s) or self._waiting(s)]
+        self.armed = bool(dues)
+        return min(dues) if dues else math.inf
 
     def check(self, now: float) -> None:
-        """Take back what waits at each worker whose current task has run long: to the front of our queue."""
+        """At each worker whose current task has run long: send on the results it holds, and take back what
+        waits there, to the front of our queue."""
         if not self.armed:
             return
+        if any([self._collect(s) for s in self.m.workers.slots if self._holding(s) and now - s.sent_at > HELD_WAIT]):
+            self.m._flush_results()  # now: the loop flushed before it came here
         patience = self._patience()
         late = [(s, len(s.tasks) - 1) for s in self.m.workers.slots if now - s.sent_at > patience]
         if self._take_back(late):
             self.m._dispatch()  # now: nothing else may wake the loop soon
+
+    def _collect(self, slot: _WorkerSlot) -> bool:
+        """Send on the results a worker holds behind a task that runs long, read where it keeps them (worker.Held).
+        In W6 a worker held two results of 1 ms behind a task of 2 s: the interchange, counting three tasks
+        at that pool, sent it nothing while its other worker idled, 60-180 ms in one run of two."""
+        slot.peeked = True
+        if slot.started is None:
+            return False
+        held = [(tid, blob) for tid, blob in worker.peek_held(slot.started) if tid in slot.tasks and tid not in slot.early]
+        if not held:
+            return False
+        m, ids = self.m, {tid for tid, _ in held}
+        slot.tasks = [tid for tid in slot.tasks if tid not in ids]
+        slot.early |= ids
+        for tid, blob in held:
+            m.handed.pop(tid, None)
+            m.done_ids.append(tid)
+            m.done_payloads.append(blob)
+        log.debug("sent on %d results worker %d holds", len(held), slot.rank)
+        return True
+
+    def fresh(self, slot: _WorkerSlot, msg: protocol.Results) -> protocol.Results:
+        """The worker's results, but those we sent on already (``_collect``).  It has news: look at it again."""
+        slot.peeked = False
+        if slot.early and any(tid in slot.early for tid in msg.ids):
+            keep = [i for i, tid in enumerate(msg.ids) if tid not in slot.early]
+            slot.early.difference_update(msg.ids)
+            msg = protocol.Results(protocol.u64_array(msg.ids[i] for i in keep), [msg.payloads[i] for i in keep])
+            if not keep:
+                slot.sent_at = time.monotonic()  # news all the same: its next task started since
+        slot.unclaimed = max(0, min(slot.unclaimed, len(slot.tasks) - len(msg.ids)))  # a task with a result was claimed
+        if len(slot.tasks) > len(msg.ids) + 1:
+            self.armed = True
+        return msg
 
     def handed(self, slot: _WorkerSlot, n: int, ahead: bool) -> None:
         """The manager handed ``slot`` ``n`` tasks (``ahead``: behind the ones it runs)."""
@@ -776,7 +845,8 @@ class Manager:
         self.done_payloads: list[protocol.Blob] = []
         self.cancels = Cancels(self)
         self.lookahead = Lookahead(self)
-        self.task_seconds = 0.0  # moving average; 0 = not known yet, so batches start at one task
+        self.task_seconds = 0.0  # the median of the last samples (_measure); 0 = not known yet: batches of one
+        self.samples: deque[float] = deque(maxlen=TASK_SAMPLES)
         self.stopping = False
         self.exit_code = 0
         self.last_sent = 0.0
@@ -900,6 +970,7 @@ class Manager:
 
     def _on_worker_message(self, slot: _WorkerSlot, msg: protocol.Message) -> None:
         if isinstance(msg, protocol.Results):
+            msg = self.lookahead.fresh(slot, msg)
             if not msg.ids:
                 return  # nothing to account for (and nothing to divide by)
             self._measure(slot, len(msg.ids))
@@ -922,11 +993,10 @@ class Manager:
                 self._hand(slot, [self.wide.start(slot)])
 
     def _measure(self, slot: _WorkerSlot, n: int) -> None:
-        """Keep a moving average of how long a task takes (send to result, per task)."""
+        """How long a task takes (send to result, per task): the median of the last TASK_SAMPLES (why: there)."""
         now = time.monotonic()
-        sample = (now - slot.sent_at) / n
-        slot.sent_at = now
-        self.task_seconds = sample if self.task_seconds <= 0 else 0.8 * self.task_seconds + 0.2 * sample
+        self.samples.append((now - slot.sent_at) / n)
+        slot.sent_at, self.task_seconds = now, statistics.median(self.samples)
 
     def _reap(self, slot: _WorkerSlot) -> None:
         """A worker exited: fail its task with WorkerLost and start another in its place."""
@@ -1026,9 +1096,8 @@ class Manager:
             self.drain_at = math.inf
 
     def _say_unanswered(self) -> None:
-        text = (f"no answer to our registration from the interchange at {self.cfg.task_url} after "
-                f"{REGISTER_PATIENCE:.0f} s; still waiting. If it serves many pools, it may be out of file "
-                "descriptors: its log (interchange.log) says so")
+        text = (f"no answer to our registration from the interchange at {self.cfg.task_url} after {REGISTER_PATIENCE:.0f} "
+                "s; still waiting. If it serves many pools, it may be out of file descriptors: its log (interchange.log) says so")
         log.error("%s", text)
         print(f"htex pool: {text}", file=sys.stderr)
 

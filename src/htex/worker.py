@@ -60,9 +60,11 @@ class Held:
     task runs; if that task is cancelled (its worker SIGKILLed) or kills the worker, a result only
     in the worker's own memory would die with it.  ``start`` writes the head in one go as a task
     starts: its id, and the size of the entries written before (each complete).  So the pool,
-    which reads this only after the worker died, finds every result finished before the task
-    that was running; it may find a result it also received (sent, then killed before the next
-    head), and keeps the first.  The worker sends from its own list: the copy is for the pool.
+    reading this after the worker died, finds every result finished before the task that was
+    running; it may find a result it also received (sent, then killed before the next head), and
+    keeps the first.  The pool also reads it while a task runs long (``peek_held``): results held
+    behind a task of 2 s would otherwise wait 2 s, and the interchange counts them as work the
+    pool still holds.  The worker sends from its own list: the copy is for the pool.
     """
 
     def __init__(self, mem: mmap.mmap) -> None:
@@ -93,7 +95,23 @@ class Held:
 
 def read_held(mem: mmap.mmap) -> list[tuple[int, bytes]]:
     """The results a dead worker held (``Held``), in the order it finished them: for its pool."""
-    _, size = HEAD.unpack_from(mem, 0)
+    return _entries(mem, HEAD.unpack_from(mem, 0)[1])
+
+
+def peek_held(mem: mmap.mmap) -> list[tuple[int, bytes]]:
+    """The results a *running* worker holds, for its pool to send on while a long task runs after them.
+
+    Read while the worker may write: the copy is whole if the head did not move meanwhile.  The worker
+    writes entries past those the head counts, and writes over counted ones only after ``start`` moved the
+    head to another task (ids are never reused), so an unmoved head means what we read stood still.
+    Empty if it moved: the worker is between tasks, and sends its results itself.
+    """
+    head = HEAD.unpack_from(mem, 0)
+    held = _entries(mem, head[1])
+    return held if HEAD.unpack_from(mem, 0) == head else []
+
+
+def _entries(mem: mmap.mmap, size: int) -> list[tuple[int, bytes]]:
     at, end = HEAD.size, min(HEAD.size + size, SHARED_SIZE)
     held = []
     while at + _ENTRY.size <= end:

@@ -11,6 +11,7 @@ import collections
 import glob
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,62 @@ def test_one_take_back_does_not_start_a_chain_of_them(make_executor: Any, tmp_pa
     assert _starts(log) == {"L": 1, **{str(i): 1 for i in range(80)}}
     after = _manager_log(ex).count("took back task") - before
     assert after <= 4, f"{after} tasks were taken back after the first, of 80"
+
+
+def _batch_then_held(ex: Any, tmp: Path, n: int) -> tuple[list[Any], Any, Path, Path]:
+    """``n`` no-op tasks and then a held one, leaving the client in one message (submitted from a done-callback):
+    the only worker is handed them as one batch, runs the short ones (holding their results: worker.Held), and
+    is held by the last."""
+    log, gate = tmp / "starts", tmp / "gate"
+    submitted: list[Any] = []
+
+    def submit_all(_: Any) -> None:
+        submitted.extend(ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.0) for i in range(n))
+        submitted.append(ex.submit(tasks.record_then_wait_for, {}, str(log), "L", str(gate)))
+
+    ex.submit(tasks.append_then_sleep, {}, str(tmp / "warm"), -1, 0.0).add_done_callback(submit_all)
+    wait_for(lambda: len(submitted) == n + 1, what="the tasks to be submitted")
+    *shorts, held = submitted
+    return shorts, held, log, gate
+
+
+def test_results_held_behind_a_long_task_reach_the_client_while_it_runs(make_executor: Any, tmp_path: Path) -> None:
+    """The worker holds the short tasks' results while it starts the long one (to send them with the next);
+    the pool reads them where the worker keeps them and sends them on, so they do not wait for the long task.
+    When the worker does send them, with the long task's, the pool drops them: each result reaches the
+    interchange once (it logs any result for a task a pool does not hold)."""
+    ex = make_executor(max_workers=1, worker_debug=True)
+    _warm(ex, tmp_path, 100, 0.0)
+    shorts, held, log, gate = _batch_then_held(ex, tmp_path, 8)
+    try:
+        assert [f.result(timeout=30) for f in shorts] == list(range(8))
+        assert not held.done()
+        assert "results worker 0 holds" in _manager_log(ex)  # they came that way, not by luck of a flush
+    finally:
+        gate.touch()
+    assert held.result(timeout=30) is None
+    assert _starts(log) == {"L": 1, **{str(i): 1 for i in range(8)}}
+    assert [f.result(timeout=30) for f in [ex.submit(tasks.append_then_sleep, {}, str(log), 9, 0.0)]] == [9]
+    with open(os.path.join(ex.logdir, "interchange.log")) as f:
+        assert "results for tasks it does not hold" not in f.read()
+
+
+def test_the_pool_sleeps_while_a_worker_runs_the_last_task_of_its_batch(make_executor: Any, tmp_path: Path) -> None:
+    """A worker running the last task of a batch has nothing left to take back: the pool must not keep looking
+    (it did, without sleeping: a core per pool for as long as the long task ran, in W6)."""
+    ex = make_executor(max_workers=1, worker_debug=True)
+    _warm(ex, tmp_path, 100, 0.0)
+    shorts, held, log, gate = _batch_then_held(ex, tmp_path, 8)
+    try:
+        wait_for(lambda: _starts(log)["L"] == 1, what="the long task to start")
+        (pid,) = [m["pid"] for m in ex.connected_managers]
+        pool = psutil.Process(pid)
+        before = sum(pool.cpu_times()[:2])
+        time.sleep(1.0)  # the window we measure in, not a wait for anything
+        used = sum(pool.cpu_times()[:2]) - before
+        assert not held.done()
+        assert used < 0.2, f"the pool used {used:.2f} s of CPU in a second while its worker ran one task"
+    finally:
+        gate.touch()
+    assert held.result(timeout=30) is None
+    assert [f.result(timeout=30) for f in shorts] == list(range(8))
