@@ -55,10 +55,31 @@ POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 Frames = list[bytes | memoryview]  # one message, as it comes out of a Decoder
 
 
+def _header(count: int) -> struct.Struct:
+    """The header of a message of ``count`` frames (made once for each usual count)."""
+    st = _HEADERS.get(count)
+    if st is None:
+        st = struct.Struct(f"<I{count}Q")
+        if count <= 64:  # not one for each count a corrupt stream may announce
+            _HEADERS[count] = st
+    return st
+
+
+_HEADERS: dict[int, struct.Struct] = {}
+
+
 def pack(frames: Sequence[Blob]) -> list[bytes | memoryview]:
-    """The buffers of one message: its header, then views of its frames (nothing is copied)."""
-    views = [memoryview(as_buffer(f)).cast("B") for f in frames]
-    return [struct.pack(f"<I{len(views)}Q", len(views), *(len(v) for v in views)), *views]
+    """The buffers of one message: its header, then its frames as bytes or byte views (nothing is copied)."""
+    bufs: list[bytes | memoryview] = [b""]
+    sizes = []
+    for f in frames:
+        data = as_buffer(f)
+        if type(data) is not bytes:  # a view, maybe of items wider than a byte: sizes and offsets count bytes
+            data = memoryview(data).cast("B")
+        bufs.append(data)
+        sizes.append(len(data))
+    bufs[0] = _header(len(sizes)).pack(len(sizes), *sizes)
+    return bufs
 
 
 def send_some(sock: socket.socket, bufs: list[bytes | memoryview], flags: int = 0) -> list[bytes | memoryview]:
@@ -71,7 +92,7 @@ def send_some(sock: socket.socket, bufs: list[bytes | memoryview], flags: int = 
     bufs = list(bufs)
     while bufs:
         try:
-            sent = sock.sendmsg(bufs[:_IOV_MAX], [], flags)
+            sent = sock.sendmsg(bufs[:_IOV_MAX] if len(bufs) > _IOV_MAX else bufs, [], flags)
         except BlockingIOError:
             return bufs
         # A large message may go in several calls: drop what went, resume mid-buffer.
@@ -103,6 +124,7 @@ class Decoder:
 
     def __init__(self) -> None:
         self._buf = bytearray(_INITIAL)
+        self._view = memoryview(self._buf)  # ours alone, made once a buffer (each read and message used two)
         self._start = 0  # first byte not yet parsed
         self._end = 0  # end of the bytes received
         self._need = 0  # size of the partial message at _start, once its header is in (0: not known yet)
@@ -114,7 +136,7 @@ class Decoder:
         there, so a blocking socket can be read without blocking.
         """
         self._make_room()
-        n = sock.recv_into(memoryview(self._buf)[self._end :], 0, flags)
+        n = sock.recv_into(self._view[self._end :], 0, flags)
         self._end += n
         return n
 
@@ -142,7 +164,7 @@ class Decoder:
         head = _COUNT.size + _LENGTH * count
         if avail < head:
             return None
-        lengths = struct.unpack_from(f"<{count}Q", buf, start + _COUNT.size)
+        lengths = _header(count).unpack_from(buf, start)[1:]
         total = head + sum(lengths)
         if total > MAX_MESSAGE_BYTES:
             raise ProtocolError(f"stream message header announces {total} bytes: the stream is corrupt")
@@ -151,14 +173,13 @@ class Decoder:
             return None
         self._need = 0
         self._start = start + total
-        view = memoryview(buf)
+        view = self._view
         at = start + head
         frames: list[bytes | memoryview] = []
-        if total <= _INITIAL:
+        if total <= _INITIAL:  # copies: the buffer is reused
             for n in lengths:
                 frames.append(bytes(view[at : at + n]))
                 at += n
-            view.release()  # the buffer is reused: nothing may keep a view of it
             return frames
         for n in lengths:
             frames.append(view[at : at + n])
@@ -167,6 +188,7 @@ class Decoder:
         rest = self._end - self._start
         self._buf = bytearray(max(_INITIAL, rest))
         self._buf[:rest] = view[self._start : self._end]
+        self._view = memoryview(self._buf)
         self._start, self._end = 0, rest
         return frames
 
@@ -178,12 +200,13 @@ class Decoder:
         # The whole message if its header gave its size, else twice what is there; never
         # much more than has arrived, so even a lying header cannot make us allocate much.
         size = max(_INITIAL, min(self._need if self._need > pending else 2 * pending, pending + _AHEAD))
-        with memoryview(self._buf) as old:
-            if size > len(self._buf):
-                self._buf = bytearray(size)
-                self._buf[:pending] = old[self._start : self._end]
-            else:
-                old[:pending] = old[self._start : self._end]  # overlapping: memoryview copies with memmove
+        old = self._view
+        if size > len(self._buf):
+            self._buf = bytearray(size)
+            self._buf[:pending] = old[self._start : self._end]
+            self._view = memoryview(self._buf)
+        else:
+            old[:pending] = old[self._start : self._end]  # overlapping: memoryview copies with memmove
         self._start, self._end = 0, pending
 
 

@@ -677,9 +677,13 @@ class Lookahead:
         self.armed = False
 
     def give(self) -> None:
-        """To each busy worker running its last batch, its next one (while tasks are short)."""
+        """To each busy worker running its last batch, its next one (while tasks are short).  None while a worker
+        starts: it will be free at once, and what we hand ahead would wait behind a running task (a pool whose
+        second worker was still starting ran a later task there while the one handed ahead waited)."""
         m = self.m
         if not m.queue or not 0 < m.task_seconds < prefetch.LOOKAHEAD_TASK or m.wide.gpus:
+            return
+        if any(not s.ready and s.link is not None for s in m.workers.slots):
             return
         for slot in m.workers.slots:
             if not m.queue:
