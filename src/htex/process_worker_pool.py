@@ -182,7 +182,7 @@ class _WorkerSlot:
     # it had all claimed still looked as if some waited, and the loop spun, looking again at once, for as long
     # as a long task ran: a core per pool in W6.
     unclaimed: int = 0
-    peeked: bool = False  # since its last results, we read what it holds (Lookahead.collect): not again
+    peeked: bool = False  # since its last results, we read what it holds (Lookahead._collect): not again
     early: set[int] = field(default_factory=set)  # results we read there and sent on: drop them when it sends them
     last_hand: int = 0  # how many tasks we handed it last: while it holds no more, nothing waits behind them
     taken_back: set[int] = field(default_factory=set)  # we took these back: nothing new for it until it saw them
@@ -1070,8 +1070,7 @@ class Manager:
 
     def _flush_results(self) -> None:
         if self.done_ids:
-            ids = protocol.u64_array(self.done_ids)
-            self._send(protocol.Results(ids, self.done_payloads))
+            self._send(protocol.Results(protocol.u64_array(self.done_ids), self.done_payloads))
             self.done_ids, self.done_payloads = [], []
 
     # -- step 4: time ----------------------------------------------------------
@@ -1100,8 +1099,9 @@ class Manager:
             self.drain_at = math.inf
 
     def _say_unanswered(self) -> None:
-        text = (f"no answer to our registration from the interchange at {self.cfg.task_url} after {REGISTER_PATIENCE:.0f} "
-                "s; still waiting. If it serves many pools, it may be out of file descriptors: its log (interchange.log) says so")
+        text = (f"no answer to our registration from the interchange at {self.cfg.task_url} after "
+                f"{REGISTER_PATIENCE:.0f} s; still waiting. If it serves many pools, it may be out of file "
+                "descriptors: its log (interchange.log) says so")
         log.error("%s", text)
         print(f"htex pool: {text}", file=sys.stderr)
 
