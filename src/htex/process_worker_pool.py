@@ -68,7 +68,6 @@ import os
 import platform
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -108,10 +107,6 @@ LOOKAHEAD_MIN_WAIT = 0.01
 # A worker silent this long while it runs a task after others of its batch may hold their results (worker.Held):
 # we read them where it keeps them and send them on (Lookahead._collect).  Above worker.FLUSH_SECONDS likewise.
 HELD_WAIT = 0.01
-# Manager._measure: how long tasks take is the median of so many results (messages), and tasks of a new length
-# show after 5.  Not a moving average: one task of 2 s among tasks of 1 ms (W6) made it say 0.4 s, and the next 20
-# tasks went one at a time, none handed ahead, each worker waiting for each (0.15 ms between tasks, 0.06 in batches).
-TASK_SAMPLES = 9
 # Seconds without an answer to our registration before we say so (the interchange may be out of descriptors).
 REGISTER_PATIENCE = 10.0
 # At shutdown: how long workers, and then what tasks left behind, get between SIGTERM and SIGKILL.
@@ -849,8 +844,7 @@ class Manager:
         self.done_payloads: list[protocol.Blob] = []
         self.cancels = Cancels(self)
         self.lookahead = Lookahead(self)
-        self.task_seconds = 0.0  # the median of the last samples (_measure); 0 = not known yet: batches of one
-        self.samples: deque[float] = deque(maxlen=TASK_SAMPLES)
+        self.task_seconds = 0.0  # moving average; 0 = not known yet, so batches start at one task
         self.stopping = False
         self.exit_code = 0
         self.last_sent = 0.0
@@ -997,10 +991,11 @@ class Manager:
                 self._hand(slot, [self.wide.start(slot)])
 
     def _measure(self, slot: _WorkerSlot, n: int) -> None:
-        """How long a task takes (send to result, per task): the median of the last TASK_SAMPLES (why: there)."""
+        """Keep a moving average of how long a task takes (send to result, per task)."""
         now = time.monotonic()
-        self.samples.append((now - slot.sent_at) / n)
-        slot.sent_at, self.task_seconds = now, statistics.median(self.samples)
+        sample = (now - slot.sent_at) / n
+        slot.sent_at = now
+        self.task_seconds = sample if self.task_seconds <= 0 else 0.8 * self.task_seconds + 0.2 * sample
 
     def _reap(self, slot: _WorkerSlot) -> None:
         """A worker exited: fail its task with WorkerLost and start another in its place."""
