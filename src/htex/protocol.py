@@ -125,7 +125,7 @@ def _pack(head: bytes, arrays: Sequence[array], blobs: Sequence[Blob]) -> list[B
     small: list[Any] = [head, *arrays, sizes]  # join() reads arrays as they are: no tobytes() copies
     big: list[Blob] = []
     for blob in blobs:
-        data = blob.buffer if isinstance(blob, zmq.Frame) else blob
+        data = as_buffer(blob)
         n = data.nbytes if type(data) is memoryview else len(data)
         if n < INLINE_MAX:
             sizes.append(n)

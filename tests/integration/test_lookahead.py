@@ -12,6 +12,7 @@ import glob
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,16 @@ def _held_then_short(ex: Any, tmp: Path, n: int) -> tuple[Any, list[Any], Path, 
     wait_for(lambda: _starts(log)["L"] == 1, what="the long task to start")
     shorts = [ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.002) for i in range(n)]
     return held, shorts, log, gate
+
+
+def _in_one_message(ex: Any, tmp: Path, submit: Callable[[], list[Any]]) -> list[Any]:
+    """Futures of ``submit()``, whose tasks leave the client in one message: submitted from a done-callback
+    (on the I/O thread), so the pool holds them all when it hands a worker its batch."""
+    submitted: list[Any] = []
+    ex.submit(tasks.append_then_sleep, {}, str(tmp / "warm"), -1, 0.0).add_done_callback(
+        lambda _: submitted.extend(submit()))
+    wait_for(lambda: submitted, what="the tasks to be submitted")
+    return submitted
 
 
 def test_a_task_given_ahead_of_a_long_one_is_taken_back_and_waits_its_turn(make_executor: Any, tmp_path: Path) -> None:
@@ -115,17 +126,12 @@ def test_the_last_task_of_a_batch_behind_a_long_one_is_taken_back_exactly(make_e
     ex = make_executor(max_workers=1, worker_debug=True)
     _warm(ex, tmp_path, 100, 0.0)
     log, gate = tmp_path / "starts", tmp_path / "gate"
-    submitted: list[Any] = []
-
-    def submit_all(_: Any) -> None:
-        submitted.append(ex.submit(tasks.record_then_wait_for, {}, str(log), "L", str(gate)))
-        submitted.extend(ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.0) for i in range(20))
-
-    ex.submit(tasks.append_then_sleep, {}, str(tmp_path / "warm"), -1, 0.0).add_done_callback(submit_all)
+    held, *shorts = _in_one_message(ex, tmp_path, lambda: [
+        ex.submit(tasks.record_then_wait_for, {}, str(log), "L", str(gate)),
+        *(ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.0) for i in range(20))])
     wait_for(lambda: "took back task" in _manager_log(ex), timeout=30, what="the pool to take back a task of the batch")
     assert _starts(log) == {"L": 1}
     gate.touch()
-    held, *shorts = submitted
     assert held.result(timeout=30) is None
     assert [f.result(timeout=30) for f in shorts] == list(range(20))
     assert _starts(log) == {"L": 1, **{str(i): 1 for i in range(20)}}
@@ -140,11 +146,10 @@ def test_a_whole_batch_given_ahead_of_a_long_task_comes_back(make_executor: Any,
     little to a pool whose task runs long)."""
     ex = make_executor(max_workers=2, worker_debug=True, prefetch_capacity=64)
     _warm(ex, tmp_path, 100, 0.0)
-    held, shorts, log, gate = _held_then_short(ex, tmp_path, 0)
-    ex.submit(tasks.append_then_sleep, {}, str(tmp_path / "warm"), -1, 0.0).add_done_callback(
-        lambda _: shorts.extend(ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.001) for i in range(40)))
+    held, _, log, gate = _held_then_short(ex, tmp_path, 0)
+    shorts = _in_one_message(ex, tmp_path, lambda: [
+        ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.001) for i in range(40)])
     try:
-        wait_for(lambda: len(shorts) == 40, what="the short tasks to be submitted")
         assert [f.result(timeout=30) for f in shorts] == list(range(40))
         assert not held.done()
     finally:
@@ -180,15 +185,9 @@ def _batch_then_held(ex: Any, tmp: Path, n: int) -> tuple[list[Any], Any, Path, 
     the only worker is handed them as one batch, runs the short ones (holding their results: worker.Held), and
     is held by the last."""
     log, gate = tmp / "starts", tmp / "gate"
-    submitted: list[Any] = []
-
-    def submit_all(_: Any) -> None:
-        submitted.extend(ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.0) for i in range(n))
-        submitted.append(ex.submit(tasks.record_then_wait_for, {}, str(log), "L", str(gate)))
-
-    ex.submit(tasks.append_then_sleep, {}, str(tmp / "warm"), -1, 0.0).add_done_callback(submit_all)
-    wait_for(lambda: len(submitted) == n + 1, what="the tasks to be submitted")
-    *shorts, held = submitted
+    *shorts, held = _in_one_message(ex, tmp, lambda: [
+        *(ex.submit(tasks.append_then_sleep, {}, str(log), i, 0.0) for i in range(n)),
+        ex.submit(tasks.record_then_wait_for, {}, str(log), "L", str(gate))])
     return shorts, held, log, gate
 
 
